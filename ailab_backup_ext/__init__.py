@@ -1,0 +1,11 @@
+"""Back up and restore Exasol AI-Lab notebooks and the Secure Configuration Storage."""
+
+__version__ = "0.1.0"
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "ailab_backup_ext.extension"}]
+
+
+def _jupyter_labextension_paths():
+    return [{"src": "labextension", "dest": "ailab-backup-ext"}]

@@ -1,0 +1,190 @@
+"""``ailab-backup`` (also ``jupyter ailab-backup``): the command line on top of the core.
+
+Expected errors print one line saying what went wrong and what to do, and exit with status 1.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .config import AILabBackup
+from .core import BackupManager
+from .errors import BackupError
+from .progress import Progress
+
+# option -> AILabBackup trait; each may stand before or after the subcommand
+OPTIONS = {
+    "--volume": ("volume", "Docker volume to back up (default: $AILAB_BACKUP_VOLUME, then $VOLUME)"),
+    "--source-dir": ("source_dir", "folder to back up instead of a volume"),
+    "--store": ("store", "where backups are kept: a volume name, or a folder path"),
+    "--helper-image": ("helper_image", "image for the helper containers"),
+    "--docker-url": ("docker_url", "Docker engine URL, or 'none' for no Docker"),
+    "--compression": ("compression", "zstd or gzip, for new backups"),
+}
+
+
+def _common_options(parser, suppress):
+    default = argparse.SUPPRESS if suppress else None
+    for flag, (_, text) in OPTIONS.items():
+        parser.add_argument(flag, default=default, help=text)
+    parser.add_argument("--exclude", action="append", default=default,
+                        help="glob pattern to leave out of new backups (repeatable)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ailab-backup",
+        description="Back up and restore the AI-Lab notebooks and the Secure Configuration Storage.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    _common_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, text):
+        p = sub.add_parser(name, help=text, description=text)
+        _common_options(p, suppress=True)
+        return p
+
+    command("create", "back up now; prints the new backup's id last").add_argument("--label", default="")
+    command("list", "list the backups, newest first").add_argument("--json", action="store_true")
+    command("show", "show a backup's metadata").add_argument("id")
+    command("verify", "re-read a backup and check every file against its manifest").add_argument("id")
+    restore = command("restore", "restore a backup")
+    restore.add_argument("id")
+    restore.add_argument("--mode", choices=["merge", "replace"], default="merge",
+                         help="merge (default): overwrite files from the backup, keep others; "
+                              "replace: make the folder exactly as in the backup")
+    command("delete", "delete a backup").add_argument("id")
+    for name, text in (("export", "copy the source to DIR/notebooks, as the seed recipe's docker cp"),
+                       ("import", "copy DIR/notebooks into the source, as the seed recipe's docker cp")):
+        p = command(name, text)
+        p.add_argument("--dir", default=os.environ.get("DIR"), help="folder (default: $DIR)")
+        if name == "import":
+            p.add_argument("--mode", choices=["merge", "replace"], default="merge")
+    command("status", "show what is backed up, where backups are kept, and whether Docker is reachable")
+    return parser
+
+
+def make_config(args):
+    settings = {}
+    for _, (trait, _) in OPTIONS.items():
+        value = getattr(args, trait, None)
+        if value is not None:
+            settings[trait] = value
+    if getattr(args, "exclude", None):
+        settings["excludes"] = args.exclude
+    if "volume" not in settings and not os.environ.get("AILAB_BACKUP_VOLUME") and os.environ.get("VOLUME"):
+        if "source_dir" not in settings:
+            settings["volume"] = os.environ["VOLUME"]  # the seed page's variable
+    return AILabBackup(**settings)
+
+
+class _Bar:
+    """A progress bar on a terminal; silent otherwise."""
+
+    def __init__(self):
+        self.bar = None
+        self.phase = None
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, progress):
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        snap = progress.snapshot()
+        if snap["phase"] != self.phase:
+            self.close()
+            self.phase = snap["phase"]
+            self.bar = tqdm(total=snap["total_bytes"] or None, unit="B", unit_scale=True,
+                            desc=self.phase, file=sys.stderr, leave=False)
+        self.bar.total = snap["total_bytes"] or None
+        self.bar.n = snap["done_bytes"]
+        self.bar.set_postfix_str(f"{snap['done_files']} files", refresh=False)
+        self.bar.refresh() if self.bar.n == self.bar.total else self.bar.update(0)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _size(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def run(args, out=sys.stdout):
+    manager = BackupManager(make_config(args))
+    bar = _Bar()
+    progress = Progress(bar)
+    try:
+        if args.command == "create":
+            meta = manager.create_backup(label=args.label, progress=progress)
+            bar.close()
+            for item in meta["skipped"]:
+                print(f"note: left out {item['path']}: {item['reason']}", file=sys.stderr)
+            print(f"Backed up {meta['file_count']} files ({_size(meta['total_bytes'])}) from "
+                  f"{meta['source']['name']} to {manager.store.name}.", file=sys.stderr)
+            print(meta["id"], file=out)
+        elif args.command == "list":
+            backups = manager.list_backups()
+            if args.json:
+                json.dump(backups, out, indent=1)
+                out.write("\n")
+            else:
+                print(f"{'ID':<44} {'CREATED':<21} {'SIZE':>9} {'FILES':>6}  LABEL", file=out)
+                for b in backups:
+                    print(f"{b['id']:<44} {b['created']:<21} {_size(b['size_bytes']):>9} "
+                          f"{b['file_count']:>6}  {b.get('label', '')}", file=out)
+        elif args.command == "show":
+            json.dump(manager.get_backup(args.id), out, indent=1)
+            out.write("\n")
+        elif args.command == "verify":
+            result = manager.verify_backup(args.id, progress)
+            bar.close()
+            print(f"{args.id}: OK, {result['files']} files ({_size(result['bytes'])}) match the manifest.", file=out)
+        elif args.command == "restore":
+            result = manager.restore_backup(args.id, args.mode, progress)
+            bar.close()
+            print(f"Restored {result['file_count']} files from {args.id} ({args.mode}).", file=out)
+            if result["hint"]:
+                print(result["hint"], file=out)
+        elif args.command == "delete":
+            manager.delete_backup(args.id)
+            print(f"Deleted {args.id}.", file=out)
+        elif args.command in ("export", "import"):
+            if not args.dir:
+                raise BackupError("Say where: --dir DIR (or set DIR, as on the seed page).")
+            if args.command == "export":
+                result = manager.export_dir(args.dir, progress)
+                print(f"Exported to {result['directory']}.", file=out)
+            else:
+                result = manager.import_dir(args.dir, args.mode, progress)
+                print(f"Imported {result['entries']} entries from {result['directory']} ({args.mode}).", file=out)
+        elif args.command == "status":
+            json.dump(manager.status(), out, indent=1)
+            out.write("\n")
+    finally:
+        bar.close()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except BackupError as exc:
+        print(f"ailab-backup: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ailab-backup: interrupted; no partial backup was kept.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The one configuration object, read by the server extension and the command line.
+
+Every trait can be set in ``jupyter_server_config.py`` (``c.AILabBackup.store = ...``), on the
+command line of ``jupyter lab`` (``--AILabBackup.store=...``), by ``ailab-backup --store ...``, or by
+an environment variable ``AILAB_BACKUP_<TRAIT>`` which is used when nothing else sets the trait.
+"""
+
+import os
+
+from traitlets import Bool, Enum, Int, List, Unicode, default
+from traitlets.config import Configurable
+
+ENV_PREFIX = "AILAB_BACKUP_"
+
+
+def _env_default(name, fallback):
+    """A traitlets default that takes ``AILAB_BACKUP_<NAME>`` when it is set."""
+
+    @default(name)
+    def _default(self):
+        raw = os.environ.get(ENV_PREFIX + name.upper())
+        if raw is None or raw == "":
+            return fallback
+        trait = self.traits()[name]
+        if isinstance(trait, List):
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        if isinstance(trait, Bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(trait, Int):
+            return int(raw)
+        return raw
+
+    return _default
+
+
+class AILabBackup(Configurable):
+    """Back up and restore the AI-Lab notebooks folder and its Secure Configuration Storage."""
+
+    volume = Unicode(
+        "",
+        config=True,
+        help="""Docker volume to back up and restore. Empty: found automatically, as the mount that
+        covers the Jupyter root directory when the server runs in a Docker container.""",
+    )
+    source_dir = Unicode(
+        "",
+        config=True,
+        help="""Folder of this machine to back up and restore instead of a Docker volume. Empty: the
+        Jupyter server's root directory when no Docker volume is used.""",
+    )
+    store = Unicode(
+        "",
+        config=True,
+        help="""Where backups are kept: a Docker volume name (no '/'), or a folder path. Empty: the
+        volume 'ailab-backups' when a Docker volume is backed up, else the folder 'ailab-backups' in
+        the Jupyter data directory.""",
+    )
+    helper_image = Unicode(
+        "",
+        config=True,
+        help="""Docker image for the short-lived helper containers that mount the volumes. It must be
+        present locally and provide sh, rm and xargs. Empty: the image of the container this server
+        runs in, else 'ubuntu'.""",
+    )
+    docker_url = Unicode(
+        "",
+        config=True,
+        help="""Docker engine to use. Empty: DOCKER_HOST, else the local socket
+        unix:///var/run/docker.sock. 'none' disables Docker: the local folder is used.""",
+    )
+    compression = Enum(
+        ["zstd", "gzip"],
+        default_value="zstd",
+        config=True,
+        help="""Compression of new backups: 'zstd' (fast, multithreaded) or 'gzip' (readable by any
+        tar). Reading accepts zstd, gzip and plain tar whatever this says.""",
+    )
+    excludes = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""Glob patterns of paths (relative to the notebooks folder, e.g. 'models_cache' or
+        '*.tmp') left out of new backups. A pattern that matches a folder leaves out all of it.""",
+    )
+    max_archive_bytes = Int(
+        0,
+        config=True,
+        help="""Largest total size in bytes that an archive may unpack to; 0 means no limit. A bigger
+        archive is refused before anything is written.""",
+    )
+    max_upload_bytes = Int(
+        20 * 1024**3,
+        config=True,
+        help="""Largest archive in bytes accepted by the upload endpoint; 0 means no limit.""",
+    )
+
+    _default_volume = _env_default("volume", "")
+    _default_source_dir = _env_default("source_dir", "")
+    _default_store = _env_default("store", "")
+    _default_helper_image = _env_default("helper_image", "")
+    _default_docker_url = _env_default("docker_url", "")
+    _default_compression = _env_default("compression", "zstd")
+    _default_excludes = _env_default("excludes", [])
+    _default_max_archive_bytes = _env_default("max_archive_bytes", 0)
+    _default_max_upload_bytes = _env_default("max_upload_bytes", 20 * 1024**3)

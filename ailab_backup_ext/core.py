@@ -1,0 +1,436 @@
+"""The core object: back up, list, verify, restore, delete, export and import.
+
+Free of tornado and UI code. The server extension keeps one :class:`BackupManager` in
+``web_app.settings``; the command line makes its own.
+"""
+
+import datetime
+import os
+import stat
+import threading
+
+from .archive import (
+    DIR,
+    FILE,
+    FORMAT_VERSION,
+    SUFFIXES,
+    SYMLINK,
+    EntryChecker,
+    Manifest,
+    _HashingReader,
+    iter_archive,
+    read_archive,
+    symlink_escapes,
+    utc_now,
+    write_archive,
+)
+from .config import AILabBackup
+from .docker_helper import DockerHelper, find_covering_mount
+from .errors import BackupError, Busy, InvalidArchive, NotFound, Unavailable
+from .progress import Progress
+from .sources import DockerMountSource, LocalFolderSource, is_excluded
+from .store import FolderStore, VolumeStore, check_id, make_id
+
+DEFAULT_STORE_VOLUME = "ailab-backups"
+SCS_NAME = "ai_lab_secure_configuration_storage.sqlite"
+RESTART_HINT = (
+    "Restart the kernels of open notebooks that use the Secure Configuration Storage, so that "
+    "they read the restored file."
+)
+
+
+def default_local_store():
+    from jupyter_core.paths import jupyter_data_dir
+
+    return os.path.join(jupyter_data_dir(), "ailab-backups")
+
+
+def store_is_folder(spec):
+    return "/" in spec or spec.startswith(("~", "."))
+
+
+class BackupManager:
+    """One source (what is backed up) and one store (where backups are kept)."""
+
+    def __init__(self, config=None, root_dir=None):
+        self.config = config or AILabBackup()
+        self.root_dir = os.path.abspath(os.path.expanduser(root_dir or "~/notebooks"))
+        self.docker = None
+        if self.config.docker_url.lower() != "none":
+            self.docker = DockerHelper(self.config.docker_url, self.config.helper_image)
+        self._resolved = None
+        self._busy = threading.Lock()
+
+    # resolution ------------------------------------------------------------------------------
+
+    def docker_version(self):
+        """Docker's version, or None when it is disabled or unreachable."""
+        if self.docker is None:
+            return None
+        try:
+            return self.docker.version()
+        except Unavailable:
+            return None
+
+    def resolve(self, refresh=False):
+        """Find the source and the store once (or again with ``refresh``)."""
+        if self._resolved is None or refresh:
+            source = self._find_source()
+            store = self._find_store(source)
+            if isinstance(source, LocalFolderSource) and isinstance(store, FolderStore):
+                inside = os.path.relpath(store.path, source.path)
+                if inside == ".":
+                    raise BackupError("The store cannot be the folder it backs up. Set AILabBackup.store.")
+                if not inside.startswith(".."):
+                    source.skip_paths.append(inside)  # the store is never part of a backup
+            if isinstance(source, DockerMountSource) and isinstance(store, VolumeStore):
+                if source.kind == "volume" and source.mount_name == store.volume:
+                    raise BackupError("The store volume cannot be the volume it backs up. Set AILabBackup.store.")
+            self._resolved = (source, store)
+        return self._resolved
+
+    @property
+    def source(self):
+        return self.resolve()[0]
+
+    @property
+    def store(self):
+        return self.resolve()[1]
+
+    def _require_docker(self, what):
+        if self.docker is None:
+            raise Unavailable(f"{what} needs Docker, but AILabBackup.docker_url is 'none'.")
+        self.docker.version()  # raises Unavailable with a hint
+        return self.docker
+
+    def _find_source(self):
+        cfg = self.config
+        if cfg.source_dir:
+            return LocalFolderSource(cfg.source_dir, "configured (source_dir)")
+        if cfg.volume:
+            docker = self._require_docker(f"The volume {cfg.volume!r}")
+            return DockerMountSource(docker, "volume", cfg.volume, found_by="configured (volume)")
+        if self.docker_version():
+            own = self.docker.own_container()
+            if own:
+                mount, below = find_covering_mount(own.get("Mounts"), self.root_dir)
+                if mount:
+                    name = mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
+                    how = f"mount of this container at {mount['Destination']}"
+                    return DockerMountSource(self.docker, mount.get("Type"), name, below, how)
+        return LocalFolderSource(self.root_dir, "Jupyter root directory")
+
+    def _find_store(self, source):
+        spec = self.config.store
+        if spec and store_is_folder(spec):
+            return FolderStore(spec)
+        if spec:
+            return VolumeStore(self._require_docker(f"The store volume {spec!r}"), spec)
+        if isinstance(source, DockerMountSource):
+            return VolumeStore(source.docker, DEFAULT_STORE_VOLUME)
+        return FolderStore(default_local_store())
+
+    @property
+    def mode(self):
+        return "docker" if isinstance(self.source, DockerMountSource) else "local"
+
+    def status(self):
+        """What is backed up and where, whether Docker is reachable, and a hint when not right."""
+        version = self.docker_version()
+        result = {
+            "mode": None,
+            "source": None,
+            "store": None,
+            "docker": {"reachable": version is not None, "version": version,
+                       "url": self.config.docker_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")},
+            "hint": None,
+        }
+        if self.docker is None:
+            result["docker"]["url"] = "none"
+        try:
+            source, store = self.resolve(refresh=True)
+            result.update(mode=self.mode, source=source.describe(), store=store.describe())
+            source.check_exists()
+            if isinstance(source, DockerMountSource) or isinstance(store, VolumeStore):
+                self.docker.image()
+        except BackupError as exc:
+            result["hint"] = str(exc)
+        if result["hint"] is None and version is None and self.docker is not None:
+            result["hint"] = (
+                "Docker is not reachable, so the notebooks folder of this server is backed up "
+                "directly. That is right for the VM editions; in the Docker edition, start AI-Lab "
+                "with '--volume /var/run/docker.sock:/var/run/docker.sock' to back up the volume."
+            )
+        return result
+
+    # reading the store -----------------------------------------------------------------------
+
+    def list_backups(self):
+        found = [m for m in self.store.read_all_meta() if isinstance(m, dict) and "id" in m]
+        return sorted(found, key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
+
+    def get_backup(self, backup_id):
+        check_id(backup_id)
+        for meta in self.store.read_all_meta():
+            if meta.get("id") == backup_id:
+                return meta
+        raise NotFound(f"No backup has the id {backup_id!r}. List the backups to see their ids.")
+
+    def delete_backup(self, backup_id):
+        meta = self.get_backup(backup_id)
+        self.store.remove(backup_id, meta["archive"])
+
+    def _checked(self, path, meta=None, progress=None):
+        """Read an archive file through and check everything; return its manifest and SHA-256."""
+        with open(path, "rb") as f:
+            hashed = _HashingReader(f)
+            manifest = read_archive(hashed, self.config.max_archive_bytes, progress)
+            while hashed.read(1 << 20):  # the tar's end padding
+                pass
+        digest = hashed.digest.hexdigest()
+        if meta is not None and meta.get("sha256") and digest != meta["sha256"]:
+            raise InvalidArchive(
+                f"The archive of {meta['id']} does not match its recorded checksum: it was altered "
+                "or damaged in the store."
+            )
+        return manifest, digest
+
+    def verify_backup(self, backup_id, progress=None):
+        """Re-read a stored backup and check every entry against its manifest."""
+        meta = self.get_backup(backup_id)
+        progress = progress or Progress()
+        progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
+        with self.store.local_copy(meta["archive"]) as path:
+            manifest, _ = self._checked(path, meta, progress)
+        return {"id": backup_id, "ok": True, "files": manifest.file_count, "bytes": manifest.total_bytes}
+
+    # backing up ------------------------------------------------------------------------------
+
+    def _busy_guard(self):
+        if not self._busy.acquire(blocking=False):
+            raise Busy("A backup or restore of this source is already running. Wait for it to end.")
+        return _Release(self._busy)
+
+    def _safe_entries(self, entries, skipped, excludes):
+        """What a source holds, minus what is excluded or cannot be restored safely (recorded in
+        ``skipped``), checked by the same rules a restore applies."""
+        checker = EntryChecker()
+        for entry, content in entries:
+            if is_excluded(entry.path, excludes):
+                continue
+            reason = None
+            if entry.type not in (FILE, DIR, SYMLINK):
+                reason = f"a {entry.type} cannot be backed up"
+            elif entry.type == SYMLINK and symlink_escapes(entry.path, entry.target):
+                reason = f"symlink to {entry.target!r}, outside the notebooks folder"
+            if reason:
+                skipped.append({"path": entry.path, "reason": reason})
+                continue
+            if entry.mode & (stat.S_ISUID | stat.S_ISGID):
+                entry.mode &= ~(stat.S_ISUID | stat.S_ISGID)
+                skipped.append({"path": entry.path, "reason": "setuid/setgid bit dropped"})
+            checker.check(entry)
+            yield entry, content
+
+    def _estimate(self):
+        size, files = self.source.estimate()
+        if not size:
+            previous = [m for m in self.list_backups() if m.get("source") == self.source.describe()]
+            if previous:
+                size, files = previous[0].get("total_bytes", 0), previous[0].get("file_count", 0)
+        return size, files
+
+    def create_backup(self, label="", kind="manual", progress=None):
+        """Back up the source into the store; return the new backup's metadata."""
+        with self._busy_guard():
+            return self._create(label, kind, progress or Progress())
+
+    def _create(self, label, kind, progress):
+        source, store = self.resolve()
+        source.check_exists()
+        created = utc_now()
+        backup_id = self._unique_id(make_id(source.slug, created))
+        manifest = Manifest(created=created.isoformat().replace("+00:00", "Z"), source=source.describe(), label=label)
+        archive_name = backup_id + SUFFIXES[self.config.compression]
+        total_bytes, total_files = self._estimate()
+        with store.spool(archive_name) as spool:
+            progress.start("backing up", total_bytes, total_files)
+            with open(spool, "wb") as out, source.read_entries() as entries:
+                safe = self._safe_entries(entries, manifest.skipped, self.config.excludes)
+                size, digest = write_archive(out, safe, manifest, self.config.compression, progress)
+                out.flush()
+                os.fsync(out.fileno())
+            progress.start("verifying", manifest.total_bytes, manifest.file_count)
+            self._checked(spool, progress=progress)
+            meta = {
+                "id": backup_id,
+                "created": manifest.created,
+                "label": label,
+                "kind": kind,
+                "source": source.describe(),
+                "size_bytes": size,
+                "file_count": manifest.file_count,
+                "total_bytes": manifest.total_bytes,
+                "compression": self.config.compression,
+                "archive": archive_name,
+                "sha256": digest,
+                "format_version": FORMAT_VERSION,
+                "skipped": manifest.skipped,
+            }
+            progress.start("storing", size, 1)
+            store.commit(spool, archive_name, meta)
+        return meta
+
+    def _unique_id(self, base):
+        taken = {m.get("id") for m in self.store.read_all_meta()}
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    # restoring -------------------------------------------------------------------------------
+
+    def restore_backup(self, backup_id, mode="merge", progress=None):
+        """Restore a backup into the source. ``merge`` overwrites files from the backup and keeps
+        the others (the seed recipe's behaviour); ``replace`` makes the folder exactly as in the
+        backup. The archive is checked completely before anything is changed."""
+        if mode not in ("merge", "replace"):
+            raise BackupError(f"Unknown restore mode {mode!r}: use 'merge' or 'replace'.")
+        meta = self.get_backup(backup_id)
+        progress = progress or Progress()
+        with self._busy_guard():
+            source = self.source
+            source.check_exists()
+            with self.store.local_copy(meta["archive"]) as path:
+                progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
+                manifest, _ = self._checked(path, meta, progress)
+                progress.start("restoring", manifest.total_bytes, manifest.file_count)
+                with open(path, "rb") as f:
+                    source.write_entries(
+                        _data_only(iter_archive(f, self.config.max_archive_bytes, progress)),
+                        replace=(mode == "replace"),
+                        keep={e.path for e in manifest.entries},
+                        protected=self.config.excludes,
+                    )
+        touches_scs = any(e.path.endswith(SCS_NAME) for e in manifest.entries)
+        return {
+            "backup_id": backup_id,
+            "mode": mode,
+            "file_count": manifest.file_count,
+            "total_bytes": manifest.total_bytes,
+            "hint": RESTART_HINT if touches_scs else None,
+        }
+
+    # plain folders, as the seed recipes -------------------------------------------------------
+
+    def export_dir(self, directory, progress=None):
+        """Copy the source to ``directory/notebooks``, as ``docker cp C:/notebooks DIR`` does."""
+        progress = progress or Progress()
+        target = LocalFolderSource(os.path.join(directory, "notebooks"))
+        with self._busy_guard():
+            self.source.check_exists()
+            progress.start("exporting", *self.source.estimate())
+            skipped = []
+            with self.source.read_entries() as entries:
+                target.write_entries(_counted(self._safe_entries(entries, skipped, ()), progress))
+        return {"directory": target.path, "skipped": skipped}
+
+    def import_dir(self, directory, mode="merge", progress=None):
+        """Copy ``directory/notebooks`` into the source, as ``docker cp DIR/notebooks C:/`` does.
+        Everything is checked before anything is written."""
+        folder = LocalFolderSource(os.path.join(directory, "notebooks"))
+        folder.check_exists()
+        progress = progress or Progress()
+        checker = EntryChecker(self.config.max_archive_bytes)
+        keep = set()
+        for entry in folder.list_entries():
+            checker.check(entry)
+            keep.add(entry.path)
+        with self._busy_guard():
+            self.source.check_exists()
+            progress.start("importing", checker.total, len(keep))
+            with folder.read_entries() as entries:
+                self.source.write_entries(
+                    _counted(entries, progress), replace=(mode == "replace"), keep=keep,
+                    protected=self.config.excludes,
+                )
+        return {"directory": folder.path, "mode": mode, "entries": len(keep)}
+
+    # uploads ---------------------------------------------------------------------------------
+
+    def upload_spool(self):
+        """A context manager giving a temporary path to receive an uploaded archive in."""
+        return self.store.spool("upload")
+
+    def add_uploaded(self, path):
+        """Check an uploaded archive completely and add it to the store; return its metadata."""
+        manifest, digest = self._checked(path)
+        slug = str(manifest.source.get("name", "")).rstrip("/").rsplit("/", 1)[-1] or "upload"
+        backup_id = self._unique_id(make_id(slug, _parse_time(manifest.created) or utc_now()))
+        compression = _sniff_compression(path)
+        archive_name = backup_id + SUFFIXES.get(compression, ".tar")
+        meta = {
+            "id": backup_id,
+            "created": manifest.created,
+            "label": manifest.label,
+            "kind": "uploaded",
+            "source": manifest.source,
+            "size_bytes": os.path.getsize(path),
+            "file_count": manifest.file_count,
+            "total_bytes": manifest.total_bytes,
+            "compression": compression,
+            "archive": archive_name,
+            "sha256": digest,
+            "format_version": FORMAT_VERSION,
+            "skipped": manifest.skipped,
+        }
+        self.store.commit(path, archive_name, meta)
+        return meta
+
+    def open_archive(self, backup_id):
+        """A context manager giving the stored archive of a backup as a readable stream."""
+        meta = self.get_backup(backup_id)
+        return self.store.open_archive(meta["archive"])
+
+
+def _parse_time(text):
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _sniff_compression(path):
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    return "none"
+
+
+def _data_only(items):
+    for entry, content in items:
+        if not isinstance(entry, Manifest):
+            yield entry, content
+
+
+def _counted(entries, progress):
+    for entry, content in entries:
+        yield entry, content
+        if entry.type == FILE:
+            progress.add_bytes(entry.size)
+        progress.add_file()
+
+
+class _Release:
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()

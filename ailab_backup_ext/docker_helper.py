@@ -1,0 +1,211 @@
+"""Talking to Docker: short-lived helper containers that mount a volume, and finding our own
+container. The archive API (get/put archive) works on created, never started containers, so most
+operations never run anything; only removals run ``rm`` in the helper image.
+"""
+
+import io
+import os
+import re
+import socket
+import tarfile
+from contextlib import contextmanager
+
+from .errors import BackupError, NotFound, Unavailable
+
+HELPER_LABEL = "ailab-backup.helper"
+OWNER_LABEL = "ailab-backup.owner"
+FALLBACK_IMAGE = "ubuntu"
+_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container_id():
+    """The id of the Docker container this process runs in, or None outside a container."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            match = _CONTAINER_ID.search(f.read())
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def find_covering_mount(mounts, path):
+    """The mount (from ``docker inspect``'s ``Mounts``) whose destination holds ``path``, and the
+    path below that destination; ``(None, None)`` when no mount covers it."""
+    path = os.path.normpath(path)
+    best = None
+    for mount in mounts or []:
+        dest = os.path.normpath(mount.get("Destination", ""))
+        if path == dest or path.startswith(dest.rstrip("/") + "/"):
+            if best is None or len(dest) > len(os.path.normpath(best["Destination"])):
+                best = mount
+    if best is None:
+        return None, None
+    return best, os.path.relpath(path, os.path.normpath(best["Destination"]))
+
+
+def single_file_tar(name, data, mode=0o600):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), mode
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class DockerHelper:
+    """One Docker engine, reached lazily; every helper container is labelled and always removed."""
+
+    def __init__(self, url="", helper_image=""):
+        self.url = url
+        self.configured_image = helper_image
+        self._client = None
+        self._image = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import docker
+
+            try:
+                if self.url:
+                    self._client = docker.DockerClient(base_url=self.url, timeout=120)
+                else:
+                    self._client = docker.from_env(timeout=120)
+            except docker.errors.DockerException as exc:
+                raise Unavailable(self._unreachable(exc)) from None
+        return self._client
+
+    def _unreachable(self, exc):
+        where = self.url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return (
+            f"Docker is not reachable at {where} ({exc}). Start AI-Lab with "
+            "'--volume /var/run/docker.sock:/var/run/docker.sock', or set AILabBackup.docker_url."
+        )
+
+    def version(self):
+        """The engine's version; raises :class:`Unavailable` when Docker cannot be reached."""
+        import docker
+
+        try:
+            return self.client.version().get("Version", "unknown")
+        except (docker.errors.DockerException, OSError) as exc:
+            raise Unavailable(self._unreachable(exc)) from None
+
+    def own_container(self):
+        """``docker inspect`` data of the container this server runs in, or None."""
+        import docker
+
+        cid = own_container_id() or socket.gethostname()
+        try:
+            return self.client.api.inspect_container(cid)
+        except docker.errors.NotFound:
+            return None
+
+    def image(self):
+        """The helper image: configured, else our own container's image, else ubuntu; checked to
+        be present, since no registry may be reachable."""
+        import docker
+
+        if self._image:
+            return self._image
+        name = self.configured_image
+        if not name:
+            own = self.own_container()
+            name = own["Image"] if own else FALLBACK_IMAGE
+        try:
+            self.client.images.get(name)
+        except docker.errors.ImageNotFound:
+            raise Unavailable(
+                f"The helper image {name!r} is not present in Docker. Pull it ('docker pull "
+                f"{name}') or set AILabBackup.helper_image (AILAB_BACKUP_HELPER_IMAGE) to an image "
+                "that is present and has sh, rm and xargs."
+            ) from None
+        self._image = name
+        return name
+
+    def require_volume(self, name):
+        import docker
+
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            raise NotFound(
+                f"The Docker volume {name!r} does not exist. Check the name with 'docker volume ls' "
+                "or set AILabBackup.volume."
+            ) from None
+
+    def ensure_volume(self, name):
+        import docker
+
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            self.client.volumes.create(name, labels={HELPER_LABEL: "store"})
+
+    @staticmethod
+    def mount(kind, source, target, read_only=False):
+        from docker.types import Mount
+
+        if kind == "volume":
+            return Mount(target, source, type="volume", read_only=read_only, no_copy=True)
+        return Mount(target, source, type="bind", read_only=read_only)
+
+    @contextmanager
+    def container(self, mounts, command=("true",)):
+        """A created (not started) helper container, removed on leaving whatever happens."""
+        import docker
+
+        image = self.image()
+        try:
+            created = self.client.containers.create(
+                image,
+                list(command),
+                mounts=mounts,
+                labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+                network_disabled=True,
+            )
+        except docker.errors.APIError as exc:
+            raise BackupError(f"Docker could not create a helper container: {exc.explanation}") from None
+        try:
+            yield created
+        finally:
+            try:
+                created.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+    def run(self, mounts, command, files=None):
+        """Run ``command`` in a helper container, with ``files`` ({path: bytes}) put in first."""
+        with self.container(mounts, command) as helper:
+            for path, data in (files or {}).items():
+                helper.put_archive(os.path.dirname(path), single_file_tar(os.path.basename(path), data))
+            helper.start()
+            status = helper.wait()
+            logs = helper.logs(stdout=True, stderr=True)
+        if status.get("StatusCode") != 0:
+            raise BackupError(
+                f"A helper command failed ({' '.join(command)}): "
+                f"{logs.decode(errors='replace').strip()[-500:]}"
+            )
+        return logs
+
+    def remove_stale_helpers(self):
+        """Remove helpers left by processes of this host that died mid-job (e.g. SIGKILL)."""
+        host = socket.gethostname()
+        removed = 0
+        for helper in self.client.containers.list(all=True, filters={"label": HELPER_LABEL + "=1"}):
+            owner_host, _, pid = helper.labels.get(OWNER_LABEL, "").rpartition(":")
+            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+                helper.remove(force=True)
+                removed += 1
+        return removed
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

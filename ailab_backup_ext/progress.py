@@ -1,0 +1,48 @@
+"""Progress of a long operation, shared by the command line's bar and the REST jobs."""
+
+import threading
+
+
+class Progress:
+    """Counts bytes and files done; ``on_change`` is called (rate-limited by the caller)."""
+
+    def __init__(self, on_change=None):
+        self.on_change = on_change
+        self.done_bytes = 0
+        self.done_files = 0
+        self.total_bytes = 0
+        self.total_files = 0
+        self.phase = ""
+        self._lock = threading.Lock()
+
+    def start(self, phase, total_bytes=0, total_files=0):
+        """Begin a phase (e.g. 'reading', 'verifying'); counts restart from zero."""
+        with self._lock:
+            self.phase = phase
+            self.done_bytes = self.done_files = 0
+            self.total_bytes, self.total_files = total_bytes, total_files
+        self._changed()
+
+    def add_bytes(self, n):
+        with self._lock:
+            self.done_bytes += n
+        self._changed()
+
+    def add_file(self):
+        with self._lock:
+            self.done_files += 1
+        self._changed()
+
+    def snapshot(self):
+        with self._lock:
+            return {
+                "phase": self.phase,
+                "done_bytes": self.done_bytes,
+                "total_bytes": max(self.total_bytes, self.done_bytes),
+                "done_files": self.done_files,
+                "total_files": max(self.total_files, self.done_files),
+            }
+
+    def _changed(self):
+        if self.on_change:
+            self.on_change(self)

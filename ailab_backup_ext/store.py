@@ -1,0 +1,212 @@
+"""Where backups are kept: a folder of this machine or a Docker volume.
+
+Both hold ``data/<id>.tar.zst`` (or ``.tar.gz``) and ``meta/<id>.json``. The metadata is written
+last, after the archive is complete and verified, so it is the commit marker: an interrupted backup
+has no metadata and is never listed. A Docker volume store survives the removal of the AI-Lab
+container and of the notebooks volume.
+"""
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from contextlib import contextmanager
+
+from .archive import CHUNK, DIR, FILE, Entry, IterStream, tar_stream
+from .errors import NotFound
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_id(backup_id):
+    if not isinstance(backup_id, str) or not ID_PATTERN.match(backup_id) or ".." in backup_id:
+        raise NotFound(f"{backup_id!r} is not a backup id. List the backups to see their ids.")
+    return backup_id
+
+
+def make_id(slug, created):
+    """A readable id from the source and the UTC time, e.g. ``notebooks-20261126T120000Z``."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", slug).strip("-_")[:48] or "backup"
+    return f"{slug}-{created.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+class FolderStore:
+    """Backups in a folder of this machine."""
+
+    kind = "folder"
+
+    def __init__(self, path):
+        self.path = os.path.abspath(os.path.expanduser(path))
+
+    @property
+    def name(self):
+        return self.path
+
+    def describe(self):
+        return {"type": self.kind, "name": self.path}
+
+    def _dir(self, sub):
+        path = os.path.join(self.path, sub)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def read_all_meta(self):
+        meta_dir = os.path.join(self.path, "meta")
+        if not os.path.isdir(meta_dir):
+            return []
+        found = []
+        for name in os.listdir(meta_dir):
+            if name.endswith(".json") and not name.startswith("."):
+                try:
+                    with open(os.path.join(meta_dir, name), "rb") as f:
+                        found.append(json.load(f))
+                except (OSError, ValueError):
+                    continue  # removed meanwhile, or not ours
+        return found
+
+    @contextmanager
+    def spool(self, name):
+        """A temporary file next to where the archive will be kept, deleted unless committed."""
+        path = os.path.join(self._dir("data"), f".{name}.partial")
+        try:
+            yield path
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def commit(self, spool_path, archive_name, meta):
+        with open(spool_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(spool_path, os.path.join(self._dir("data"), archive_name))
+        self._write_atomic(os.path.join(self._dir("meta"), meta["id"] + ".json"), _meta_bytes(meta))
+
+    @staticmethod
+    def _write_atomic(path, data):
+        temp = path + ".partial"
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+
+    @contextmanager
+    def open_archive(self, archive_name):
+        try:
+            f = open(os.path.join(self.path, "data", archive_name), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"The archive {archive_name} is missing from the store {self.path}.") from None
+        with f:
+            yield f
+
+    @contextmanager
+    def local_copy(self, archive_name):
+        """A path of this machine holding the archive (the stored file itself, here)."""
+        path = os.path.join(self.path, "data", archive_name)
+        if not os.path.isfile(path):
+            raise NotFound(f"The archive {archive_name} is missing from the store {self.path}.")
+        yield path
+
+    def remove(self, backup_id, archive_name):
+        # metadata first: once it is gone the backup is no longer listed, whatever happens next
+        for path in (os.path.join(self.path, "meta", backup_id + ".json"),
+                     os.path.join(self.path, "data", archive_name)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _meta_bytes(meta):
+    return json.dumps(meta, indent=1, sort_keys=True).encode()
+
+
+class VolumeStore:
+    """Backups in a Docker volume, reached through helper containers."""
+
+    kind = "volume"
+    MOUNT_POINT = "/ailab/store"
+
+    def __init__(self, docker, volume):
+        self.docker = docker
+        self.volume = volume
+
+    @property
+    def name(self):
+        return self.volume
+
+    def describe(self):
+        return {"type": self.kind, "name": self.volume}
+
+    def _mounts(self):
+        self.docker.ensure_volume(self.volume)
+        return [self.docker.mount("volume", self.volume, self.MOUNT_POINT)]
+
+    def _members(self, helper, path):
+        import docker
+
+        try:
+            chunks, _ = helper.get_archive(path, chunk_size=CHUNK)
+        except docker.errors.NotFound:
+            return
+        stream = io.BufferedReader(IterStream(chunks), CHUNK)
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
+            for info in tar:
+                yield tar, info
+
+    def read_all_meta(self):
+        found = []
+        with self.docker.container(self._mounts()) as helper:
+            for tar, info in self._members(helper, f"{self.MOUNT_POINT}/meta"):
+                if info.isreg() and info.name.endswith(".json"):
+                    try:
+                        found.append(json.loads(tar.extractfile(info).read()))
+                    except ValueError:
+                        continue
+        return found
+
+    @contextmanager
+    def spool(self, name):
+        fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial")
+        os.close(fd)
+        try:
+            yield path
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def commit(self, spool_path, archive_name, meta):
+        size = os.path.getsize(spool_path)
+        with self.docker.container(self._mounts()) as helper, open(spool_path, "rb") as f:
+            helper.put_archive(self.MOUNT_POINT, _file_tar("data/" + archive_name, f, size))
+            data = _meta_bytes(meta)
+            helper.put_archive(self.MOUNT_POINT, _file_tar(f"meta/{meta['id']}.json", io.BytesIO(data), len(data)))
+
+    @contextmanager
+    def open_archive(self, archive_name):
+        with self.docker.container(self._mounts()) as helper:
+            for tar, info in self._members(helper, f"{self.MOUNT_POINT}/data/{archive_name}"):
+                yield tar.extractfile(info)
+                return
+        raise NotFound(f"The archive {archive_name} is missing from the volume {self.volume}.")
+
+    @contextmanager
+    def local_copy(self, archive_name):
+        with self.spool(archive_name) as path:
+            with self.open_archive(archive_name) as src, open(path, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+            yield path
+
+    def remove(self, backup_id, archive_name):
+        self.docker.run(
+            self._mounts(),
+            ["rm", "-f", f"{self.MOUNT_POINT}/meta/{backup_id}.json", f"{self.MOUNT_POINT}/data/{archive_name}"],
+        )
+
+
+def _file_tar(name, fileobj, size):
+    """A tar, as chunks, of one file streamed from ``fileobj`` into the folder it names."""
+    folder = Entry(path=os.path.dirname(name), type=DIR, mode=0o755)
+    return tar_stream([(folder, None), (Entry(path=name, type=FILE, size=size), fileobj)], None)
