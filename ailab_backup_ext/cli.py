@@ -118,7 +118,8 @@ def _size(n):
         n /= 1024
 
 
-def run(args, out=sys.stdout):
+def run(args, out=None):
+    out = out or sys.stdout
     manager = BackupManager(make_config(args))
     bar = _Bar()
     progress = Progress(bar)

@@ -310,7 +310,7 @@ class BackupManager:
                     source.write_entries(
                         _data_only(iter_archive(f, self.config.max_archive_bytes, progress)),
                         replace=(mode == "replace"),
-                        keep={e.path for e in manifest.entries},
+                        keep={e.path: e for e in manifest.entries},
                         protected=self.config.excludes,
                     )
         touches_scs = any(e.path.endswith(SCS_NAME) for e in manifest.entries)
@@ -338,21 +338,28 @@ class BackupManager:
 
     def import_dir(self, directory, mode="merge", progress=None):
         """Copy ``directory/notebooks`` into the source, as ``docker cp DIR/notebooks C:/`` does.
-        Everything is checked before anything is written."""
+        Everything is checked before anything is written. ``docker cp`` does not keep owners, so
+        imported files take the owner of the notebooks folder they land in: AI-Lab's user can
+        edit them afterwards."""
         folder = LocalFolderSource(os.path.join(directory, "notebooks"))
         folder.check_exists()
         progress = progress or Progress()
         checker = EntryChecker(self.config.max_archive_bytes)
-        keep = set()
+        keep = {}
         for entry in folder.list_entries():
             checker.check(entry)
-            keep.add(entry.path)
+            keep[entry.path] = entry
         with self._busy_guard():
-            self.source.check_exists()
+            source = self.source
+            source.check_exists()
+            uid, gid = source.root_owner()
+            for entry in keep.values():
+                entry.uid, entry.gid = uid, gid
             progress.start("importing", checker.total, len(keep))
             with folder.read_entries() as entries:
-                self.source.write_entries(
-                    _counted(entries, progress), replace=(mode == "replace"), keep=keep,
+                owned = ((keep.get(e.path, e), c) for e, c in entries)
+                source.write_entries(
+                    _counted(owned, progress), replace=(mode == "replace"), keep=keep,
                     protected=self.config.excludes,
                 )
         return {"directory": folder.path, "mode": mode, "entries": len(keep)}

@@ -137,6 +137,7 @@ class DockerHelper:
     def ensure_volume(self, name):
         import docker
 
+        self.image()  # never create a store volume that no helper could mount
         try:
             self.client.volumes.get(name)
         except docker.errors.NotFound:

@@ -136,6 +136,10 @@ class LocalFolderSource:
             target=os.readlink(full) if kind == SYMLINK else None,
         )
 
+    def root_owner(self):
+        st = os.stat(self.path)
+        return st.st_uid, st.st_gid
+
     def list_entries(self):
         for rel, st in self._walk():
             yield self._entry(rel, st, self._full(rel))
@@ -234,7 +238,7 @@ class LocalFolderSource:
 
     def write_entries(self, entries, replace=False, keep=None, protected=(), progress=None):
         """Write a checked stream of entries; with ``replace``, remove what is not in ``keep``
-        (paths matching ``protected`` patterns stay)."""
+        ({path: Entry} of the whole backup; paths matching ``protected`` patterns stay)."""
         os.makedirs(self.path, exist_ok=True)
         folder_times = []
         for entry, content in entries:
@@ -350,6 +354,12 @@ class DockerMountSource:
             for _, info, path in self._tar_members(helper, self.data_dir):
                 yield entry_from_tarinfo(info, path)
 
+    def root_owner(self):
+        with self.docker.container(self._mounts(read_only=True)) as helper:
+            for _, info, _ in self._tar_members(helper, self.data_dir):
+                return info.uid, info.gid  # the folder itself comes first; stop reading there
+        return 0, 0
+
     def estimate(self):
         return 0, 0  # unknown without reading the volume; callers use the last backup's size
 
@@ -379,3 +389,7 @@ class DockerMountSource:
                     ["sh", "-c", "xargs -0 rm -rf -- < /ailab/remove.list"],
                     files={"/ailab/remove.list": listing},
                 )
+                # removing changed the times of the folders that held the extras: set them again
+                folders = [(e, None) for e in keep.values() if e.type == DIR]
+                with self.docker.container(self._mounts(read_only=False)) as helper:
+                    helper.put_archive(parent, tar_stream(folders, root_name))

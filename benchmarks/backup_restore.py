@@ -1,0 +1,669 @@
+#!/usr/bin/env python3
+"""Benchmark: ``ailab-backup`` against the seed recipe (``docker run`` + ``docker cp``).
+
+Run on demand, against a real Docker engine (not a test)::
+
+    AILAB_BACKUP_HELPER_IMAGE=ailab-backup-helper:test python benchmarks/backup_restore.py [--size-mb 500]
+
+It makes a Docker volume of about ``--size-mb`` MB (notebooks of 10-200 KB plus four large
+incompressible files), then measures, each as its own child process (wall time, and peak RSS from
+``os.wait4``):
+
+* seed backup:  docker run -d -v VOL:/notebooks IMAGE sleep; docker cp C:/notebooks DIR; docker rm -f C
+* our backup:   ailab-backup --volume VOL --store STOREVOL create   (and with --store /a/folder)
+* seed restore: the same into a fresh empty volume, docker cp DIR/notebooks C:/
+* our restore:  ailab-backup --volume NEWVOL --store STOREVOL restore ID   (and from the folder store)
+
+Every restored volume is compared, file by file (type, size, SHA-256, mode), with the original.
+Prints a table, checks the targets, writes ``benchmarks/results/latest.json``, and removes every
+volume, container and temporary folder it made, also on error or Ctrl-C.
+"""
+
+import argparse
+import base64
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+
+import docker
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+DEFAULT_IMAGE = "ailab-backup-helper:test"
+MB = 1024 * 1024
+TARGET_RATIO = 1.0
+TARGET_RSS_MB = 150.0
+
+# the default 500 MB volume: 2,000 notebooks (log-uniform 10-200 KB, ~130 MB) + 4 x 100 MB random
+BASE_SIZE_MB = 500
+BASE_NOTEBOOKS = 2000
+BIG_FILES = 4
+BASE_BIG_FILE_MB = 100
+FOLDERS = ["", "sklearn", "transformers", "udf", "tutorials/basics", "tutorials/advanced", "my_work"]
+SCS_NAME = "ai_lab_secure_configuration_storage.sqlite"
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring child processes
+
+
+def dockerd_cpu():
+    """CPU seconds (user + system) used so far by dockerd, or None if it cannot be found."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, found = 0.0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm in ("dockerd", "containerd"):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            found = True
+    return total if found else None
+
+
+# Linux gives a child's ru_maxrss as at least the peak RSS of the process that spawned it (exec
+# records the old address space's high-water mark, and with vfork that is the parent's). So children
+# are not spawned from this (big) process but from a tiny launcher started first; its own peak
+# (~10 MB, shown as the measurement floor) is then the only bias.
+LAUNCHER = r"""
+import json, os, sys, time
+spawn_stdin = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+for line in sys.stdin:
+    req = json.loads(line)
+    actions = spawn_stdin + [
+        (os.POSIX_SPAWN_OPEN, 1, req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+        (os.POSIX_SPAWN_OPEN, 2, req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+    ]
+    start = time.perf_counter()
+    try:
+        pid = os.posix_spawnp(req["cmd"][0], req["cmd"], req["env"], file_actions=actions)
+    except OSError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        continue
+    _, status, ru = os.wait4(pid, 0)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "status": os.waitstatus_to_exitcode(status),
+                      "maxrss_kb": ru.ru_maxrss, "cpu": ru.ru_utime + ru.ru_stime}), flush=True)
+"""
+
+
+class Launcher:
+    """The tiny process that spawns and measures the children (see LAUNCHER)."""
+
+    _proc = None
+
+    @classmethod
+    def start(cls):
+        if cls._proc is None:
+            cls._proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    @classmethod
+    def run(cls, cmd, env, stdout, stderr):
+        cls.start()
+        request = {"cmd": list(cmd), "env": dict(os.environ if env is None else env),
+                   "stdout": stdout, "stderr": stderr}
+        cls._proc.stdin.write(json.dumps(request) + "\n")
+        reply = json.loads(cls._proc.stdout.readline())
+        if "error" in reply:
+            raise RuntimeError(f"cannot run {cmd[0]}: {reply['error']}")
+        return reply
+
+    @classmethod
+    def stop(cls):
+        if cls._proc is not None:
+            cls._proc.stdin.close()
+            cls._proc.wait()
+            cls._proc = None
+
+
+class Measured:
+    """One child process: wall seconds, peak RSS, CPU, exit status and output."""
+
+    def __init__(self, cmd, env=None, check=True):
+        self.cmd = list(cmd)
+        with tempfile.TemporaryDirectory(prefix="ailab-bench-out-") as tmp:
+            out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+            reply = Launcher.run(cmd, env, out, err)
+            with open(out, "rb") as f:
+                self.stdout = f.read().decode(errors="replace")
+            with open(err, "rb") as f:
+                self.stderr = f.read().decode(errors="replace")
+        self.seconds = reply["seconds"]
+        self.returncode = reply["status"]
+        self.rss_mb = reply["maxrss_kb"] / 1024  # Linux: KiB
+        self.cpu = reply["cpu"]
+        if check and self.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed with status {self.returncode}:\n{self.stderr.strip()[-2000:]}"
+            )
+
+
+class Operation:
+    """One benchmarked operation, possibly made of several child processes (the seed recipe)."""
+
+    def __init__(self, name, kind, side):
+        self.name, self.kind, self.side = name, kind, side  # kind: backup|restore, side: seed|ours
+        self.steps = []
+        self.dockerd_cpu = None
+        self.verified = None
+        self.note = ""
+
+    def __enter__(self):
+        self._d0 = dockerd_cpu()
+        return self
+
+    def __exit__(self, *exc):
+        d1 = dockerd_cpu()
+        if self._d0 is not None and d1 is not None:
+            self.dockerd_cpu = d1 - self._d0
+
+    def run(self, cmd, env=None, measured_rss=True):
+        step = Measured(cmd, env)
+        step.counts_for_rss = measured_rss
+        self.steps.append(step)
+        return step
+
+    @property
+    def seconds(self):
+        return sum(s.seconds for s in self.steps)
+
+    @property
+    def rss_mb(self):
+        return max(s.rss_mb for s in self.steps if s.counts_for_rss)
+
+    @property
+    def cpu(self):
+        return sum(s.cpu for s in self.steps)
+
+    def to_json(self):
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "side": self.side,
+            "seconds": round(self.seconds, 3),
+            "peak_rss_mb": round(self.rss_mb, 1),
+            "child_cpu_seconds": round(self.cpu, 3),
+            "dockerd_cpu_seconds": None if self.dockerd_cpu is None else round(self.dockerd_cpu, 3),
+            "verified": self.verified,
+            "note": self.note,
+            "steps": [
+                {"cmd": s.cmd, "seconds": round(s.seconds, 3), "peak_rss_mb": round(s.rss_mb, 1),
+                 "cpu_seconds": round(s.cpu, 3), "counts_for_rss": s.counts_for_rss}
+                for s in self.steps
+            ],
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# Test data
+
+
+class Words:
+    """Text that compresses like real notebook content: a Zipf-ish vocabulary, code-like lines."""
+
+    def __init__(self, rng):
+        self.rng = rng
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        vocab = ["import", "from", "def", "return", "for", "in", "if", "else", "print", "self",
+                 "pandas", "pd", "np", "df", "model", "query", "exasol", "pyexasol", "conn",
+                 "sklearn", "fit", "predict", "train", "test", "score", "schema", "table", "udf",
+                 "the", "a", "of", "to", "and", "is", "with", "data", "this", "we", "notebook"]
+        vocab += ["".join(rng.choices(letters, k=rng.randint(2, 11))) for _ in range(3000)]
+        self.vocab = vocab
+        self.weights = [1 / (i + 1) for i in range(len(vocab))]
+        self.cum = list(_accumulate(self.weights))
+
+    def words(self, n):
+        return self.rng.choices(self.vocab, cum_weights=self.cum, k=n)
+
+    def prose(self, n):
+        return " ".join(self.words(n))
+
+    def code_line(self):
+        w = self.words(6)
+        pattern = self.rng.randrange(5)
+        if pattern == 0:
+            return f"{w[0]}_{w[1]} = {w[2]}.{w[3]}({w[4]}, {w[5]}={self.rng.randint(0, 999)})"
+        if pattern == 1:
+            return f"for {w[0]} in {w[1]}.{w[2]}():"
+        if pattern == 2:
+            return f"    {w[0]}.{w[1]}({w[2]!r}, {w[3]}[{self.rng.randint(0, 99)}])"
+        if pattern == 3:
+            return f"# {' '.join(w)}"
+        return f"{w[0]} = \"SELECT {w[1]}, {w[2]} FROM {w[3]}.{w[4]} WHERE {w[5]} > {self.rng.random():.4f}\""
+
+
+def _accumulate(values):
+    total = 0.0
+    for v in values:
+        total += v
+        yield total
+
+
+def make_notebook(words, rng, target):
+    """An .ipynb JSON document of about ``target`` bytes."""
+    cells, size = [], 400
+    while size < target:
+        if rng.random() < 0.35:
+            lines = [("## " if i == 0 else "") + words.prose(rng.randint(5, 25)) + "\n"
+                     for i in range(rng.randint(1, 8))]
+            cell = {"cell_type": "markdown", "metadata": {}, "source": lines}
+        else:
+            lines = [words.code_line() + "\n" for _ in range(rng.randint(2, 25))]
+            outputs = []
+            roll = rng.random()
+            if roll < 0.5:
+                text = [words.prose(rng.randint(3, 12)) + "\n" for _ in range(rng.randint(1, 20))]
+                outputs.append({"name": "stdout", "output_type": "stream", "text": text})
+            elif roll < 0.58 and target - size > 6000:  # a plot: base64 PNG, hardly compressible
+                png = base64.b64encode(os.urandom(rng.randint(2000, min(40000, (target - size) * 3 // 4)))).decode()
+                outputs.append({"output_type": "display_data", "metadata": {},
+                                "data": {"image/png": png, "text/plain": ["<Figure size 640x480 with 1 Axes>"]}})
+            cell = {"cell_type": "code", "execution_count": rng.randint(1, 200), "metadata": {},
+                    "outputs": outputs, "source": lines}
+        cells.append(cell)
+        size += len(json.dumps(cell, indent=1)) + 4
+    nb = {"cells": cells,
+          "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                      "name": "python3"},
+                       "language_info": {"name": "python", "version": "3.10.12"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    return json.dumps(nb, indent=1, ensure_ascii=False).encode() + b"\n"
+
+
+def generate_tree(root, size_mb, seed=20241126):
+    """Write the test tree into ``root``; return (file count, total bytes)."""
+    rng = random.Random(seed)
+    words = Words(rng)
+    scale = size_mb / BASE_SIZE_MB
+    n_notebooks = max(10, round(BASE_NOTEBOOKS * scale))
+    big_bytes = max(1, round(BASE_BIG_FILE_MB * scale * MB))
+    files = total = 0
+    for folder in FOLDERS + ["data", "scratch"]:
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    for i in range(n_notebooks):
+        target = int(math.exp(rng.uniform(math.log(10_000), math.log(200_000))))  # 10-200 KB
+        folder = rng.choice(FOLDERS)
+        data = make_notebook(words, rng, target)
+        with open(os.path.join(root, folder, f"notebook_{i:04d}.ipynb"), "wb") as f:
+            f.write(data)
+        files += 1
+        total += len(data)
+    for i in range(BIG_FILES):
+        with open(os.path.join(root, "data", f"model_{i}.bin"), "wb") as f:
+            left = big_bytes
+            while left:
+                chunk = os.urandom(min(8 * MB, left))
+                f.write(chunk)
+                left -= len(chunk)
+        files += 1
+        total += big_bytes
+    scs = os.urandom(96 * 1024)
+    with open(os.path.join(root, SCS_NAME), "wb") as f:
+        f.write(scs)
+    os.chmod(os.path.join(root, SCS_NAME), 0o600)
+    return files + 1, total + len(scs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Docker bookkeeping
+
+
+class Resources:
+    """Everything this run made, removed on exit whatever happens."""
+
+    def __init__(self, client, image, prefix):
+        self.client = client
+        self.image = image
+        self.prefix = prefix
+        self.volumes, self.containers, self.folders = [], [], []
+
+    def volume(self, tag):
+        name = f"{self.prefix}-{tag}"
+        self.volumes.append(name)
+        self.client.volumes.create(name, labels={"ailab-backup.benchmark": "1"})
+        return name
+
+    def reserve_volume(self, tag):
+        """A volume name that something else (the CLI) will create; removed at the end."""
+        name = f"{self.prefix}-{tag}"
+        self.volumes.append(name)
+        return name
+
+    def folder(self, tag, parent=None):
+        path = tempfile.mkdtemp(prefix=f"{self.prefix}-{tag}-", dir=parent)
+        self.folders.append(path)
+        return path
+
+    def container_id(self, cid):
+        self.containers.append(cid)
+        return cid
+
+    def cleanup(self):
+        problems = []
+        for cid in self.containers:
+            try:
+                self.client.containers.get(cid).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:  # noqa: BLE001 - keep cleaning up
+                problems.append(f"container {cid[:12]}: {exc}")
+        # helper containers left behind by a killed CLI, if any, still hold our volumes
+        for c in self.client.containers.list(all=True, filters={"label": "ailab-backup.helper"}):
+            if any(m.get("Name", "").startswith(self.prefix) for m in c.attrs.get("Mounts", [])):
+                c.remove(force=True)
+        for name in self.volumes:
+            try:
+                self.client.volumes.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"volume {name}: {exc}")
+        for path in self.folders:
+            shutil.rmtree(path, ignore_errors=True)
+            if os.path.exists(path):
+                problems.append(f"folder {path} not removed")
+        for p in problems:
+            print(f"cleanup: {p}", file=sys.stderr)
+
+
+def fill_volume(res, volume, folder):
+    """Copy the contents of ``folder`` into ``volume`` (a created, never started container)."""
+    cid = subprocess.run(["docker", "create", "-v", f"{volume}:/notebooks", res.image, "true"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    res.container_id(cid)
+    subprocess.run(["docker", "cp", f"{folder}/.", f"{cid}:/notebooks"], check=True)
+    subprocess.run(["docker", "rm", "-f", cid], check=True, capture_output=True)
+
+
+def snapshot(client, image, volume):
+    """{path: (type, size, sha256 or link target, mode)} of everything in ``volume``."""
+    helper = client.containers.create(image, ["true"], volumes={volume: {"bind": "/notebooks", "mode": "ro"}},
+                                      network_disabled=True)
+    try:
+        chunks, _ = helper.get_archive("/notebooks", chunk_size=MB)
+        stream = _ChunkReader(chunks)
+        found = {}
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for info in tar:
+                path = info.name.partition("/")[2] or "."
+                if info.isreg():
+                    digest = hashlib.sha256()
+                    f = tar.extractfile(info)
+                    for chunk in iter(lambda: f.read(MB), b""):
+                        digest.update(chunk)
+                    found[path] = ("file", info.size, digest.hexdigest(), info.mode & 0o7777)
+                elif info.isdir():
+                    found[path] = ("dir", 0, "", info.mode & 0o7777)
+                elif info.issym():
+                    found[path] = ("symlink", 0, info.linkname, info.mode & 0o7777)
+                else:
+                    found[path] = (f"type {info.type!r}", info.size, info.linkname, info.mode & 0o7777)
+        return found
+    finally:
+        helper.remove(force=True)
+
+
+class _ChunkReader:
+    def __init__(self, chunks):
+        self.chunks, self.pending = iter(chunks), b""
+
+    def read(self, n=-1):
+        while n < 0 or len(self.pending) < n:
+            try:
+                self.pending += next(self.chunks)
+            except StopIteration:
+                break
+        if n < 0:
+            n = len(self.pending)
+        data, self.pending = self.pending[:n], self.pending[n:]
+        return data
+
+
+def compare(expected, actual):
+    """(content equal, metadata note): paths, types, sizes and SHA-256 must match; modes noted."""
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    differ = sorted(p for p in set(expected) & set(actual) if expected[p][:3] != actual[p][:3])
+    modes = sorted(p for p in set(expected) & set(actual) if expected[p][3] != actual[p][3] and p != ".")
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+    if extra:
+        problems.append(f"{len(extra)} extra (e.g. {extra[0]!r})")
+    if differ:
+        problems.append(f"{len(differ)} differ in content (e.g. {differ[0]!r})")
+    note = f"{len(modes)} mode differences (e.g. {modes[0]!r})" if modes else ""
+    return not problems, "; ".join(problems + ([note] if note else []))
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def cli_command():
+    exe = shutil.which("ailab-backup")
+    return [exe] if exe else [sys.executable, "-m", "ailab_backup_ext.cli"]
+
+
+def cli_env(image):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AILAB_BACKUP_") and k not in ("VOLUME", "DIR")}
+    env["AILAB_BACKUP_HELPER_IMAGE"] = image
+    return env
+
+
+def seed_backup(res, volume, image):
+    target = res.folder("seed-backup")  # exists, so docker cp makes DIR/notebooks
+    op = Operation("seed backup (docker cp)", "backup", "seed")
+    with op:
+        cid = res.container_id(
+            op.run(["docker", "run", "--detach", "-v", f"{volume}:/notebooks", image, "sleep", "100000"],
+                   measured_rss=False).stdout.strip())
+        op.run(["docker", "cp", f"{cid}:/notebooks", target])
+        op.run(["docker", "rm", "-f", cid], measured_rss=False)
+    return op, target
+
+
+def seed_restore(res, folder, image, expected, client):
+    volume = res.volume("seed-restore")
+    op = Operation("seed restore (docker cp)", "restore", "seed")
+    with op:
+        cid = res.container_id(
+            op.run(["docker", "run", "--detach", "-v", f"{volume}:/notebooks", image, "sleep", "100000"],
+                   measured_rss=False).stdout.strip())
+        op.run(["docker", "cp", f"{folder}/notebooks", f"{cid}:/"])
+        op.run(["docker", "rm", "-f", cid], measured_rss=False)
+    op.verified, op.note = compare(expected, snapshot(client, image, volume))
+    return op
+
+
+def our_backup(name, volume, store, image):
+    op = Operation(name, "backup", "ours")
+    with op:
+        step = op.run(cli_command() + ["--volume", volume, "--store", store, "create"], env=cli_env(image))
+    op.backup_id = step.stdout.strip().splitlines()[-1]
+    return op
+
+
+def our_restore(res, name, store, backup_id, image, expected, client):
+    volume = res.volume("our-restore")
+    op = Operation(name, "restore", "ours")
+    with op:
+        op.run(cli_command() + ["--volume", volume, "--store", store, "restore", backup_id], env=cli_env(image))
+    op.verified, op.note = compare(expected, snapshot(client, image, volume))
+    return op
+
+
+def run_benchmark(args):
+    client = docker.from_env(timeout=600)
+    client.images.get(args.image)  # fails early without the helper image (there is no registry)
+    prefix = f"ailab-bench-{uuid.uuid4().hex[:8]}"
+    res = Resources(client, args.image, prefix)
+    ops = []
+    info = {"rss_floor_mb": round(Measured(["true"]).rss_mb, 1)}
+    try:
+        work = res.folder("work", args.tmp_dir)
+        src = os.path.join(work, "src")
+        os.makedirs(src)
+        t0 = time.perf_counter()
+        files, total = generate_tree(src, args.size_mb)
+        t_gen = time.perf_counter() - t0
+        volume = res.volume("source")
+        t0 = time.perf_counter()
+        fill_volume(res, volume, src)
+        t_fill = time.perf_counter() - t0
+        shutil.rmtree(src)
+        expected = snapshot(client, args.image, volume)
+        info |= {"files": files, "bytes": total, "generate_seconds": round(t_gen, 1),
+                "fill_seconds": round(t_fill, 1)}
+        print(f"volume {volume}: {files} files, {total / MB:.0f} MB "
+              f"(generated in {t_gen:.1f}s, copied in {t_fill:.1f}s)", file=sys.stderr)
+
+        store_volume = res.reserve_volume("store")
+        store_folder = os.path.join(res.folder("store", args.tmp_dir), "backups")
+
+        for i in range(args.repeat):
+            print(f"round {i + 1}/{args.repeat} ...", file=sys.stderr)
+            op, seed_dir = seed_backup(res, volume, args.image)
+            ops.append(op)
+            ops.append(our_backup("our backup (volume store)", volume, store_volume, args.image))
+            vol_id = ops[-1].backup_id
+            ops.append(our_backup("our backup (folder store)", volume, store_folder, args.image))
+            folder_id = ops[-1].backup_id
+            ops.append(seed_restore(res, seed_dir, args.image, expected, client))
+            ops.append(our_restore(res, "our restore (volume store)", store_volume, vol_id, args.image,
+                                   expected, client))
+            ops.append(our_restore(res, "our restore (folder store)", store_folder, folder_id, args.image,
+                                   expected, client))
+            shutil.rmtree(seed_dir, ignore_errors=True)
+        archive = [os.path.join(store_folder, "data", n) for n in os.listdir(os.path.join(store_folder, "data"))]
+        info["archive_mb"] = round(os.path.getsize(archive[0]) / MB, 1) if archive else None
+    finally:
+        Launcher.stop()
+        res.cleanup()
+    return info, ops
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def summarize(ops):
+    """One row per operation name (median seconds, max RSS over the rounds)."""
+    rows = {}
+    for op in ops:
+        row = rows.setdefault(op.name, {"name": op.name, "kind": op.kind, "side": op.side, "ops": []})
+        row["ops"].append(op)
+    for row in rows.values():
+        row["seconds"] = median([o.seconds for o in row["ops"]])
+        row["rss_mb"] = max(o.rss_mb for o in row["ops"])
+        row["cpu"] = median([o.cpu for o in row["ops"]])
+        d = [o.dockerd_cpu for o in row["ops"] if o.dockerd_cpu is not None]
+        row["dockerd_cpu"] = median(d) if d else None
+        row["verified"] = None if row["kind"] == "backup" else all(o.verified for o in row["ops"])
+        row["note"] = "; ".join(sorted({o.note for o in row["ops"] if o.note}))
+    seed = {r["kind"]: r for r in rows.values() if r["side"] == "seed"}
+    for row in rows.values():
+        base = seed.get(row["kind"])
+        row["ratio"] = row["seconds"] / base["seconds"] if base and row["side"] == "ours" else None
+        row["rss_ratio"] = row["rss_mb"] / base["rss_mb"] if base and row["side"] == "ours" else None
+    return list(rows.values())
+
+
+def print_table(info, rows, args):
+    print()
+    print(f"ailab-backup benchmark: {info['files']} files, {info['bytes'] / MB:.0f} MB "
+          f"(archive {info.get('archive_mb')} MB), {args.repeat} round(s), median seconds; "
+          f"RSS measurement floor {info['rss_floor_mb']:.0f} MB")
+    header = f"{'operation':<28} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} " \
+             f"{'RSS ratio':>9} {'child CPU s':>11} {'engine CPU s':>13}  restored ok"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        rss_ratio = f"{r['rss_ratio']:.2f}" if r["rss_ratio"] is not None else "-"
+        dcpu = f"{r['dockerd_cpu']:.1f}" if r["dockerd_cpu"] is not None else "?"
+        ok = "-" if r["verified"] is None else ("yes" if r["verified"] else "NO")
+        print(f"{r['name']:<28} {r['seconds']:>8.2f} {r['rss_mb']:>11.1f} {ratio:>15} {rss_ratio:>9} "
+              f"{r['cpu']:>11.1f} {dcpu:>13}  {ok}{'  (' + r['note'] + ')' if r['note'] else ''}")
+    print()
+    checks = []
+    for r in rows:
+        if r["side"] != "ours":
+            continue
+        checks.append((f"{r['name']}: time ratio {r['ratio']:.2f} <= {TARGET_RATIO}", r["ratio"] <= TARGET_RATIO))
+        checks.append((f"{r['name']}: peak RSS {r['rss_mb']:.0f} MB < {TARGET_RSS_MB:.0f} MB",
+                       r["rss_mb"] < TARGET_RSS_MB))
+        if r["verified"] is not None:
+            checks.append((f"{r['name']}: restored volume equals the original", r["verified"]))
+    for r in rows:
+        if r["side"] == "seed" and r["verified"] is not None:
+            checks.append((f"{r['name']}: restored volume equals the original", r["verified"]))
+    print("targets:")
+    for text, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    return checks
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=BASE_SIZE_MB,
+                        help=f"approximate volume size (default {BASE_SIZE_MB}: 2,000 notebooks + 4 x 100 MB)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; the table shows the median (default 1)")
+    parser.add_argument("--image", default=os.environ.get("AILAB_BACKUP_HELPER_IMAGE") or DEFAULT_IMAGE,
+                        help="image for the seed recipe's containers and our helpers "
+                             "(default: $AILAB_BACKUP_HELPER_IMAGE, else %(default)s)")
+    parser.add_argument("--tmp-dir", default=None, help="where the temporary folders go (default: $TMPDIR)")
+    parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="JSON results file")
+    args = parser.parse_args(argv)
+
+    # Ctrl-C and SIGTERM both unwind through the finally blocks, so nothing is left behind
+    signal.signal(signal.SIGTERM, _interrupt)
+    info, ops = run_benchmark(args)
+    rows = summarize(ops)
+    checks = print_table(info, rows, args)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    result = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "size_mb_requested": args.size_mb,
+        "repeat": args.repeat,
+        "volume": info,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "docker": docker.from_env().version().get("Version")},
+        "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "ops"} for r in rows],
+        "operations": [op.to_json() for op in ops],
+        "targets": [{"check": text, "ok": ok} for text, ok in checks],
+    }
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nresults written to {os.path.relpath(args.output)}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

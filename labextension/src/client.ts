@@ -1,0 +1,283 @@
+/**
+ * REST client for the ailab_backup_ext server extension (base URL
+ * `<baseUrl>/ailab/backup`). Every request of the sidebar goes through here.
+ *
+ * `ServerConnection.makeRequest` adds the token or XSRF header, so the
+ * requests work with AI-Lab's password login as well as with a token.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** Where the backups come from: a Docker volume, a bind mount or a folder. */
+export interface ISource {
+  type: string;
+  name: string;
+  found_by?: string;
+}
+
+/** Where the backups are kept. */
+export interface IStore {
+  type: string;
+  name: string;
+}
+
+export interface IBackup {
+  id: string;
+  /** ISO 8601, UTC. */
+  created: string;
+  label: string;
+  source: ISource;
+  /** Size of the archive. */
+  size_bytes: number;
+  file_count: number;
+  /** Size of the files in the archive, uncompressed. */
+  total_bytes: number;
+  compression: string;
+  kind: string;
+  [key: string]: unknown;
+}
+
+export interface IProgress {
+  phase: string;
+  done_bytes: number;
+  total_bytes: number;
+  done_files: number;
+  total_files: number;
+}
+
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed';
+
+export interface IJob {
+  id: string;
+  kind: string;
+  state: JobState;
+  progress: IProgress | null;
+  backup_id: string | null;
+  /** A restore's result carries `hint` (restart the kernels using the SCS). */
+  result: { hint?: string | null; [key: string]: unknown } | null;
+  error: string | null;
+  started: string | null;
+  finished: string | null;
+}
+
+export interface IStatus {
+  mode: 'docker' | 'local';
+  source: ISource | null;
+  store: IStore | null;
+  docker: { reachable: boolean; version?: string | null; url?: string | null };
+  hint: string | null;
+  job: IJob | null;
+}
+
+export type RestoreMode = 'merge' | 'replace';
+
+/** Path of the REST API below the server's base URL. */
+export const API_PATH = 'ailab/backup';
+
+/** True when a job will not change any more. */
+export function isFinished(job: IJob): boolean {
+  return job.state === 'succeeded' || job.state === 'failed';
+}
+
+/**
+ * Build the URL of an endpoint: `apiUrl(base, 'jobs', id)` gives
+ * `<base>/ailab/backup/jobs/<id>`. Each part is URL-encoded.
+ */
+export function apiUrl(baseUrl: string, ...parts: string[]): string {
+  return URLExt.join(
+    baseUrl,
+    API_PATH,
+    ...parts.map(part => encodeURIComponent(part))
+  );
+}
+
+/**
+ * The message to show for a failed response: the server's `{"message": ...}`
+ * when there is one, else a plain JSON `error`/`reason`, else a short text
+ * body, else the HTTP status.
+ */
+export function errorMessage(
+  status: number,
+  statusText: string,
+  body: string
+): string {
+  const text = body.trim();
+  if (text) {
+    try {
+      const data = JSON.parse(text);
+      if (data && typeof data === 'object') {
+        for (const key of ['message', 'error', 'reason']) {
+          const value = (data as Record<string, unknown>)[key];
+          if (typeof value === 'string' && value.trim()) {
+            return value.trim();
+          }
+        }
+      }
+    } catch {
+      // Not JSON: an HTML error page or plain text.
+      if (!text.startsWith('<') && text.length <= 500) {
+        return text;
+      }
+    }
+  }
+  if (status === 413) {
+    return 'The file is too large for the server.';
+  }
+  return `Request failed: ${status} ${statusText}`.trim();
+}
+
+/** An error response of the REST API, with the server's message. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    /** The parsed JSON body, if any (a 409 carries `job_id`). */
+    readonly data: Record<string, unknown> | null = null
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  /** The running job's id on a 409 "a job is already running". */
+  get jobId(): string | null {
+    const id = this.data?.['job_id'];
+    return typeof id === 'string' ? id : null;
+  }
+}
+
+export class BackupClient {
+  constructor(
+    readonly settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
+
+  /** URL of an endpoint, see `apiUrl`. */
+  url(...parts: string[]): string {
+    return apiUrl(this.settings.baseUrl, ...parts);
+  }
+
+  /**
+   * URL to download a backup's archive with a plain link (the browser sends
+   * the login cookie).
+   */
+  downloadUrl(id: string): string {
+    return this.url(id, 'download');
+  }
+
+  listBackups(): Promise<IBackup[]> {
+    return this.request<{ backups: IBackup[] }>([]).then(r => r.backups);
+  }
+
+  getBackup(id: string): Promise<IBackup> {
+    return this.request<IBackup>([id]);
+  }
+
+  status(): Promise<IStatus> {
+    return this.request<IStatus>(['status']);
+  }
+
+  /** Start a backup; resolves with the queued job. */
+  createBackup(label = ''): Promise<IJob> {
+    return this.request<{ job: IJob }>([], {
+      method: 'POST',
+      body: JSON.stringify({ label })
+    }).then(r => r.job);
+  }
+
+  /** Start a restore; resolves with the queued job. */
+  restoreBackup(id: string, mode: RestoreMode): Promise<IJob> {
+    return this.request<{ job: IJob }>([id, 'restore'], {
+      method: 'POST',
+      body: JSON.stringify({ mode })
+    }).then(r => r.job);
+  }
+
+  async deleteBackup(id: string): Promise<void> {
+    await this.request<null>([id], { method: 'DELETE' });
+  }
+
+  getJob(id: string): Promise<IJob> {
+    return this.request<IJob>(['jobs', id]);
+  }
+
+  listJobs(): Promise<IJob[]> {
+    return this.request<{ jobs: IJob[] }>(['jobs']).then(r => r.jobs);
+  }
+
+  /** Upload an archive (raw bytes as the body); resolves with the new backup. */
+  uploadBackup(file: Blob): Promise<IBackup> {
+    return this.request<IBackup>(['upload'], {
+      method: 'POST',
+      body: file,
+      headers: { 'Content-Type': 'application/octet-stream' }
+    });
+  }
+
+  /**
+   * Send a request and parse the JSON answer. Rejects with `ApiError`
+   * (server's message) on 4xx/5xx, or with `ServerConnection.NetworkError`
+   * when the server cannot be reached.
+   */
+  async request<T>(parts: string[], init: RequestInit = {}): Promise<T> {
+    const response = await ServerConnection.makeRequest(
+      this.url(...parts),
+      init,
+      this.settings
+    );
+    const body = await response.text();
+    if (!response.ok) {
+      let data: Record<string, unknown> | null = null;
+      try {
+        const parsed = JSON.parse(body);
+        data = parsed && typeof parsed === 'object' ? parsed : null;
+      } catch {
+        data = null;
+      }
+      throw new ApiError(
+        response.status,
+        errorMessage(response.status, response.statusText, body),
+        data
+      );
+    }
+    if (!body) {
+      return null as T;
+    }
+    try {
+      return JSON.parse(body) as T;
+    } catch {
+      throw new ApiError(
+        response.status,
+        `The server sent an answer that is not JSON (${response.status}).`
+      );
+    }
+  }
+}
+
+/** A readable message for any error thrown by the client. */
+export function describeError(error: unknown): string {
+  if (error instanceof ApiError) {
+    return error.message;
+  }
+  if (error instanceof ServerConnection.NetworkError) {
+    return `The Jupyter server cannot be reached: ${error.message}`;
+  }
+  if (error instanceof Error) {
+    return error.message;
+  }
+  return String(error);
+}
+
+/** Human-readable size: 1536 → "1.5 KB". */
+export function formatBytes(bytes: number | null | undefined): string {
+  if (bytes === null || bytes === undefined || !isFinite(bytes)) {
+    return '–';
+  }
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  const digits = unit === 0 || value >= 100 ? 0 : 1;
+  return `${value.toFixed(digits)} ${units[unit]}`;
+}

@@ -1,0 +1,249 @@
+/**
+ * State of the Backups sidebar: status, list of backups and the job that
+ * runs, with polling and notifications. The React view only renders it.
+ */
+import { Notification } from '@jupyterlab/apputils';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import {
+  ApiError,
+  BackupClient,
+  IBackup,
+  IJob,
+  IStatus,
+  RestoreMode,
+  describeError,
+  isFinished
+} from './client';
+
+/** How often a running job is polled. */
+export const POLL_INTERVAL_MS = 500;
+
+/** What the panel is busy with, besides a server job. */
+export type Activity = 'idle' | 'loading' | 'uploading' | 'deleting';
+
+export class BackupModel {
+  constructor(readonly client: BackupClient = new BackupClient()) {}
+
+  status: IStatus | null = null;
+  backups: IBackup[] = [];
+  /** The job being followed (running, or the last one that ended). */
+  job: IJob | null = null;
+  activity: Activity = 'idle';
+  /** Error of the last refresh (the server or the extension unreachable). */
+  loadError: string | null = null;
+  /** Hint from the last successful restore (restart the kernels). */
+  restoreHint: string | null = null;
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** True while a job of the server runs, or an upload or delete. */
+  get busy(): boolean {
+    return (
+      this.jobRunning ||
+      this.activity === 'uploading' ||
+      this.activity === 'deleting'
+    );
+  }
+
+  get jobRunning(): boolean {
+    return this.job !== null && !isFinished(this.job);
+  }
+
+  /** Reload status and backups; follow a job that is already running. */
+  async refresh(): Promise<void> {
+    if (this.activity === 'loading') {
+      this._refreshAgain = true;
+      return;
+    }
+    this._setActivity('loading');
+    try {
+      const [status, backups] = await Promise.all([
+        this.client.status(),
+        this.client.listBackups()
+      ]);
+      this.status = status;
+      this.backups = backups;
+      this.loadError = null;
+      if (status.job && !isFinished(status.job) && !this.jobRunning) {
+        this._follow(status.job);
+      }
+    } catch (error) {
+      this.loadError = describeError(error);
+    } finally {
+      this._setActivity('idle');
+    }
+    if (this._refreshAgain) {
+      this._refreshAgain = false;
+      await this.refresh();
+    }
+  }
+
+  /** Start a backup; resolves once it is started (not finished). */
+  async backup(label: string): Promise<void> {
+    await this._start(() => this.client.createBackup(label.trim()));
+  }
+
+  async restore(backup: IBackup, mode: RestoreMode): Promise<void> {
+    this.restoreHint = null;
+    await this._start(() => this.client.restoreBackup(backup.id, mode));
+  }
+
+  async remove(backup: IBackup): Promise<void> {
+    this._setActivity('deleting');
+    try {
+      await this.client.deleteBackup(backup.id);
+      Notification.success(`Deleted backup ${title(backup)}.`, {
+        autoClose: 4000
+      });
+    } catch (error) {
+      Notification.error(`Delete failed: ${describeError(error)}`);
+    } finally {
+      this._setActivity('idle');
+    }
+    await this.refresh();
+  }
+
+  async upload(file: File): Promise<void> {
+    if (this.busy) {
+      Notification.warning('Wait until the running job has finished.');
+      return;
+    }
+    this._setActivity('uploading');
+    try {
+      const backup = await this.client.uploadBackup(file);
+      Notification.success(
+        `Uploaded ${file.name} as backup ${title(backup)}.`,
+        { autoClose: 5000 }
+      );
+    } catch (error) {
+      Notification.error(
+        `Upload of ${file.name} failed: ${describeError(error)}`
+      );
+    } finally {
+      this._setActivity('idle');
+    }
+    await this.refresh();
+  }
+
+  dispose(): void {
+    this._stopPolling();
+    Signal.clearData(this);
+  }
+
+  private async _start(start: () => Promise<IJob>): Promise<void> {
+    if (this.busy) {
+      Notification.warning('Wait until the running job has finished.');
+      return;
+    }
+    try {
+      this._follow(await start());
+    } catch (error) {
+      Notification.error(describeError(error));
+      // 409: another job runs (started elsewhere); show its progress.
+      if (error instanceof ApiError && error.status === 409 && error.jobId) {
+        try {
+          this._follow(await this.client.getJob(error.jobId));
+        } catch {
+          // The status refresh below still shows what is going on.
+        }
+      }
+    }
+  }
+
+  private _follow(job: IJob): void {
+    this._stopPolling();
+    this.job = job;
+    this._changed.emit();
+    this._schedulePoll();
+  }
+
+  private _schedulePoll(): void {
+    if (!this.job || isFinished(this.job)) {
+      if (this.job) {
+        void this._finished(this.job);
+      }
+      return;
+    }
+    this._timer = window.setTimeout(() => void this._poll(), POLL_INTERVAL_MS);
+  }
+
+  private async _poll(): Promise<void> {
+    this._timer = null;
+    const current = this.job;
+    if (!current) {
+      return;
+    }
+    try {
+      const job = await this.client.getJob(current.id);
+      if (this.job?.id !== current.id) {
+        return; // Another job is followed now.
+      }
+      this.job = job;
+      this._pollFailures = 0;
+      this._changed.emit();
+    } catch (error) {
+      // Keep polling through short outages; give up after ~30 s.
+      if (++this._pollFailures > 60) {
+        this.job = {
+          ...current,
+          state: 'failed',
+          error: `Lost track of the job: ${describeError(error)}`
+        };
+        this._pollFailures = 0;
+        this._changed.emit();
+      }
+    }
+    this._schedulePoll();
+  }
+
+  private async _finished(job: IJob): Promise<void> {
+    const what = job.kind.charAt(0).toUpperCase() + job.kind.slice(1);
+    if (job.state === 'succeeded') {
+      const hint =
+        typeof job.result?.hint === 'string' ? job.result.hint : null;
+      if (job.kind === 'restore') {
+        this.restoreHint =
+          hint ??
+          'Restart the kernels that use the Secure Configuration Storage.';
+        Notification.success(`Restore finished. ${this.restoreHint}`, {
+          autoClose: false
+        });
+      } else {
+        Notification.success(`${what} finished.`, { autoClose: 5000 });
+      }
+    } else {
+      Notification.error(
+        `${what} failed: ${job.error || 'the server gave no reason.'}`,
+        { autoClose: false }
+      );
+    }
+    await this.refresh();
+  }
+
+  private _stopPolling(): void {
+    if (this._timer !== null) {
+      window.clearTimeout(this._timer);
+      this._timer = null;
+    }
+  }
+
+  private _setActivity(activity: Activity): void {
+    this.activity = activity;
+    this._changed.emit();
+  }
+
+  private _changed = new Signal<this, void>(this);
+  private _timer: number | null = null;
+  private _pollFailures = 0;
+  private _refreshAgain = false;
+}
+
+/** Short name of a backup for messages: its label, else its date. */
+export function title(backup: IBackup): string {
+  return backup.label
+    ? `"${backup.label}"`
+    : new Date(backup.created).toLocaleString();
+}

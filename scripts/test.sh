@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian 12 machine: installs what is missing (apt, pip, npm),
+# starts Docker when none runs, builds the local helper image, and runs pytest (arguments pass on).
+source "$(dirname "$0")/setup.sh"
+apt_install chromium chromium
+setup_python test
+if start_docker; then
+    build_helper_image
+else
+    echo "################################################################" >&2
+    echo "# NO DOCKER ENGINE: the Docker tests will be SKIPPED            #" >&2
+    echo "################################################################" >&2
+fi
+cd "$PROJECT"
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,68 @@
+import os
+import socket
+import uuid
+
+import pytest
+
+from treeutil import HELPER_IMAGE
+
+
+def _docker():
+    try:
+        import docker
+
+        client = docker.from_env(timeout=60)
+        client.version()
+        return client, None
+    except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
+        return None, exc
+
+
+_CLIENT, _WHY = _docker()
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The real Docker engine (CI starts it). Skips, loudly, only when no engine can run."""
+    if _CLIENT is None:
+        pytest.skip(f"NO DOCKER ENGINE: Docker tests skipped ({_WHY}). Run scripts/test.sh as root.")
+    try:
+        _CLIENT.images.get(HELPER_IMAGE)
+    except Exception:
+        pytest.fail(f"The helper image {HELPER_IMAGE} is missing: scripts/test.sh builds it.")
+    return _CLIENT
+
+
+@pytest.fixture
+def make_volume(docker_client):
+    """Creates Docker volumes with unique names and removes them after the test."""
+    created = []
+
+    def make(prefix="ailabtest"):
+        volume = docker_client.volumes.create(f"{prefix}-{uuid.uuid4().hex[:10]}")
+        created.append(volume)
+        return volume.name
+
+    yield make
+    for volume in created:
+        try:
+            volume.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+@pytest.fixture(autouse=True)
+def _no_helper_left(request):
+    """Every test that touched Docker must leave no helper container behind."""
+    yield
+    if _CLIENT is not None and "docker_client" in request.fixturenames:
+        owner = f"ailab-backup.owner={socket.gethostname()}:{os.getpid()}"  # ours, not a parallel run's
+        left = _CLIENT.containers.list(all=True, filters={"label": ["ailab-backup.helper=1", owner]})
+        assert not left, f"helper containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture(autouse=True)
+def _helper_image_env(monkeypatch):
+    monkeypatch.setenv("AILAB_BACKUP_HELPER_IMAGE", HELPER_IMAGE)
+    for name in ("VOLUME", "DIR", "AILAB_BACKUP_VOLUME", "AILAB_BACKUP_STORE", "AILAB_BACKUP_SOURCE_DIR"):
+        monkeypatch.delenv(name, raising=False)
