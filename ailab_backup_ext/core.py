@@ -8,6 +8,7 @@ import datetime
 import os
 import stat
 import threading
+import uuid
 
 from .archive import (
     DIR,
@@ -27,6 +28,7 @@ from .archive import (
 from .config import AILabBackup
 from .docker_helper import DockerHelper, find_covering_mount
 from .errors import BackupError, Busy, InvalidArchive, NotFound, Unavailable
+from .jobs import JobRunner
 from .progress import Progress
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id
@@ -60,6 +62,7 @@ class BackupManager:
             self.docker = DockerHelper(self.config.docker_url, self.config.helper_image)
         self._resolved = None
         self._busy = threading.Lock()
+        self.jobs = JobRunner()
 
     # resolution ------------------------------------------------------------------------------
 
@@ -147,6 +150,8 @@ class BackupManager:
         }
         if self.docker is None:
             result["docker"]["url"] = "none"
+        active = self.jobs.active
+        result["job"] = active.to_json() if active else None
         try:
             source, store = self.resolve(refresh=True)
             result.update(mode=self.mode, source=source.describe(), store=store.describe())
@@ -245,6 +250,16 @@ class BackupManager:
         with self._busy_guard():
             return self._create(label, kind, progress or Progress())
 
+    def start_backup(self, label=""):
+        """Start a backup as a job (see :class:`JobRunner`); returns the job at once."""
+        return self.jobs.start("backup", lambda progress: self.create_backup(label, progress=progress))
+
+    def start_restore(self, backup_id, mode="merge"):
+        if mode not in ("merge", "replace"):
+            raise BackupError(f"Unknown restore mode {mode!r}: use 'merge' or 'replace'.")
+        self.get_backup(backup_id)  # an unknown id is answered now, not as a failed job
+        return self.jobs.start("restore", lambda progress: self.restore_backup(backup_id, mode, progress))
+
     def _create(self, label, kind, progress):
         source, store = self.resolve()
         source.check_exists()
@@ -279,6 +294,7 @@ class BackupManager:
             }
             progress.start("storing", size, 1)
             store.commit(spool, archive_name, meta)
+        progress.complete(manifest.total_bytes, manifest.file_count)
         return meta
 
     def _unique_id(self, base):
@@ -313,6 +329,7 @@ class BackupManager:
                         keep={e.path: e for e in manifest.entries},
                         protected=self.config.excludes,
                     )
+        progress.complete(manifest.total_bytes, manifest.file_count)
         touches_scs = any(e.path.endswith(SCS_NAME) for e in manifest.entries)
         return {
             "backup_id": backup_id,
@@ -368,7 +385,7 @@ class BackupManager:
 
     def upload_spool(self):
         """A context manager giving a temporary path to receive an uploaded archive in."""
-        return self.store.spool("upload")
+        return self.store.spool(f"upload-{uuid.uuid4().hex}")
 
     def add_uploaded(self, path):
         """Check an uploaded archive completely and add it to the store; return its metadata."""

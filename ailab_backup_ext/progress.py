@@ -23,6 +23,14 @@ class Progress:
             self.total_bytes, self.total_files = total_bytes, total_files
         self._changed()
 
+    def complete(self, total_bytes, total_files):
+        """The end: everything counted as done, with the real totals."""
+        with self._lock:
+            self.phase = "done"
+            self.done_bytes = self.total_bytes = total_bytes
+            self.done_files = self.total_files = total_files
+        self._changed()
+
     def add_bytes(self, n):
         with self._lock:
             self.done_bytes += n

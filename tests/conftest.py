@@ -6,6 +6,8 @@ import pytest
 
 from treeutil import HELPER_IMAGE
 
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
 
 def _docker():
     try:

@@ -242,6 +242,9 @@ _ROOT_BUG = ("EntryChecker accepts the root member 'notebooks' as a file or as a
              "symlink; restoring it deletes the whole notebooks folder (rmtree) and puts the file/"
              "symlink in its place, and with 'notebooks -> .' later members land next to the folder")
 
+_ROOT_BUG_DOCKER = ("the reader accepts a root member that is a file or symlink; only Docker's own "
+                    "extraction stops it, with an unclear 'unlinkat /ailab/mount: device or resource busy'")
+
 # (id, builder, fragment of the one-line message)
 CASES = [
     # paths
@@ -282,9 +285,9 @@ CASES = [
     pytest.param(lambda: archive([M("notebooks", "symlink", target="/etc")]), "points outside",
                  id="root-symlink-absolute"),
     pytest.param(lambda: archive([M("notebooks", "symlink", target="."), M("notebooks/escape.txt", data=b"evil")]),
-                 "notebooks", id="root-symlink-to-dot",
+                 "Refused", id="root-symlink-to-dot",
                  marks=pytest.mark.xfail(strict=True, reason=_ROOT_BUG)),
-    pytest.param(lambda: archive([M("notebooks", data=b"evil")]), "notebooks", id="root-is-a-file",
+    pytest.param(lambda: archive([M("notebooks", data=b"evil")]), "Refused", id="root-is-a-file",
                  marks=pytest.mark.xfail(strict=True, reason=_ROOT_BUG)),
     # member types and modes
     pytest.param(with_bad(M("notebooks/hard", "hardlink", target="notebooks/a.ipynb")), "hardlink",
@@ -587,6 +590,15 @@ VOLUME_CASES = [
     pytest.param(_truncated("zstd"), "damaged or truncated", id="truncated-zstd"),
     pytest.param(_flipped("gzip"), "damaged or truncated", id="corrupted-gzip"),
     pytest.param(with_bad(tweak=_set("a.ipynb", sha256="0" * 64)), "does not match the manifest", id="sha256"),
+    pytest.param(with_bad(M("notebooks/here", "symlink", target="."),
+                          M("notebooks/chain", "symlink", target="here/../escape.txt")),
+                 "points outside", id="symlink-chain-escape",
+                 marks=pytest.mark.xfail(strict=True, reason=_CHAIN_BUG)),
+    pytest.param(lambda: archive([M("notebooks", "symlink", target="."), M("notebooks/escape.txt", data=b"evil")]),
+                 "Refused", id="root-symlink-to-dot",
+                 marks=pytest.mark.xfail(strict=True, reason=_ROOT_BUG_DOCKER)),
+    pytest.param(lambda: archive([M("notebooks", data=b"evil")]), "Refused", id="root-is-a-file",
+                 marks=pytest.mark.xfail(strict=True, reason=_ROOT_BUG_DOCKER)),
 ]
 
 
@@ -606,7 +618,6 @@ def filled_volume(docker_client, make_volume):
 @pytest.mark.parametrize("build, fragment", VOLUME_CASES)
 def test_restore_into_volume_refuses_bad_archive(place, capsys, docker_client, filled_volume, build, fragment, mode):
     put_backup(place.store, build())
-    volumes_before = sorted(v.name for v in docker_client.volumes.list())
     before = volume_snapshot(docker_client, filled_volume)
     assert set(before) == {".", "a.ipynb", "keep.txt", "sub", "sub/b.txt", "link-to-b"}
     store_before = folder_snapshot(place.store)
@@ -614,7 +625,6 @@ def test_restore_into_volume_refuses_bad_archive(place, capsys, docker_client, f
                               "restore", BACKUP_ID, "--mode", mode])
     assert_refused(result, fragment)
     assert volume_snapshot(docker_client, filled_volume) == before
-    assert sorted(v.name for v in docker_client.volumes.list()) == volumes_before
     assert folder_snapshot(place.store) == store_before
     # the helper-container check is the autouse fixture _no_helper_left
 
@@ -781,13 +791,11 @@ def test_missing_volume(place, capsys, docker_client, tmp_path, command):
     assert not docker_client.volumes.list(filters={"name": name})
     put_backup(place.store, archive(good_members()))
     (tmp_path / "notebooks").mkdir()
-    volumes_before = sorted(v.name for v in docker_client.volumes.list())
     before = everything(place)
     argv = ["--volume", name, "--store", str(place.store)] + [a.format(tmp=tmp_path) for a in command]
     line = assert_refused(run_cli(capsys, argv), "does not exist")
     assert f"volume {name!r}" in line and "docker volume ls" in line
     assert not [v for v in docker_client.volumes.list() if v.name == name], "the volume was created"
-    assert sorted(v.name for v in docker_client.volumes.list()) == volumes_before
     assert everything(place) == before
 
 

@@ -1,0 +1,272 @@
+"""REST handlers under /ailab/backup. Thin: each one delegates to the BackupManager kept in
+``web_app.settings`` and runs blocking work in a thread, so JupyterLab stays responsive.
+
+Auth: Jupyter's own (token or cookie, XSRF for unsafe methods), or the kernel credential: a random
+secret made when the server starts, handed to kernels in their environment
+(``AILAB_BACKUP_TOKEN``), accepted by these handlers only, and gone when the server stops.
+"""
+
+import asyncio
+import hmac
+import json
+import os
+from contextlib import ExitStack
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from .archive import CHUNK
+from .errors import BackupError, TooLarge
+
+SETTINGS_KEY = "ailab_backup"
+SECRET_KEY = "ailab_backup_kernel_secret"
+AUTH_RESOURCE = "ailab_backup"
+KERNEL_AUTH_SCHEME = "AILabBackup"
+OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
+
+
+class BaseHandler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+    kernel_authenticated = False
+
+    @property
+    def manager(self):
+        return self.settings[SETTINGS_KEY]
+
+    async def prepare(self):
+        scheme, _, secret = self.request.headers.get("Authorization", "").partition(" ")
+        expected = self.settings.get(SECRET_KEY)
+        if scheme == KERNEL_AUTH_SCHEME and expected and hmac.compare_digest(secret.encode(), expected.encode()):
+            if not self.check_host():
+                raise web.HTTPError(403)
+            from jupyter_server.auth import User
+
+            self.kernel_authenticated = True
+            self.current_user = self._jupyter_current_user = User(username="ailab-backup-kernel")
+            return
+        await super().prepare()
+
+    def check_xsrf_cookie(self):
+        if self.kernel_authenticated:
+            return None  # a secret header cannot be sent by another site
+        return super().check_xsrf_cookie()
+
+    async def call(self, fn, *args, **kwargs):
+        """Run blocking core work in a thread; expected errors become JSON replies."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except BackupError as exc:
+            raise _Reply(exc) from None
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, _Reply):
+            self.set_status(exc.error.http_status)
+            body = {"message": str(exc.error)}
+            if getattr(exc.error, "job_id", None):
+                body["job_id"] = exc.error.job_id
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(body))
+            return
+        super().write_error(status_code, **kwargs)
+
+    def body_json(self):
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "The request body must be a JSON object.")
+        return body
+
+    def accepted(self, job):
+        self.set_status(202)
+        self.set_header("Location", url_path_join(self.base_url, "ailab/backup/jobs", job.id))
+        self.finish({"job": job.to_json()})
+
+
+class _Reply(web.HTTPError):
+    """An expected error on its way to ``write_error`` (logged as a warning, not a crash)."""
+
+    def __init__(self, error):
+        super().__init__(error.http_status, "%s", str(error))
+        self.error = error
+
+
+def _backup_json(meta):
+    keys = ("id", "created", "label", "kind", "source", "size_bytes", "file_count", "total_bytes", "compression")
+    return {k: meta.get(k) for k in keys}
+
+
+class BackupsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        backups = await self.call(self.manager.list_backups)
+        self.finish({"backups": [_backup_json(m) for m in backups]})
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        label = self.body_json().get("label", "")
+        if not isinstance(label, str) or len(label) > 200:
+            raise web.HTTPError(400, "The label must be a text of at most 200 characters.")
+        job = await self.call(self.manager.start_backup, label)
+        self.accepted(job)
+
+
+class StatusHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.finish(await self.call(self.manager.status))
+
+
+class JobsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    def get(self):
+        self.finish({"jobs": [job.to_json() for job in self.manager.jobs.recent()]})
+
+
+class JobHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id):
+        job = await self.call(self.manager.jobs.get, job_id)
+        self.finish(job.to_json())
+
+
+class BackupHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, backup_id):
+        meta = await self.call(self.manager.get_backup, backup_id)
+        self.finish({**_backup_json(meta), "manifest": {
+            "archive": meta.get("archive"),
+            "sha256": meta.get("sha256"),
+            "format_version": meta.get("format_version"),
+            "skipped": meta.get("skipped", []),
+        }})
+
+    @web.authenticated
+    @authorized
+    async def delete(self, backup_id):
+        await self.call(self.manager.delete_backup, backup_id)
+        self.set_status(204)
+        self.finish()
+
+
+class RestoreHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, backup_id):
+        mode = self.body_json().get("mode", "merge")
+        job = await self.call(self.manager.start_restore, backup_id, mode)
+        self.accepted(job)
+
+
+class DownloadHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, backup_id):
+        # a download link is a GET with side effects for privacy: check XSRF (or a same-site
+        # Referer, as jupyter_server allows for GET) as jupyter-archive does
+        self.check_xsrf_cookie()
+        meta = await self.call(self.manager.get_backup, backup_id)
+        with ExitStack() as stack:
+            stream = await self.call(stack.enter_context, self.manager.open_archive(backup_id))
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Disposition", f'attachment; filename="{meta["archive"]}"')
+            self.set_header("Content-Length", str(meta["size_bytes"]))
+            try:
+                while True:
+                    chunk = await asyncio.to_thread(stream.read, CHUNK)
+                    if not chunk:
+                        break
+                    self.write(chunk)
+                    await self.flush()  # waits for a slow client: memory stays bounded
+            except StreamClosedError:
+                return
+            finally:
+                await asyncio.to_thread(stack.close)
+        self.finish()
+
+
+@web.stream_request_body
+class UploadHandler(BaseHandler):
+    """The raw archive as the body, streamed to disk, checked completely, then stored."""
+
+    async def prepare(self):
+        await super().prepare()
+        if self.current_user is None or self.request.method != "POST":
+            return  # the method's decorators answer 403 / 405
+        limit = self.manager.config.max_upload_bytes
+        length = int(self.request.headers.get("Content-Length", "0") or 0)
+        if limit and length > limit:
+            raise _Reply(TooLarge(f"The upload is larger than the limit of {limit} bytes "
+                                  "(AILabBackup.max_upload_bytes)."))
+        self.request.connection.set_max_body_size(limit or 1 << 62)
+        self.received = 0
+        self.spool = ExitStack()
+        path = self.spool.enter_context(self.manager.upload_spool())
+        self.spool_file = self.spool.enter_context(open(path, "wb"))
+        self.spool_path = path
+
+    async def data_received(self, chunk):
+        if not hasattr(self, "spool_file"):
+            return
+        self.received += len(chunk)
+        await asyncio.to_thread(self.spool_file.write, chunk)
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        try:
+            self.spool_file.close()
+            if not self.received:
+                raise web.HTTPError(400, "The upload is empty: send the archive as the request body.")
+            meta = await self.call(self.manager.add_uploaded, self.spool_path)
+        finally:
+            self.spool.close()
+        self.set_status(201)
+        self.finish(_backup_json(meta))
+
+    def on_connection_close(self):
+        if hasattr(self, "spool"):
+            self.spool.close()  # an aborted upload leaves nothing behind
+        super().on_connection_close()
+
+
+class OpenAPIHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    def get(self):
+        with open(OPENAPI_PATH, encoding="utf-8") as f:
+            self.set_header("Content-Type", "application/json")
+            self.finish(f.read())
+
+
+_ID = r"(?P<backup_id>[^/]+)"
+# The route table (as jupyterlab-git keeps one): fixed names before the backup id pattern.
+ROUTES = [
+    (r"", BackupsHandler),
+    (r"/status", StatusHandler),
+    (r"/openapi\.json", OpenAPIHandler),
+    (r"/jobs", JobsHandler),
+    (r"/jobs/(?P<job_id>[^/]+)", JobHandler),
+    (r"/upload", UploadHandler),
+    (rf"/{_ID}/download", DownloadHandler),
+    (rf"/{_ID}/restore", RestoreHandler),
+    (rf"/{_ID}", BackupHandler),
+]
+
+
+def setup_handlers(web_app):
+    base = url_path_join(web_app.settings["base_url"], "ailab/backup")
+    web_app.add_handlers(".*$", [(base + pattern + "/?$", handler) for pattern, handler in ROUTES])
