@@ -4,7 +4,9 @@ __version__ = "0.1.0"
 
 
 def _jupyter_server_extension_points():
-    return [{"module": "ailab_backup_ext.extension"}]
+    from .extension import BackupExtension
+
+    return [{"module": "ailab_backup_ext", "app": BackupExtension}]
 
 
 def _jupyter_labextension_paths():

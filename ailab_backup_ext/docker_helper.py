@@ -10,6 +10,7 @@ import socket
 import tarfile
 from contextlib import contextmanager
 
+from .archive import CHUNK, IterStream
 from .errors import BackupError, NotFound, Unavailable
 
 HELPER_LABEL = "ailab-backup.helper"
@@ -174,6 +175,24 @@ class DockerHelper:
                 created.remove(force=True)
             except docker.errors.NotFound:
                 pass
+
+    @contextmanager
+    def archive_stream(self, container, path):
+        """``path`` in the container as a readable tar stream. Leaving closes Docker's response:
+        Docker holds the container while it copies, so a stream left open would make removing
+        the container wait for a reader that is gone."""
+        import docker
+
+        api = self.client.api
+        response = api._get(api._url("/containers/{0}/archive", container.id), params={"path": path}, stream=True)
+        try:
+            try:
+                api._raise_for_status(response)
+            except docker.errors.NotFound:
+                raise NotFound(f"{path} does not exist in the helper container's mounts.") from None
+            yield io.BufferedReader(IterStream(response.iter_content(CHUNK, decode_unicode=False)), CHUNK)
+        finally:
+            response.close()
 
     def run(self, mounts, command, files=None):
         """Run ``command`` in a helper container, with ``files`` ({path: bytes}) put in first."""

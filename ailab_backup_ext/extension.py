@@ -1,8 +1,15 @@
-"""The Jupyter server extension: one BackupManager in ``web_app.settings``, REST routes on top."""
+"""The Jupyter server extension: one BackupManager in ``web_app.settings``, REST routes on top.
 
+An ExtensionApp, because only those get a shutdown hook: a job running when the server stops is
+cancelled there, removing its helper container and its partial archive.
+"""
+
+import asyncio
 import os
 import secrets
 import threading
+
+from jupyter_server.extension.application import ExtensionApp
 
 from .config import AILabBackup
 from .core import BackupManager
@@ -12,33 +19,34 @@ from .handlers import SECRET_KEY, SETTINGS_KEY, setup_handlers
 ENV_TOKEN, ENV_URL = "AILAB_BACKUP_TOKEN", "AILAB_BACKUP_URL"
 
 
-def _load_jupyter_server_extension(server_app):
-    config = AILabBackup(parent=server_app)
-    manager = BackupManager(config, root_dir=server_app.root_dir)
-    secret = secrets.token_urlsafe(32)
-    server_app.web_app.settings[SETTINGS_KEY] = manager
-    server_app.web_app.settings[SECRET_KEY] = secret
-    # kernels are children of this process and inherit its environment; the secret is never
-    # written anywhere and opens /ailab/backup only
-    os.environ[ENV_TOKEN] = secret
-    os.environ[ENV_URL] = server_app.connection_url
-    setup_handlers(server_app.web_app)
-    threading.Thread(target=_clean_up_after_crash, args=(manager, server_app.log), daemon=True).start()
-    server_app.log.info("ailab_backup_ext: REST API at %sailab/backup", server_app.base_url)
+class BackupExtension(ExtensionApp):
+    name = "ailab_backup_ext"
+    load_other_extensions = True
 
+    def initialize_settings(self):
+        server = self.serverapp
+        self.manager = BackupManager(AILabBackup(parent=server), root_dir=server.root_dir)
+        secret = secrets.token_urlsafe(32)
+        self.settings.update({SETTINGS_KEY: self.manager, SECRET_KEY: secret})
+        # kernels are children of this process and inherit its environment; the secret is never
+        # written anywhere and opens /ailab/backup only
+        os.environ[ENV_TOKEN] = secret
+        os.environ[ENV_URL] = server.connection_url
+        threading.Thread(target=self._clean_up_after_crash, daemon=True).start()
 
-def _clean_up_after_crash(manager, log):
-    """Helper containers of a killed earlier server of this host are removed at start."""
-    if manager.docker_version():
-        try:
-            removed = manager.docker.remove_stale_helpers()
-            if removed:
-                log.info("ailab_backup_ext: removed %d helper containers left by a killed server", removed)
-        except Exception as exc:  # noqa: BLE001 - never stop the server from starting
-            log.warning("ailab_backup_ext: could not look for stale helper containers: %s", exc)
+    def initialize_handlers(self):
+        setup_handlers(self.serverapp.web_app)
+        self.log.info("ailab_backup_ext: REST API at %sailab/backup", self.serverapp.base_url)
 
+    def _clean_up_after_crash(self):
+        """Helper containers of a killed earlier server of this host are removed at start."""
+        if self.manager.docker_version():
+            try:
+                removed = self.manager.docker.remove_stale_helpers()
+                if removed:
+                    self.log.info("ailab_backup_ext: removed %d helper containers of a killed server", removed)
+            except Exception as exc:  # noqa: BLE001 - never stop the server from starting
+                self.log.warning("ailab_backup_ext: could not look for stale helper containers: %s", exc)
 
-def _unload_jupyter_server_extension(server_app):
-    manager = server_app.web_app.settings.get(SETTINGS_KEY)
-    if manager is not None:
-        manager.jobs.shutdown()
+    async def stop_extension(self):
+        await asyncio.to_thread(self.manager.jobs.shutdown)

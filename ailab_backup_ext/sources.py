@@ -13,7 +13,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 from .archive import (
     CHUNK,
@@ -23,7 +23,6 @@ from .archive import (
     ROOT,
     SYMLINK,
     Entry,
-    IterStream,
     entry_from_tarinfo,
     tar_stream,
 )
@@ -316,18 +315,16 @@ class DockerMountSource:
         return [self.docker.mount(self.kind, self.mount_name, self.MOUNT_POINT, read_only)]
 
     def _tar_members(self, helper, path):
-        import docker
-
         try:
-            chunks, _ = helper.get_archive(path, chunk_size=CHUNK)
-        except docker.errors.NotFound:
+            with self.docker.archive_stream(helper, path) as stream, tarfile.open(
+                fileobj=stream, mode="r|", bufsize=CHUNK, errors="surrogateescape"
+            ) as tar:
+                for info in tar:
+                    # Docker names members after the folder asked for: strip that first part
+                    _, _, rest = info.name.partition("/")
+                    yield tar, info, rest or ROOT
+        except NotFound:
             raise NotFound(f"{path} does not exist in the {self.kind} {self.name!r}.") from None
-        stream = io.BufferedReader(IterStream(chunks), CHUNK)
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK, errors="surrogateescape") as tar:
-            for info in tar:
-                # Docker names members after the folder asked for: strip that first part
-                _, _, rest = info.name.partition("/")
-                yield tar, info, rest or ROOT
 
     @contextmanager
     def read_entries(self):
@@ -347,7 +344,9 @@ class DockerMountSource:
                     for tar, info, _ in self._tar_members(helper, f"{self.data_dir}/{path}"):
                         yield entry_from_tarinfo(info, path), tar.extractfile(info)
 
-            yield generate()
+            # closed before the helper is removed, also when the reader stops early
+            with closing(generate()) as entries:
+                yield entries
 
     def list_entries(self):
         with self.docker.container(self._mounts(read_only=True)) as helper:
@@ -356,8 +355,9 @@ class DockerMountSource:
 
     def root_owner(self):
         with self.docker.container(self._mounts(read_only=True)) as helper:
-            for _, info, _ in self._tar_members(helper, self.data_dir):
-                return info.uid, info.gid  # the folder itself comes first; stop reading there
+            with closing(self._tar_members(helper, self.data_dir)) as members:
+                for _, info, _ in members:
+                    return info.uid, info.gid  # the folder itself comes first; stop reading there
         return 0, 0
 
     def estimate(self):

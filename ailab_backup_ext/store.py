@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from contextlib import contextmanager
 
-from .archive import CHUNK, DIR, FILE, Entry, IterStream, tar_stream
+from .archive import CHUNK, DIR, FILE, Entry, tar_stream
 from .errors import NotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -145,16 +145,14 @@ class VolumeStore:
         return [self.docker.mount("volume", self.volume, self.MOUNT_POINT)]
 
     def _members(self, helper, path):
-        import docker
-
         try:
-            chunks, _ = helper.get_archive(path, chunk_size=CHUNK)
-        except docker.errors.NotFound:
+            with self.docker.archive_stream(helper, path) as stream, tarfile.open(
+                fileobj=stream, mode="r|", bufsize=CHUNK
+            ) as tar:
+                for info in tar:
+                    yield tar, info
+        except NotFound:
             return
-        stream = io.BufferedReader(IterStream(chunks), CHUNK)
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
-            for info in tar:
-                yield tar, info
 
     def read_all_meta(self):
         found = []

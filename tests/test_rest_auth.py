@@ -124,7 +124,8 @@ def run_in_kernel(connection_file, code):
     """Run code in a kernel through its connection file; return what it printed."""
     client = BlockingKernelClient()
     client.load_connection_file(connection_file)
-    client.start_channels()
+    # no heartbeat channel: without its manager a client may think a fresh kernel dead
+    client.start_channels(hb=False)
     try:
         client.wait_for_ready(timeout=60)
         lines = []
