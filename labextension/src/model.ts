@@ -19,6 +19,12 @@ import {
 /** How often a running job is polled. */
 export const POLL_INTERVAL_MS = 500;
 
+/**
+ * Notification options: a toast that stays until dismissed. (Without
+ * `autoClose`, JupyterLab only adds a notification to the list, silently.)
+ */
+const STICKY = { autoClose: false } as const;
+
 /** What the panel is busy with, besides a server job. */
 export type Activity = 'idle' | 'loading' | 'uploading' | 'deleting';
 
@@ -37,6 +43,11 @@ export class BackupModel {
 
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /** A followed job ended (succeeded or failed). */
+  get jobFinished(): ISignal<this, IJob> {
+    return this._jobFinished;
   }
 
   /** True while a job of the server runs, or an upload or delete. */
@@ -60,18 +71,29 @@ export class BackupModel {
     }
     this._setActivity('loading');
     try {
+      // Independent: a failing list must not hide the status, and back.
       const [status, backups] = await Promise.all([
-        this.client.status(),
-        this.client.listBackups()
+        settle(this.client.status()),
+        settle(this.client.listBackups())
       ]);
-      this.status = status;
-      this.backups = backups;
-      this.loadError = null;
-      if (status.job && !isFinished(status.job) && !this.jobRunning) {
-        this._follow(status.job);
+      const errors: string[] = [];
+      if (status.ok) {
+        this.status = status.value;
+        const job = status.value.job;
+        if (job && !isFinished(job) && !this.jobRunning) {
+          this._follow(job);
+        }
+      } else {
+        errors.push(status.error);
       }
-    } catch (error) {
-      this.loadError = describeError(error);
+      if (backups.ok) {
+        this.backups = backups.value;
+      } else {
+        errors.push(backups.error);
+      }
+      this.loadError = errors.length
+        ? Array.from(new Set(errors)).join(' ')
+        : null;
     } finally {
       this._setActivity('idle');
     }
@@ -99,7 +121,7 @@ export class BackupModel {
         autoClose: 4000
       });
     } catch (error) {
-      Notification.error(`Delete failed: ${describeError(error)}`);
+      Notification.error(`Delete failed: ${describeError(error)}`, STICKY);
     } finally {
       this._setActivity('idle');
     }
@@ -108,7 +130,9 @@ export class BackupModel {
 
   async upload(file: File): Promise<void> {
     if (this.busy) {
-      Notification.warning('Wait until the running job has finished.');
+      Notification.warning('Wait until the running job has finished.', {
+        autoClose: 5000
+      });
       return;
     }
     this._setActivity('uploading');
@@ -120,12 +144,18 @@ export class BackupModel {
       );
     } catch (error) {
       Notification.error(
-        `Upload of ${file.name} failed: ${describeError(error)}`
+        `Upload of ${file.name} failed: ${describeError(error)}`,
+        STICKY
       );
     } finally {
       this._setActivity('idle');
     }
     await this.refresh();
+  }
+
+  dismissRestoreHint(): void {
+    this.restoreHint = null;
+    this._changed.emit();
   }
 
   dispose(): void {
@@ -135,13 +165,15 @@ export class BackupModel {
 
   private async _start(start: () => Promise<IJob>): Promise<void> {
     if (this.busy) {
-      Notification.warning('Wait until the running job has finished.');
+      Notification.warning('Wait until the running job has finished.', {
+        autoClose: 5000
+      });
       return;
     }
     try {
       this._follow(await start());
     } catch (error) {
-      Notification.error(describeError(error));
+      Notification.error(describeError(error), STICKY);
       // 409: another job runs (started elsewhere); show its progress.
       if (error instanceof ApiError && error.status === 409 && error.jobId) {
         try {
@@ -200,16 +232,22 @@ export class BackupModel {
   }
 
   private async _finished(job: IJob): Promise<void> {
+    this._jobFinished.emit(job);
     const what = job.kind.charAt(0).toUpperCase() + job.kind.slice(1);
     if (job.state === 'succeeded') {
       const hint =
         typeof job.result?.hint === 'string' ? job.result.hint : null;
       if (job.kind === 'restore') {
-        this.restoreHint =
-          hint ??
-          'Restart the kernels that use the Secure Configuration Storage.';
-        Notification.success(`Restore finished. ${this.restoreHint}`, {
-          autoClose: false
+        // The server sets `hint` when the SCS was restored: kernels that
+        // hold it open must be restarted.
+        this.restoreHint = hint;
+        const files = job.result?.file_count;
+        const done =
+          typeof files === 'number'
+            ? `Restore finished: ${files} files restored.`
+            : 'Restore finished.';
+        Notification.success(hint ? `${done} ${hint}` : done, {
+          autoClose: hint ? false : 5000
         });
       } else {
         Notification.success(`${what} finished.`, { autoClose: 5000 });
@@ -236,9 +274,21 @@ export class BackupModel {
   }
 
   private _changed = new Signal<this, void>(this);
+  private _jobFinished = new Signal<this, IJob>(this);
   private _timer: number | null = null;
   private _pollFailures = 0;
   private _refreshAgain = false;
+}
+
+/** A promise's outcome, without rejecting. */
+async function settle<T>(
+  promise: Promise<T>
+): Promise<{ ok: true; value: T } | { ok: false; error: string }> {
+  try {
+    return { ok: true, value: await promise };
+  } catch (error) {
+    return { ok: false, error: describeError(error) };
+  }
 }
 
 /** Short name of a backup for messages: its label, else its date. */

@@ -1,0 +1,252 @@
+/**
+ * Unit tests of the REST client, run with node's test runner against a small
+ * HTTP server on 127.0.0.1 (`npm test`).
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+
+import { ServerConnection } from '@jupyterlab/services';
+
+import {
+  ApiError,
+  BackupClient,
+  apiUrl,
+  describeError,
+  errorMessage,
+  formatBytes,
+  isFinished
+} from '../client';
+
+describe('apiUrl', () => {
+  test('joins base URL, API path and parts', () => {
+    assert.equal(
+      apiUrl('http://localhost:8888/', 'status'),
+      'http://localhost:8888/ailab/backup/status'
+    );
+    assert.equal(
+      apiUrl('http://h/user/me/', 'jobs', 'j1'),
+      'http://h/user/me/ailab/backup/jobs/j1'
+    );
+    assert.equal(apiUrl('/lab-base/'), '/lab-base/ailab/backup');
+  });
+
+  test('encodes each part', () => {
+    assert.equal(
+      apiUrl('http://h/', 'a b/c', 'download'),
+      'http://h/ailab/backup/a%20b%2Fc/download'
+    );
+  });
+
+  test('download URL', () => {
+    const client = new BackupClient(
+      ServerConnection.makeSettings({ baseUrl: 'http://h:1/base/' })
+    );
+    assert.equal(
+      client.downloadUrl('20260101T000000Z'),
+      'http://h:1/base/ailab/backup/20260101T000000Z/download'
+    );
+  });
+});
+
+describe('errorMessage', () => {
+  test('takes the server message', () => {
+    assert.equal(
+      errorMessage(409, 'Conflict', '{"message": "A job runs", "job_id": "x"}'),
+      'A job runs'
+    );
+  });
+
+  test('falls back to error or reason', () => {
+    assert.equal(
+      errorMessage(400, 'Bad', '{"error": "bad archive"}'),
+      'bad archive'
+    );
+    assert.equal(errorMessage(403, 'Forbidden', '{"reason": "XSRF"}'), 'XSRF');
+  });
+
+  test('plain text body', () => {
+    assert.equal(
+      errorMessage(502, 'Bad Gateway', 'proxy down\n'),
+      'proxy down'
+    );
+  });
+
+  test('HTML page or empty body gives the status', () => {
+    assert.equal(
+      errorMessage(
+        500,
+        'Internal Server Error',
+        '<html><body>boom</body></html>'
+      ),
+      'Request failed: 500 Internal Server Error'
+    );
+    assert.equal(
+      errorMessage(404, 'Not Found', ''),
+      'Request failed: 404 Not Found'
+    );
+    assert.equal(
+      errorMessage(404, 'Not Found', '{"message": ""}'),
+      'Request failed: 404 Not Found'
+    );
+    assert.equal(
+      errorMessage(413, '', ''),
+      'The file is too large for the server.'
+    );
+  });
+});
+
+describe('helpers', () => {
+  test('formatBytes', () => {
+    assert.equal(formatBytes(0), '0 B');
+    assert.equal(formatBytes(1536), '1.5 KB');
+    assert.equal(formatBytes(5 * 1024 ** 3), '5.0 GB');
+    assert.equal(formatBytes(150 * 1024 ** 2), '150 MB');
+    assert.equal(formatBytes(undefined), '–');
+  });
+
+  test('isFinished', () => {
+    const job = (state: any) => ({ state }) as any;
+    assert.equal(isFinished(job('running')), false);
+    assert.equal(isFinished(job('queued')), false);
+    assert.equal(isFinished(job('succeeded')), true);
+    assert.equal(isFinished(job('failed')), true);
+  });
+});
+
+interface ISeen {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+describe('BackupClient against a fake server', () => {
+  let server: http.Server;
+  let client: BackupClient;
+  const seen: ISeen[] = [];
+
+  before(async () => {
+    server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', c => chunks.push(c));
+      req.on('end', () => {
+        const url = (req.url ?? '').replace(/\?\d+$/, ''); // cache buster
+        seen.push({
+          method: req.method ?? '',
+          url,
+          headers: req.headers,
+          body: Buffer.concat(chunks)
+        });
+        const send = (status: number, data?: unknown) => {
+          res.writeHead(status, { 'Content-Type': 'application/json' });
+          res.end(data === undefined ? '' : JSON.stringify(data));
+        };
+        const key = `${req.method} ${url}`;
+        switch (key) {
+          case 'GET /base/ailab/backup':
+            return send(200, { backups: [{ id: 'b1', label: 'x' }] });
+          case 'POST /base/ailab/backup':
+            return send(409, {
+              message: 'A backup is already running.',
+              job_id: 'j9'
+            });
+          case 'POST /base/ailab/backup/b1/restore':
+            return send(202, {
+              job: { id: 'j2', kind: 'restore', state: 'queued' }
+            });
+          case 'GET /base/ailab/backup/jobs/j2':
+            return send(200, {
+              id: 'j2',
+              state: 'succeeded',
+              result: { hint: 'Restart' }
+            });
+          case 'DELETE /base/ailab/backup/b1':
+            res.writeHead(204);
+            return res.end();
+          case 'POST /base/ailab/backup/upload':
+            return req.headers['content-length'] === '0'
+              ? send(400, { message: 'Empty archive.' })
+              : send(201, { id: 'up1', label: '' });
+          case 'GET /base/ailab/backup/status':
+            res.writeHead(500, { 'Content-Type': 'text/html' });
+            return res.end('<html>Traceback</html>');
+          default:
+            return send(404, { message: `No route ${key}` });
+        }
+      });
+    });
+    await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    client = new BackupClient(
+      ServerConnection.makeSettings({
+        baseUrl: `http://127.0.0.1:${port}/base/`,
+        token: 'secret'
+      })
+    );
+  });
+
+  after(() => {
+    server.close();
+  });
+
+  test('lists backups with the token header', async () => {
+    const backups = await client.listBackups();
+    assert.deepEqual(backups, [{ id: 'b1', label: 'x' }]);
+    const req = seen[seen.length - 1];
+    assert.equal(req.method, 'GET');
+    assert.equal(req.headers['authorization'], 'token secret');
+  });
+
+  test('409 gives ApiError with message and job id', async () => {
+    await assert.rejects(client.createBackup('my label'), (e: unknown) => {
+      assert.ok(e instanceof ApiError);
+      assert.equal(e.status, 409);
+      assert.equal(e.message, 'A backup is already running.');
+      assert.equal(e.jobId, 'j9');
+      assert.equal(describeError(e), 'A backup is already running.');
+      return true;
+    });
+    const req = seen[seen.length - 1];
+    assert.deepEqual(JSON.parse(req.body.toString()), { label: 'my label' });
+  });
+
+  test('restore posts the mode and returns the job', async () => {
+    const job = await client.restoreBackup('b1', 'replace');
+    assert.equal(job.id, 'j2');
+    assert.deepEqual(JSON.parse(seen[seen.length - 1].body.toString()), {
+      mode: 'replace'
+    });
+    const done = await client.getJob('j2');
+    assert.equal(done.result?.hint, 'Restart');
+  });
+
+  test('delete accepts 204', async () => {
+    assert.equal(await client.deleteBackup('b1'), undefined);
+  });
+
+  test('upload sends raw bytes', async () => {
+    const backup = await client.uploadBackup(
+      new Blob([new Uint8Array([1, 2, 3])])
+    );
+    assert.equal(backup.id, 'up1');
+    const req = seen[seen.length - 1];
+    assert.equal(req.headers['content-type'], 'application/octet-stream');
+    assert.deepEqual([...req.body], [1, 2, 3]);
+    await assert.rejects(client.uploadBackup(new Blob([])), /Empty archive\./);
+  });
+
+  test('HTML error page gives the status', async () => {
+    await assert.rejects(client.status(), {
+      name: 'ApiError',
+      message: 'Request failed: 500 Internal Server Error'
+    });
+  });
+
+  test('unknown route gives the server message', async () => {
+    await assert.rejects(client.getBackup('nope'), {
+      message: 'No route GET /base/ailab/backup/nope'
+    });
+  });
+});
