@@ -56,6 +56,13 @@ def build_parser():
     restore.add_argument("--mode", choices=["merge", "replace"], default="merge",
                          help="merge (default): overwrite files from the backup, keep others; "
                               "replace: make the folder exactly as in the backup")
+    restore.add_argument("--path", action="append", dest="paths",
+                         help="restore only this file or folder of the backup (repeatable)")
+    restore.add_argument("--dry-run", action="store_true",
+                         help="show what the restore would add, overwrite and remove; change nothing")
+    command("undo", "undo the last restore (restore the safety backup taken before it)")
+    command("prune", "delete old backups, keeping the newest N (the newest safety backup stays)"
+            ).add_argument("--keep", type=int, help="how many to keep (default: AILabBackup.keep_last)")
     command("delete", "delete a backup").add_argument("id")
     for name, text in (("export", "copy the source to DIR/notebooks, as the seed recipe's docker cp"),
                        ("import", "copy DIR/notebooks into the source, as the seed recipe's docker cp")):
@@ -118,6 +125,19 @@ def _size(n):
         n /= 1024
 
 
+def print_plan(plan, out):
+    for kind, sign in (("added", "+"), ("overwritten", "~"), ("removed", "-")):
+        for item in plan[kind]:
+            extra = ""
+            if item.get("notebook"):
+                nb = item["notebook"]
+                extra = f"  (cells: +{nb['cells_added']} -{nb['cells_removed']} ~{nb['cells_changed']})"
+            print(f"{sign} {item['path']}  {_size(item['size'])}{extra}", file=out)
+    unchanged = plan["unchanged"]
+    print(f"{len(plan['added'])} added, {len(plan['overwritten'])} overwritten, {len(plan['removed'])} "
+          f"removed, {unchanged['count']} unchanged ({plan['mode']}). Nothing was changed.", file=out)
+
+
 def run(args, out=None):
     out = out or sys.stdout
     manager = BackupManager(make_config(args))
@@ -149,12 +169,24 @@ def run(args, out=None):
             result = manager.verify_backup(args.id, progress)
             bar.close()
             print(f"{args.id}: OK, {result['files']} files ({_size(result['bytes'])}) match the manifest.", file=out)
-        elif args.command == "restore":
-            result = manager.restore_backup(args.id, args.mode, progress)
+        elif args.command == "restore" and args.dry_run:
+            print_plan(manager.plan_restore(args.id, args.mode, args.paths, progress), out)
+        elif args.command in ("restore", "undo"):
+            if args.command == "undo":
+                result = manager.undo_last_restore(progress)
+                print(f"Undone: the state before the last restore ({result['undone']}) is back.", file=out)
+            else:
+                result = manager.restore_backup(args.id, args.mode, progress, args.paths)
+                print(f"Restored {result['file_count']} files from {args.id} ({args.mode}).", file=out)
             bar.close()
-            print(f"Restored {result['file_count']} files from {args.id} ({args.mode}).", file=out)
+            if result["safety_backup_id"]:
+                print(f"The state before is kept as {result['safety_backup_id']}: 'ailab-backup undo' "
+                      "brings it back.", file=out)
             if result["hint"]:
                 print(result["hint"], file=out)
+        elif args.command == "prune":
+            deleted = manager.prune(args.keep)
+            print(f"Deleted {len(deleted)} backups" + (": " + ", ".join(deleted) if deleted else "."), file=out)
         elif args.command == "delete":
             manager.delete_backup(args.id)
             print(f"Deleted {args.id}.", file=out)

@@ -102,11 +102,27 @@ class BackupClient:
         job = self._json("POST", "", json={"label": label})["job"]
         return self.wait(job, on_progress, poll) if wait else job
 
-    def restore(self, backup_id, mode="merge", wait=False, on_progress=None, poll=0.5):
-        """Start a restore ('merge' or 'replace'). The finished job's ``result["hint"]`` says
-        whether kernels using the Secure Configuration Storage should be restarted."""
-        job = self._json("POST", f"/{_quote(backup_id)}/restore", json={"mode": mode})["job"]
+    def restore(self, backup_id, mode="merge", paths=None, wait=False, on_progress=None, poll=0.5):
+        """Start a restore ('merge' or 'replace'; ``paths``: only these files or folders of the
+        backup). The server first keeps the current state as a safety backup (see :meth:`undo`).
+        The finished job's ``result["hint"]`` says whether kernels using the Secure Configuration
+        Storage should be restarted."""
+        job = self._json("POST", f"/{_quote(backup_id)}/restore", json=_restore_body(mode, paths))["job"]
         return self.wait(job, on_progress, poll) if wait else job
+
+    def plan_restore(self, backup_id, mode="merge", paths=None):
+        """A dry run of :meth:`restore`: what it would add, overwrite, remove, leave unchanged."""
+        body = {**_restore_body(mode, paths), "dry_run": True}
+        return self._json("POST", f"/{_quote(backup_id)}/restore", json=body, timeout=(self.timeout, None))
+
+    def undo(self, wait=False, on_progress=None, poll=0.5):
+        """Undo the last restore: restore (replace) the safety backup taken before it."""
+        job = self._json("POST", "/undo")["job"]
+        return self.wait(job, on_progress, poll) if wait else job
+
+    def openapi(self):
+        """The OpenAPI document of this API."""
+        return self._json("GET", "/openapi.json")
 
     def wait(self, job, on_progress=None, poll=0.5, timeout=None):
         """Poll a job (a job dict or its id) until it ends; return it, or raise when it failed."""
@@ -186,6 +202,10 @@ class BackupClient:
 
 def _quote(part):
     return urllib.parse.quote(str(part), safe="")
+
+
+def _restore_body(mode, paths):
+    return {"mode": mode} if paths is None else {"mode": mode, "paths": list(paths)}
 
 
 def _body(response):

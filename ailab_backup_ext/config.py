@@ -94,6 +94,25 @@ class AILabBackup(Configurable):
         help="""Largest archive in bytes accepted by the upload endpoint; 0 means no limit.""",
     )
 
+    keep_last = Int(
+        0,
+        config=True,
+        help="""Retention: how many backups to keep; older ones are pruned (after each backup when
+        prune_after_backup is on, or by 'ailab-backup prune'). The newest safety backup, taken
+        before a restore for undo, is never pruned. 0 keeps all.""",
+    )
+    prune_after_backup = Bool(
+        True,
+        config=True,
+        help="""Prune by keep_last after each new backup. Off: only 'ailab-backup prune' prunes.""",
+    )
+    safety_backup = Bool(
+        True,
+        config=True,
+        help="""Take a backup of the current state before each restore changes anything, so that
+        'Undo last restore' can bring it back. Turn off only when space is short.""",
+    )
+
     _default_volume = _env_default("volume", "")
     _default_source_dir = _env_default("source_dir", "")
     _default_store = _env_default("store", "")
@@ -103,3 +122,6 @@ class AILabBackup(Configurable):
     _default_excludes = _env_default("excludes", [])
     _default_max_archive_bytes = _env_default("max_archive_bytes", 0)
     _default_max_upload_bytes = _env_default("max_upload_bytes", 20 * 1024**3)
+    _default_keep_last = _env_default("keep_last", 0)
+    _default_prune_after_backup = _env_default("prune_after_backup", True)
+    _default_safety_backup = _env_default("safety_backup", True)

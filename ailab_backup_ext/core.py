@@ -8,6 +8,7 @@ import datetime
 import os
 import stat
 import threading
+import time
 import uuid
 
 from .archive import (
@@ -29,12 +30,13 @@ from .config import AILabBackup
 from .docker_helper import DockerHelper, find_covering_mount
 from .errors import BackupError, Busy, InvalidArchive, NotFound, Unavailable
 from .jobs import JobRunner
+from .plan import make_plan, normalize_paths, notebook_diff, scan, selected
 from .progress import Progress
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id
 
 DEFAULT_STORE_VOLUME = "ailab-backups"
-SCS_NAME = "ai_lab_secure_configuration_storage.sqlite"
+JOURNAL_ATTEMPTS, JOURNAL_PAUSE = 4, 0.5
 RESTART_HINT = (
     "Restart the kernels of open notebooks that use the Secure Configuration Storage, so that "
     "they read the restored file."
@@ -248,19 +250,39 @@ class BackupManager:
     def create_backup(self, label="", kind="manual", progress=None):
         """Back up the source into the store; return the new backup's metadata."""
         with self._busy_guard():
-            return self._create(label, kind, progress or Progress())
+            meta = self._create(label, kind, progress or Progress())
+            if self.config.prune_after_backup and self.config.keep_last:
+                self._prune(self.config.keep_last)
+            return meta
 
     def start_backup(self, label=""):
         """Start a backup as a job (see :class:`JobRunner`); returns the job at once."""
         return self.jobs.start("backup", lambda progress: self.create_backup(label, progress=progress))
 
-    def start_restore(self, backup_id, mode="merge"):
-        if mode not in ("merge", "replace"):
-            raise BackupError(f"Unknown restore mode {mode!r}: use 'merge' or 'replace'.")
+    def start_restore(self, backup_id, mode="merge", paths=None):
+        _check_mode(mode)
         self.get_backup(backup_id)  # an unknown id is answered now, not as a failed job
-        return self.jobs.start("restore", lambda progress: self.restore_backup(backup_id, mode, progress))
+        return self.jobs.start("restore", lambda progress: self.restore_backup(backup_id, mode, progress, paths))
+
+    def start_undo(self):
+        self.last_safety_backup()  # nothing to undo is answered now
+        return self.jobs.start("restore", lambda progress: self.undo_last_restore(progress))
 
     def _create(self, label, kind, progress):
+        """A backup that never holds a torn SQLite copy: if a database was caught mid-write
+        (its ``-journal`` beside it), the backup is taken again, a few times at most."""
+        for attempt in range(JOURNAL_ATTEMPTS):
+            meta = self._create_once(label, kind, progress)
+            if meta is not None:
+                return meta
+            time.sleep(JOURNAL_PAUSE * (attempt + 1))
+        raise BackupError(
+            "The Secure Configuration Storage (or another SQLite database) was being written during "
+            "every attempt (its -journal file was present). Close notebooks that write to it, then "
+            "back up again."
+        )
+
+    def _create_once(self, label, kind, progress):
         source, store = self.resolve()
         source.check_exists()
         created = utc_now()
@@ -275,6 +297,9 @@ class BackupManager:
                 size, digest = write_archive(out, safe, manifest, self.config.compression, progress)
                 out.flush()
                 os.fsync(out.fileno())
+            paths = {e.path for e in manifest.entries}
+            if any(p.endswith("-journal") and p[: -len("-journal")] in paths for p in paths):
+                return None  # a database was mid-write: try again
             progress.start("verifying", manifest.total_bytes, manifest.file_count)
             self._checked(spool, progress=progress)
             meta = {
@@ -307,12 +332,13 @@ class BackupManager:
 
     # restoring -------------------------------------------------------------------------------
 
-    def restore_backup(self, backup_id, mode="merge", progress=None):
-        """Restore a backup into the source. ``merge`` overwrites files from the backup and keeps
-        the others (the seed recipe's behaviour); ``replace`` makes the folder exactly as in the
-        backup. The archive is checked completely before anything is changed."""
-        if mode not in ("merge", "replace"):
-            raise BackupError(f"Unknown restore mode {mode!r}: use 'merge' or 'replace'.")
+    def restore_backup(self, backup_id, mode="merge", progress=None, paths=None):
+        """Restore a backup (or the chosen ``paths`` of it) into the source. ``merge`` overwrites
+        files from the backup and keeps the others (the seed recipe's behaviour); ``replace``
+        makes the folder (or the chosen paths) exactly as in the backup. The archive is checked
+        completely, then a safety backup of the current state is taken (for undo), and only then
+        is anything changed."""
+        _check_mode(mode)
         meta = self.get_backup(backup_id)
         progress = progress or Progress()
         with self._busy_guard():
@@ -321,23 +347,90 @@ class BackupManager:
             with self.store.local_copy(meta["archive"]) as path:
                 progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
                 manifest, _ = self._checked(path, meta, progress)
-                progress.start("restoring", manifest.total_bytes, manifest.file_count)
+                chosen = normalize_paths(paths, {e.path for e in manifest.entries})
+                restored = selected(manifest.entries, chosen)
+                safety = None
+                if self.config.safety_backup:
+                    safety = self._create(f"Before restoring {backup_id}", "safety", progress)
+                wanted = {e.path for e in restored}
+                total = sum(e.size for e in restored if e.type == FILE)
+                progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))
                 with open(path, "rb") as f:
                     source.write_entries(
-                        _data_only(iter_archive(f, self.config.max_archive_bytes, progress)),
+                        ((e, c) for e, c in _data_only(iter_archive(f, self.config.max_archive_bytes, progress))
+                         if e.path in wanted),
                         replace=(mode == "replace"),
-                        keep={e.path: e for e in manifest.entries},
+                        keep={e.path: e for e in restored},
                         protected=self.config.excludes,
+                        scope=chosen,
                     )
-        progress.complete(manifest.total_bytes, manifest.file_count)
-        touches_scs = any(e.path.endswith(SCS_NAME) for e in manifest.entries)
+        files = [e for e in restored if e.type == FILE]
+        progress.complete(sum(e.size for e in files), len(files))
+        touches_scs = any(e.path.endswith(".sqlite") for e in files)
         return {
             "backup_id": backup_id,
             "mode": mode,
-            "file_count": manifest.file_count,
-            "total_bytes": manifest.total_bytes,
+            "paths": chosen,
+            "file_count": len(files),
+            "total_bytes": sum(e.size for e in files),
+            "safety_backup_id": safety["id"] if safety else None,
             "hint": RESTART_HINT if touches_scs else None,
         }
+
+    def plan_restore(self, backup_id, mode="merge", paths=None, progress=None):
+        """A dry run: what restoring would add, overwrite (with a cell summary for notebooks),
+        remove (replace only) and leave unchanged. Changes nothing."""
+        _check_mode(mode)
+        meta = self.get_backup(backup_id)
+        progress = progress or Progress()
+        source = self.source
+        source.check_exists()
+        with self.store.local_copy(meta["archive"]) as path:
+            manifest, _ = self._checked(path, meta, progress)
+            backup = {e.path: e for e in manifest.entries}
+            chosen = normalize_paths(paths, set(backup))
+            progress.start("comparing", meta.get("total_bytes", 0), meta.get("file_count", 0))
+            with source.read_entries() as entries:
+                current = scan(_counted(entries, progress), lambda p: p.endswith(".ipynb"))
+            plan = make_plan(manifest.entries, current, mode, chosen, self.config.excludes)
+            notebooks = {item["path"] for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
+            if notebooks:
+                with open(path, "rb") as f:
+                    for entry, content in _data_only(iter_archive(f)):
+                        if entry.path in notebooks and current[entry.path][1] is not None:
+                            diff = notebook_diff(current[entry.path][1], content.read())
+                            item = next(i for i in plan["overwritten"] if i["path"] == entry.path)
+                            item["notebook"] = diff
+        return {"backup_id": backup_id, "mode": mode, "paths": chosen, **plan}
+
+    def last_safety_backup(self):
+        for meta in self.list_backups():
+            if meta.get("kind") == "safety":
+                return meta
+        raise NotFound("There is no restore to undo: no safety backup was found.")
+
+    def undo_last_restore(self, progress=None):
+        """Bring back the state before the last restore: its safety backup, restored with replace.
+        (That restore takes a safety backup too, so an undo can itself be undone.)"""
+        meta = self.last_safety_backup()
+        result = self.restore_backup(meta["id"], "replace", progress)
+        return {**result, "undone": meta["id"]}
+
+    def prune(self, keep=None):
+        """Delete all but the ``keep`` newest backups (default: keep_last); the newest safety
+        backup always stays. Returns the ids deleted."""
+        with self._busy_guard():
+            return self._prune(self.config.keep_last if keep is None else keep)
+
+    def _prune(self, keep):
+        if keep <= 0:
+            return []
+        backups = self.list_backups()
+        newest_safety = next((m["id"] for m in backups if m.get("kind") == "safety"), None)
+        doomed = [m for m in backups[keep:] if m["id"] != newest_safety]
+        for meta in doomed:
+            self.store.remove(meta["id"], meta["archive"])
+        return [m["id"] for m in doomed]
 
     # plain folders, as the seed recipes -------------------------------------------------------
 
@@ -416,6 +509,11 @@ class BackupManager:
         """A context manager giving the stored archive of a backup as a readable stream."""
         meta = self.get_backup(backup_id)
         return self.store.open_archive(meta["archive"])
+
+
+def _check_mode(mode):
+    if mode not in ("merge", "replace"):
+        raise BackupError(f"Unknown restore mode {mode!r}: use 'merge' or 'replace'.")
 
 
 def _parse_time(text):

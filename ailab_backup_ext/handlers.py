@@ -166,8 +166,22 @@ class RestoreHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self, backup_id):
-        mode = self.body_json().get("mode", "merge")
-        job = await self.call(self.manager.start_restore, backup_id, mode)
+        body = self.body_json()
+        mode, paths = body.get("mode", "merge"), body.get("paths")
+        if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
+            raise web.HTTPError(400, "'paths' must be a list of paths inside the backup.")
+        if body.get("dry_run"):
+            self.finish(await self.call(self.manager.plan_restore, backup_id, mode, paths))
+            return
+        job = await self.call(self.manager.start_restore, backup_id, mode, paths)
+        self.accepted(job)
+
+
+class UndoHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        job = await self.call(self.manager.start_undo)
         self.accepted(job)
 
 
@@ -261,6 +275,7 @@ ROUTES = [
     (r"/jobs", JobsHandler),
     (r"/jobs/(?P<job_id>[^/]+)", JobHandler),
     (r"/upload", UploadHandler),
+    (r"/undo", UndoHandler),
     (rf"/{_ID}/download", DownloadHandler),
     (rf"/{_ID}/restore", RestoreHandler),
     (rf"/{_ID}", BackupHandler),

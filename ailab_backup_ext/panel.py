@@ -18,7 +18,7 @@ BORDER = "solid 1px"
 WIDTH = "560px"
 HEADER_STYLE = {"background": "Beige"}
 BUTTON_STYLE = {"button_color": "LightCyan"}
-COLUMNS = (("Created (UTC)", "170px"), ("Label", "200px"), ("Size", "80px"), ("Files", "60px"))
+COLUMNS = (("Created (UTC)", "195px"), ("Label", "190px"), ("Size", "80px"), ("Files", "60px"))
 
 
 def _header(text):
@@ -31,7 +31,7 @@ def _group(children):
                                                        max_width=WIDTH, margin="12px 0 0 0"))
 
 
-def _row(children, width="350px", **layout):
+def _row(children, width="370px", **layout):
     look = {"display": "flex", "flex_flow": "row", "max_width": width, "justify_content": "space-between",
             "align_items": "center", "padding": "0 0 0 10px", "margin": "4px 0", **layout}
     return widgets.Box(children, layout=widgets.Layout(**look))
@@ -39,7 +39,7 @@ def _row(children, width="350px", **layout):
 
 def _button(description, icon, tooltip):
     return widgets.Button(description=description, icon=icon, tooltip=tooltip, style=BUTTON_STYLE,
-                          layout=widgets.Layout(border=BORDER, width="110px"))
+                          layout=widgets.Layout(border=BORDER, width="125px"))
 
 
 def _show(widget, visible):
@@ -88,18 +88,18 @@ class BackupPanel(widgets.VBox):
         self.warning = widgets.HTML(layout=widgets.Layout(padding="0 10px", display="none"))
         self.rows = widgets.VBox(layout=widgets.Layout(max_height="260px", overflow="auto", padding="0 0 0 10px"))
         columns = [widgets.HTML(f"<b>{name}</b>", layout=widgets.Layout(width=w)) for name, w in COLUMNS]
-        self.label = widgets.Text(placeholder="Label (optional)", layout=widgets.Layout(width="220px"))
+        self.label = widgets.Text(placeholder="Label (optional)", layout=widgets.Layout(width="210px"))
         self.backup_button = _button("Back up now", "archive", "Back up the notebooks folder and the SCS now")
         self.mode = widgets.Dropdown(options=[("merge: keep other files", "merge"),
                                               ("replace: exactly as backed up", "replace")],
-                                     layout=widgets.Layout(width="220px"))
+                                     layout=widgets.Layout(width="210px"))
         self.restore_button = _button("Restore", "history", "Restore the selected backup")
-        self.download = widgets.HTML(layout=widgets.Layout(width="110px"))
+        self.download = widgets.HTML(layout=widgets.Layout(width="100px"))
         self.delete_button = _button("Delete", "trash", "Delete the selected backup")
         self.refresh_button = _button("Refresh", "refresh", "Read the backups and the status again")
         self.question = widgets.HTML(layout=widgets.Layout(padding="0 10px"))
         self.yes_button = widgets.Button(description="Yes", button_style="danger", layout=widgets.Layout(width="150px"))
-        self.no_button = widgets.Button(description="Cancel", layout=widgets.Layout(border=BORDER, width="110px"),
+        self.no_button = widgets.Button(description="Cancel", layout=widgets.Layout(border=BORDER, width="125px"),
                                         style=BUTTON_STYLE)
         self.confirm = widgets.VBox([self.question, _row([self.yes_button, self.no_button], justify_content="flex-start")])
         self.progress = widgets.IntProgress(min=0, max=100, layout=widgets.Layout(width="220px"))
@@ -196,8 +196,9 @@ class BackupPanel(widgets.VBox):
             reach = f"reachable ({html.escape(str(docker.get('version')))})"
         else:
             reach = "<b>NOT REACHABLE</b>"
-        self.status.value = (f"Backs up {_place(status.get('source'))}<br>into {_place(status.get('store'))}"
-                             f"<br>Mode: <b>{html.escape(str(status.get('mode')))}</b> · Docker: {reach}")
+        self.status.value = (f'<div style="line-height: 1.5; margin: 4px 0">Backs up {_place(status.get("source"))}'
+                             f'<br>into {_place(status.get("store"))}<br>Mode: <b>{html.escape(str(status.get("mode")))}'
+                             f"</b> · Docker: {reach}</div>")
         self._warn(status.get("hint"))
 
     def _warn(self, text):
@@ -243,19 +244,22 @@ class BackupPanel(widgets.VBox):
             self.select(backup_id)
         elif not on and self.selected == backup_id:
             self._toggles[backup_id].value = True  # one row stays selected
-        for i, toggle in self._toggles.items():
+        self._mark_selected()
+
+    def _mark_selected(self):
+        for toggle in self._toggles.values():
             toggle.icon = "dot-circle-o" if toggle.value else "circle-o"
+            toggle.button_style = "info" if toggle.value else ""
 
     def _show_selection(self):
-        for i, toggle in self._toggles.items():
-            toggle.icon = "dot-circle-o" if toggle.value else "circle-o"
+        self._mark_selected()
         if self.selected is None or self.client is None:
             self.download.value = '<span style="color: gray; padding: 0 10px">Download</span>'
         else:
             href = html.escape(self.client.download_href(self.selected))
             self.download.value = (
                 f'<a href="{href}" download title="Download {html.escape(self.selected)}" style="display: '
-                'inline-block; box-sizing: border-box; width: 110px; height: 28px; line-height: 26px; '
+                'inline-block; box-sizing: border-box; width: 100px; height: 28px; line-height: 26px; '
                 'text-align: center; border: 1px solid; background: LightCyan; color: inherit; '
                 'text-decoration: none">&#x2B07; Download</a>')
 
@@ -270,8 +274,24 @@ class BackupPanel(widgets.VBox):
             backup_id, mode = self.selected, self.mode.value
             what = ("The notebooks folder becomes exactly as in the backup: files made since are <b>deleted</b>."
                     if mode == "replace" else "Files from the backup overwrite the ones here; other files stay.")
-            self._ask(f"Restore <b>{html.escape(backup_id)}</b> ({mode})? {what}", f"Yes, {mode}",
-                      lambda: self._restore(backup_id, mode))
+            question = f"Restore <b>{html.escape(backup_id)}</b> ({mode})? {what}"
+            action = self._ask(question + "<br><i>Comparing with the notebooks folder …</i>", f"Yes, {mode}",
+                               lambda: self._restore(backup_id, mode))
+            self._start(self._preview, backup_id, mode, question, action)
+
+    def _preview(self, backup_id, mode, question, action):
+        """Say in the question what the restore would change (the server's dry run)."""
+        try:
+            plan = self.client.plan_restore(backup_id, mode)
+        except BackupClientError:
+            if self._pending is action:
+                self._cancel()
+            raise
+        if self._pending is action:  # still the question shown
+            counts = ", ".join(f"{len(plan.get(k) or [])} {k}" for k in ("added", "overwritten", "removed")
+                               if k != "removed" or mode == "replace")
+            unchanged = (plan.get("unchanged") or {}).get("count", 0)
+            self.question.value = self._question(f"{question}<br>Files: {counts}, {unchanged} unchanged.")
 
     def _restore(self, backup_id, mode):
         self._launch(self.restore_button, lambda: self._follow(self.client.restore(backup_id, mode)), "restore")
@@ -298,10 +318,15 @@ class BackupPanel(widgets.VBox):
         return True
 
     def _ask(self, question, yes, action):
-        self.question.value = question
+        self.question.value = self._question(question)
         self.yes_button.description = yes
         self._pending = action
         _show(self.confirm, True)
+        return action
+
+    @staticmethod
+    def _question(text):
+        return f'<div style="line-height: 1.5; margin: 4px 0">{text}</div>'
 
     def _confirmed(self):
         action, self._pending = self._pending, None
@@ -330,8 +355,13 @@ class BackupPanel(widgets.VBox):
             work()
             button.icon = "check"
         except BackupClientError:
-            self.progress.bar_style = "danger"
-            self.progress_text.value = "Failed."
+            if self.progress.value == 0:
+                _show(self.progress_row, False)  # refused before it began: no bar to show
+            self.progress.bar_style, self.progress_text.value = "danger", "Failed."
+            try:
+                self._show_backups(self.client.list())  # e.g. a backup deleted elsewhere: gone here too
+            except BackupClientError:
+                pass
             raise
         finally:
             self._set_busy(False)
@@ -362,6 +392,9 @@ class BackupPanel(widgets.VBox):
             self.progress_text.value = "Restore done."
             note = (f"Restored <b>{html.escape(str(job.get('backup_id')))}</b> "
                     f"({html.escape(str(result.get('mode')))}): {result.get('file_count', '?')} files.")
+            if result.get("safety_backup_id"):
+                note += (f"<br>The state before is kept as <b>{html.escape(result['safety_backup_id'])}</b>: "
+                         "restore it with <i>replace</i> to undo.")
             if result.get("hint"):
                 note += f"<br><b>{html.escape(result['hint'])}</b>"
             self.message.value = note

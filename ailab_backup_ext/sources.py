@@ -5,6 +5,7 @@ Both speak the same language: ``read_entries()`` yields ``(Entry, file or None)`
 ``write_entries(entries, replace, keep)`` writes such a stream back.
 """
 
+import dataclasses
 import errno
 import fnmatch
 import io
@@ -41,12 +42,17 @@ def is_excluded(path, patterns):
     return False
 
 
-def removable_extras(current_paths, keep, protected):
-    """Paths to remove for a 'replace': present now, not kept, not protected; only the top-most
-    of each removed subtree."""
+def in_scope(path, chosen):
+    """True when ``path`` is one of the ``chosen`` paths or lies below one (None: everything)."""
+    return chosen is None or any(path == p or path.startswith(p + "/") for p in chosen)
+
+
+def removable_extras(current_paths, keep, protected, scope=None):
+    """Paths to remove for a 'replace': present now (within ``scope``), not kept, not protected;
+    only the top-most of each removed subtree."""
     extras = []
     for path in sorted(p for p in current_paths if p != ROOT and p not in keep):
-        if is_excluded(path, protected):
+        if is_excluded(path, protected) or not in_scope(path, scope):
             continue
         if extras and path.startswith(extras[-1] + "/"):
             continue
@@ -235,9 +241,11 @@ class LocalFolderSource:
                 pass
             raise
 
-    def write_entries(self, entries, replace=False, keep=None, protected=(), progress=None):
+    def write_entries(self, entries, replace=False, keep=None, protected=(), scope=None):
         """Write a checked stream of entries; with ``replace``, remove what is not in ``keep``
-        ({path: Entry} of the whole backup; paths matching ``protected`` patterns stay)."""
+        ({path: Entry} of the whole backup; paths matching ``protected`` patterns and paths
+        outside ``scope`` stay). Each file is written to a temporary name and renamed, so no
+        reader (a kernel holding the SCS) ever sees half a file."""
         os.makedirs(self.path, exist_ok=True)
         folder_times = []
         for entry, content in entries:
@@ -258,11 +266,9 @@ class LocalFolderSource:
                 os.symlink(entry.target, full)
                 self._own(full, entry, follow=False)
                 os.utime(full, (entry.mtime, entry.mtime), follow_symlinks=False)
-            if progress:
-                progress.add_file()
         if replace:
             current = [e.path for e in self.list_entries()]
-            for path in removable_extras(current, keep, list(protected) + self.skip_paths):
+            for path in removable_extras(current, keep, list(protected) + self.skip_paths, scope):
                 self._remove(self._full(path))
         for full, mtime in reversed(folder_times):  # deepest last written, so set times last
             os.utime(full, (mtime, mtime))
@@ -363,33 +369,44 @@ class DockerMountSource:
     def estimate(self):
         return 0, 0  # unknown without reading the volume; callers use the last backup's size
 
-    def write_entries(self, entries, replace=False, keep=None, protected=(), progress=None):
+    def write_entries(self, entries, replace=False, keep=None, protected=(), scope=None):
+        """As :meth:`LocalFolderSource.write_entries`. Docker writes files in place, so SQLite
+        files (the SCS) are written under a temporary name and renamed afterwards."""
         import docker
 
         current = [e.path for e in self.list_entries()] if replace else []
         parent, root_name = posixpath.split(self.data_dir)
+        renames, folders = [], []
 
-        def counted():
+        def staged():
             for entry, content in entries:
+                if entry.type == FILE and entry.path.endswith(".sqlite"):
+                    head, name = posixpath.split(entry.path)
+                    temp = posixpath.join(head, f".{name}.ailab-restore")
+                    renames.append((temp, entry.path))
+                    entry = dataclasses.replace(entry, path=temp)
+                elif entry.type == DIR:
+                    folders.append((entry, None))
                 yield entry, content
-                if progress:
-                    progress.add_file()
 
         with self.docker.container(self._mounts(read_only=False)) as helper:
             try:
-                helper.put_archive(parent, tar_stream(counted(), root_name))
+                helper.put_archive(parent, tar_stream(staged(), root_name))
             except docker.errors.APIError as exc:
                 raise BackupError(f"Docker could not write into {self.name!r}: {exc.explanation}") from None
-        if replace:
-            extras = removable_extras(current, keep, protected)
-            if extras:
-                listing = b"".join(f"{self.data_dir}/{p}".encode(errors="surrogateescape") + b"\0" for p in extras)
-                self.docker.run(
-                    self._mounts(read_only=False),
-                    ["sh", "-c", "xargs -0 rm -rf -- < /ailab/remove.list"],
-                    files={"/ailab/remove.list": listing},
-                )
-                # removing changed the times of the folders that held the extras: set them again
-                folders = [(e, None) for e in keep.values() if e.type == DIR]
-                with self.docker.container(self._mounts(read_only=False)) as helper:
-                    helper.put_archive(parent, tar_stream(folders, root_name))
+        extras = removable_extras(current, keep, protected, scope) if replace else []
+        if not (renames or extras):
+            return
+
+        def listing(paths):
+            return b"".join(f"{self.data_dir}/{p}".encode(errors="surrogateescape") + b"\0" for p in paths)
+
+        self.docker.run(
+            self._mounts(read_only=False),
+            ["sh", "-c", "xargs -0 -r -n 2 mv -f -- < /ailab/rename.list && xargs -0 -r rm -rf -- < /ailab/remove.list"],
+            files={"/ailab/rename.list": listing(p for pair in renames for p in pair),
+                   "/ailab/remove.list": listing(extras)},
+        )
+        # renaming and removing changed the times of the folders involved: set them again
+        with self.docker.container(self._mounts(read_only=False)) as helper:
+            helper.put_archive(parent, tar_stream(folders, root_name))

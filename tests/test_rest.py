@@ -147,3 +147,31 @@ async def test_openapi_document_covers_every_route(jp_fetch):
     routed = {pattern.replace("\\", "").replace("(?P<backup_id>[^/]+)", "{backup_id}")
               .replace("(?P<job_id>[^/]+)", "{job_id}") for pattern, _ in ROUTES}
     assert routed == documented
+
+
+async def test_dry_run_selective_restore_and_undo(jp_fetch, notebooks):
+    await call(jp_fetch, "undo", method="POST", body={}, expect=404)  # nothing to undo yet
+    job = await backup_now(jp_fetch)
+    (notebooks / "intro.ipynb").write_text("changed")
+    (notebooks / "sub" / "data.csv").write_text("changed too")
+    (notebooks / "stray.txt").write_text("new")
+    before = folder_snapshot(notebooks)
+
+    _, plan, _ = await call(jp_fetch, job["backup_id"], "restore", method="POST",
+                            body={"mode": "replace", "dry_run": True})
+    conforms(plan, "/{backup_id}/restore", "post", 200)
+    assert {i["path"] for i in plan["overwritten"]} == {"intro.ipynb", "sub/data.csv"}
+    assert [i["path"] for i in plan["removed"]] == ["stray.txt"]
+    assert folder_snapshot(notebooks) == before  # a dry run changes nothing
+
+    _, body, _ = await call(jp_fetch, job["backup_id"], "restore", method="POST",
+                            body={"mode": "replace", "paths": ["sub"]}, expect=202)
+    done = await wait_job(jp_fetch, body["job"]["id"])
+    assert done["state"] == "succeeded" and done["result"]["safety_backup_id"]
+    assert (notebooks / "sub" / "data.csv").read_bytes() != b"changed too"
+    assert (notebooks / "intro.ipynb").read_text() == "changed" and (notebooks / "stray.txt").exists()
+    await call(jp_fetch, job["backup_id"], "restore", method="POST", body={"paths": "sub"}, expect=400)
+
+    _, body, _ = await call(jp_fetch, "undo", method="POST", body={}, expect=202)
+    assert (await wait_job(jp_fetch, body["job"]["id"]))["state"] == "succeeded"
+    assert folder_snapshot(notebooks) == before

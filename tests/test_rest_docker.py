@@ -47,7 +47,9 @@ async def test_backup_and_replace_restore_of_a_volume(jp_fetch, docker_client, v
 
     _, data, _ = await call(jp_fetch, job["backup_id"], "download")
     _, listing, _ = await call(jp_fetch)
-    assert len(data) == listing["backups"][0]["size_bytes"]
+    sizes = {b["id"]: (b["size_bytes"], b["kind"]) for b in listing["backups"]}
+    assert sizes[job["backup_id"]] == (len(data), "manual")
+    assert sizes[restored["result"]["safety_backup_id"]][1] == "safety"  # taken before the restore
 
 
 async def test_shutdown_during_a_backup_leaves_no_helper_and_no_partial_backup(
