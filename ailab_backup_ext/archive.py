@@ -82,6 +82,14 @@ class Manifest:
     def total_bytes(self):
         return sum(e.size for e in self.entries if e.type == FILE)
 
+    def content_digest(self):
+        """A digest of what the backup holds (paths, types, contents, modes, owners, links) but
+        not of times: two backups of an unchanged folder have the same digest."""
+        digest = hashlib.sha256()
+        for e in sorted(self.entries, key=lambda e: e.path):
+            digest.update(json.dumps([e.path, e.type, e.size, e.mode, e.uid, e.gid, e.sha256, e.target]).encode())
+        return digest.hexdigest()
+
     def to_json(self):
         return {
             "format": FORMAT,

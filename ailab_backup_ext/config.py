@@ -113,6 +113,14 @@ class AILabBackup(Configurable):
         'Undo last restore' can bring it back. Turn off only when space is short.""",
     )
 
+    schedule = Unicode(
+        "",
+        config=True,
+        help="""Automatic backups while the server runs: 'every 6h', 'every 30m', 'daily 02:30'
+        (UTC) or '' / 'off' (the default). A schedule set from the UI is kept beside the store and
+        wins over this setting. Unchanged content is not backed up again (recorded as skipped).""",
+    )
+
     _default_volume = _env_default("volume", "")
     _default_source_dir = _env_default("source_dir", "")
     _default_store = _env_default("store", "")
@@ -125,3 +133,4 @@ class AILabBackup(Configurable):
     _default_keep_last = _env_default("keep_last", 0)
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)
+    _default_schedule = _env_default("schedule", "")

@@ -32,6 +32,7 @@ from .errors import BackupError, Busy, InvalidArchive, NotFound, Unavailable
 from .jobs import JobRunner
 from .plan import make_plan, normalize_paths, notebook_diff, scan, selected
 from .progress import Progress
+from .schedule import Scheduler
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id
 
@@ -65,6 +66,7 @@ class BackupManager:
         self._resolved = None
         self._busy = threading.Lock()
         self.jobs = JobRunner()
+        self.scheduler = Scheduler(self)
 
     # resolution ------------------------------------------------------------------------------
 
@@ -155,6 +157,11 @@ class BackupManager:
         active = self.jobs.active
         result["job"] = active.to_json() if active else None
         try:
+            result["schedule"] = self.scheduler.describe()
+        except BackupError as exc:
+            result["schedule"] = None
+            result["hint"] = result["hint"] or str(exc)
+        try:
             source, store = self.resolve(refresh=True)
             result.update(mode=self.mode, source=source.describe(), store=store.describe())
             source.check_exists()
@@ -239,18 +246,20 @@ class BackupManager:
             checker.check(entry)
             yield entry, content
 
-    def _estimate(self):
+    def _estimate(self, newest):
         size, files = self.source.estimate()
-        if not size:
-            previous = [m for m in self.list_backups() if m.get("source") == self.source.describe()]
-            if previous:
-                size, files = previous[0].get("total_bytes", 0), previous[0].get("file_count", 0)
+        if not size and newest:  # Docker: the last backup's size is the best guess, and free
+            size, files = newest.get("total_bytes", 0), newest.get("file_count", 0)
         return size, files
 
-    def create_backup(self, label="", kind="manual", progress=None):
-        """Back up the source into the store; return the new backup's metadata."""
+    def create_backup(self, label="", kind="manual", progress=None, skip_unchanged=False):
+        """Back up the source into the store; return the new backup's metadata. With
+        ``skip_unchanged``, a backup whose content equals the newest backup of the same source is
+        not kept: the result is ``{"skipped": True, "same_as": id}``."""
         with self._busy_guard():
-            meta = self._create(label, kind, progress or Progress())
+            meta = self._create(label, kind, progress or Progress(), skip_unchanged)
+            if meta.get("skipped"):
+                return meta
             if self.config.prune_after_backup and self.config.keep_last:
                 self._prune(self.config.keep_last)
             return meta
@@ -268,11 +277,11 @@ class BackupManager:
         self.last_safety_backup()  # nothing to undo is answered now
         return self.jobs.start("restore", lambda progress: self.undo_last_restore(progress))
 
-    def _create(self, label, kind, progress):
+    def _create(self, label, kind, progress, skip_unchanged=False):
         """A backup that never holds a torn SQLite copy: if a database was caught mid-write
         (its ``-journal`` beside it), the backup is taken again, a few times at most."""
         for attempt in range(JOURNAL_ATTEMPTS):
-            meta = self._create_once(label, kind, progress)
+            meta = self._create_once(label, kind, progress, skip_unchanged)
             if meta is not None:
                 return meta
             time.sleep(JOURNAL_PAUSE * (attempt + 1))
@@ -282,14 +291,16 @@ class BackupManager:
             "back up again."
         )
 
-    def _create_once(self, label, kind, progress):
+    def _create_once(self, label, kind, progress, skip_unchanged=False):
         source, store = self.resolve()
+        backups = self.list_backups()
+        newest = next((m for m in backups if m.get("source") == source.describe()), None)
         source.check_exists()
         created = utc_now()
-        backup_id = self._unique_id(make_id(source.slug, created))
+        backup_id = self._unique_id(make_id(source.slug, created), backups)
         manifest = Manifest(created=created.isoformat().replace("+00:00", "Z"), source=source.describe(), label=label)
         archive_name = backup_id + SUFFIXES[self.config.compression]
-        total_bytes, total_files = self._estimate()
+        total_bytes, total_files = self._estimate(newest)
         with store.spool(archive_name) as spool:
             progress.start("backing up", total_bytes, total_files)
             with open(spool, "wb") as out, source.read_entries() as entries:
@@ -300,6 +311,10 @@ class BackupManager:
             paths = {e.path for e in manifest.entries}
             if any(p.endswith("-journal") and p[: -len("-journal")] in paths for p in paths):
                 return None  # a database was mid-write: try again
+            digest_of_content = manifest.content_digest()
+            if skip_unchanged and newest and newest.get("content_digest") == digest_of_content:
+                progress.complete(manifest.total_bytes, manifest.file_count)
+                return {"skipped": True, "same_as": newest["id"]}
             progress.start("verifying", manifest.total_bytes, manifest.file_count)
             self._checked(spool, progress=progress)
             meta = {
@@ -316,14 +331,15 @@ class BackupManager:
                 "sha256": digest,
                 "format_version": FORMAT_VERSION,
                 "skipped": manifest.skipped,
+                "content_digest": digest_of_content,
             }
             progress.start("storing", size, 1)
             store.commit(spool, archive_name, meta)
         progress.complete(manifest.total_bytes, manifest.file_count)
         return meta
 
-    def _unique_id(self, base):
-        taken = {m.get("id") for m in self.store.read_all_meta()}
+    def _unique_id(self, base, backups=None):
+        taken = {m.get("id") for m in (self.list_backups() if backups is None else backups)}
         candidate, n = base, 1
         while candidate in taken:
             n += 1

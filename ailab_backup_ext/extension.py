@@ -17,6 +17,7 @@ from .handlers import SECRET_KEY, SETTINGS_KEY, setup_handlers
 
 # what a kernel started by this server finds in its environment (see README, "Kernel access")
 ENV_TOKEN, ENV_URL = "AILAB_BACKUP_TOKEN", "AILAB_BACKUP_URL"
+SCHEDULE_TICK_SECONDS = 30
 
 
 class BackupExtension(ExtensionApp):
@@ -33,6 +34,8 @@ class BackupExtension(ExtensionApp):
         os.environ[ENV_TOKEN] = secret
         os.environ[ENV_URL] = server.connection_url
         threading.Thread(target=self._clean_up_after_crash, daemon=True).start()
+        self._stopping = threading.Event()
+        threading.Thread(target=self._run_schedule, daemon=True, name="ailab-backup-schedule").start()
 
     def initialize_handlers(self):
         setup_handlers(self.serverapp.web_app)
@@ -48,5 +51,14 @@ class BackupExtension(ExtensionApp):
             except Exception as exc:  # noqa: BLE001 - never stop the server from starting
                 self.log.warning("ailab_backup_ext: could not look for stale helper containers: %s", exc)
 
+    def _run_schedule(self):
+        """Look every half minute whether a scheduled backup is due (cheap when none is)."""
+        while not self._stopping.wait(SCHEDULE_TICK_SECONDS):
+            try:
+                self.manager.scheduler.tick()
+            except Exception as exc:  # noqa: BLE001 - a bad tick must not end the schedule
+                self.log.warning("ailab_backup_ext: scheduled backup not started: %s", exc)
+
     async def stop_extension(self):
+        self._stopping.set()
         await asyncio.to_thread(self.manager.jobs.shutdown)

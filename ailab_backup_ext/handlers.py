@@ -177,6 +177,21 @@ class RestoreHandler(BaseHandler):
         self.accepted(job)
 
 
+class ScheduleHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.finish(await self.call(self.manager.scheduler.describe))
+
+    @web.authenticated
+    @authorized
+    async def put(self):
+        spec = self.body_json().get("spec")
+        if not isinstance(spec, str):
+            raise web.HTTPError(400, "Send {\"spec\": \"every 6h\" | \"daily 02:30\" | \"off\"}.")
+        self.finish(await self.call(self.manager.scheduler.set, spec))
+
+
 class UndoHandler(BaseHandler):
     @web.authenticated
     @authorized
@@ -276,6 +291,7 @@ ROUTES = [
     (r"/jobs/(?P<job_id>[^/]+)", JobHandler),
     (r"/upload", UploadHandler),
     (r"/undo", UndoHandler),
+    (r"/schedule", ScheduleHandler),
     (rf"/{_ID}/download", DownloadHandler),
     (rf"/{_ID}/restore", RestoreHandler),
     (rf"/{_ID}", BackupHandler),

@@ -76,7 +76,7 @@ def _differs(new, old):
 
 def make_plan(backup_entries, current, mode, chosen, protected):
     """Sort every path into added, overwritten, removed (replace only) and unchanged."""
-    plan = {"added": [], "overwritten": [], "removed": [], "unchanged": {"count": 0, "bytes": 0}}
+    plan = {"added": [], "overwritten": [], "removed": [], "unchanged": {"count": 0, "bytes": 0, "items": []}}
     in_backup = set()
     for entry in selected(backup_entries, chosen):
         in_backup.add(entry.path)
@@ -91,6 +91,7 @@ def make_plan(backup_entries, current, mode, chosen, protected):
         else:
             plan["unchanged"]["count"] += 1
             plan["unchanged"]["bytes"] += entry.size
+            plan["unchanged"]["items"].append({"path": entry.path, "type": entry.type, "size": entry.size})
     if mode == "replace":
         for path, (entry, _) in sorted(current.items()):
             if path != ROOT and path not in in_backup and in_scope(path, chosen) and not is_excluded(path, protected):

@@ -92,6 +92,18 @@ class FolderStore:
             os.fsync(f.fileno())
         os.replace(temp, path)
 
+    def read_state(self, name):
+        """A small JSON document kept beside the backups (e.g. the schedule), or None."""
+        try:
+            with open(os.path.join(self.path, name + ".json"), "rb") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, name, data):
+        os.makedirs(self.path, exist_ok=True)
+        self._write_atomic(os.path.join(self.path, name + ".json"), _meta_bytes(data))
+
     @contextmanager
     def open_archive(self, archive_name):
         try:
@@ -164,6 +176,23 @@ class VolumeStore:
                     except ValueError:
                         continue
         return found
+
+    def read_state(self, name):
+        with self.docker.container(self._mounts()) as helper:
+            for tar, info in self._members(helper, f"{self.MOUNT_POINT}/{name}.json"):
+                try:
+                    return json.loads(tar.extractfile(info).read())
+                except ValueError:
+                    return None
+        return None
+
+    def write_state(self, name, data):
+        payload = _meta_bytes(data)
+        with self.docker.container(self._mounts()) as helper:
+            # written under a temporary name first would need a rename in a running helper; the
+            # archive API writes one small file in one piece, which is enough for a setting
+            helper.put_archive(self.MOUNT_POINT, tar_stream(
+                [(Entry(path=name + ".json", type=FILE, size=len(payload)), io.BytesIO(payload))], None))
 
     @contextmanager
     def spool(self, name):

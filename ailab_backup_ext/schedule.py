@@ -1,0 +1,143 @@
+"""Automatic backups on a schedule, while the server runs.
+
+The schedule ("every 6h", "every 30m", "daily 02:30" in UTC, or "off") comes from
+``AILabBackup.schedule`` until a user sets it from a UI; that setting and the record of the last
+run are kept beside the store (``schedule.json``), so they survive server restarts and never land in
+the notebooks. Free of tornado: the server extension calls :meth:`Scheduler.tick` now and then; a
+test calls it with its own clock.
+"""
+
+import datetime
+import re
+import threading
+import time
+
+from .errors import BackupError, Busy
+
+STATE = "schedule"
+_EVERY = re.compile(r"^every\s+(\d+)\s*(m|min|minutes?|h|hours?)$")
+_DAILY = re.compile(r"^daily\s+(\d{1,2}):(\d{2})$")
+
+
+def parse(spec):
+    """('interval', seconds) or ('daily', (hour, minute)) or None for off; BackupError if bad."""
+    text = (spec or "").strip().lower()
+    if text in ("", "off", "none"):
+        return None
+    match = _EVERY.match(text)
+    if match and int(match.group(1)) > 0:
+        return ("interval", int(match.group(1)) * (60 if match.group(2).startswith("m") else 3600))
+    match = _DAILY.match(text)
+    if match and int(match.group(1)) < 24 and int(match.group(2)) < 60:
+        return ("daily", (int(match.group(1)), int(match.group(2))))
+    raise BackupError(f"Unknown schedule {spec!r}: use 'every 6h', 'every 30m', 'daily 02:30' (UTC) or 'off'.")
+
+
+def _iso(ts):
+    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def next_due(rule, last_run, now):
+    """When the next run is due (a timestamp). A run missed while the server was down is due
+    at once, and only once."""
+    kind, value = rule
+    if kind == "interval":
+        return now if last_run is None else last_run + value
+    hour, minute = value
+    base = datetime.datetime.fromtimestamp(last_run if last_run is not None else now, datetime.timezone.utc)
+    slot = base.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if last_run is None:
+        return slot.timestamp() if slot.timestamp() >= now else (slot + datetime.timedelta(days=1)).timestamp()
+    if slot.timestamp() <= last_run:
+        slot += datetime.timedelta(days=1)
+    return slot.timestamp()
+
+
+class Scheduler:
+    def __init__(self, manager, clock=time.time):
+        self.manager = manager
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._state = None
+        self._job = None
+
+    # state kept beside the store -------------------------------------------------------------
+
+    def state(self):
+        if self._state is None:
+            self._state = self.manager.store.read_state(STATE) or {}
+        return self._state
+
+    def _save(self):
+        self.manager.store.write_state(STATE, self._state)
+
+    @property
+    def spec(self):
+        state = self.state()
+        return state["spec"] if "spec" in state else self.manager.config.schedule
+
+    def set(self, spec):
+        """Set the schedule from a UI; it persists and wins over the configuration."""
+        parse(spec)
+        with self._lock:
+            self.state()["spec"] = spec.strip()
+            self._save()
+        return self.describe()
+
+    def describe(self):
+        state = self.state()
+        rule = parse(self.spec)
+        last = state.get("last")
+        return {
+            "spec": self.spec or "off",
+            "enabled": rule is not None,
+            "last": last,
+            "next": _iso(next_due(rule, state.get("last_run"), self.clock())) if rule else None,
+            "warning": (f"The last scheduled backup failed: {last.get('error')}" if last and last.get("outcome") == "failed" else None),
+        }
+
+    # running ---------------------------------------------------------------------------------
+
+    def tick(self):
+        """Start a due run (or record how the running one ended). Returns the job started."""
+        with self._lock:
+            self._collect()
+            rule = parse(self.spec)
+            if rule is None or self._job is not None:
+                return None
+            now = self.clock()
+            if now < next_due(rule, self.state().get("last_run"), now):
+                return None
+            try:
+                self._job = self.manager.jobs.start(
+                    "backup", lambda progress: self.manager.create_backup(
+                        "Scheduled backup", kind="scheduled", progress=progress, skip_unchanged=True))
+            except Busy:
+                return None  # a backup or restore runs: wait for it, try at the next tick
+            self._started = now
+            return self._job
+
+    def _collect(self):
+        job = self._job
+        if job is None or not job.done.is_set():
+            return
+        self._job = None
+        result = job.result or {}
+        if job.state == "failed":
+            last = {"outcome": "failed", "error": job.error}
+        elif result.get("skipped"):
+            last = {"outcome": "skipped", "same_as": result.get("same_as")}
+        else:
+            last = {"outcome": "succeeded", "backup_id": result.get("id")}
+        last["time"] = _iso(self._started)
+        self._state["last"] = last
+        self._state["last_run"] = self._started
+        self._save()
+
+    def wait(self, timeout=None):
+        """Wait for the running scheduled job to end and record it (for tests and shutdown)."""
+        job = self._job
+        if job is not None:
+            job.done.wait(timeout)
+        with self._lock:
+            self._collect()
