@@ -52,10 +52,12 @@ class BackupClient:
             auth = f"{KERNEL_AUTH_SCHEME} {kernel_token}"
         else:
             auth = f"token {token}" if token else None
+        self.session = requests.Session()
+        # the kernel's own server is local: no proxy from the environment may see its secret
+        self.session.trust_env = not auth or not auth.startswith(KERNEL_AUTH_SCHEME)
         self.url = url if url.endswith("/") else url + "/"
         self.api = self.url + "ailab/backup"
         self.timeout = timeout
-        self.session = requests.Session()
         self.session.verify = verify
         if auth:
             self.session.headers["Authorization"] = auth

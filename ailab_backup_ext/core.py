@@ -5,6 +5,7 @@ Free of tornado and UI code. The server extension keeps one :class:`BackupManage
 """
 
 import datetime
+import errno
 import os
 import stat
 import threading
@@ -281,7 +282,16 @@ class BackupManager:
         """A backup that never holds a torn SQLite copy: if a database was caught mid-write
         (its ``-journal`` beside it), the backup is taken again, a few times at most."""
         for attempt in range(JOURNAL_ATTEMPTS):
-            meta = self._create_once(label, kind, progress, skip_unchanged)
+            try:
+                meta = self._create_once(label, kind, progress, skip_unchanged)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise BackupError(
+                        f"The disk is full ({exc.filename or 'the store'}): the backup was not kept. "
+                        "Free space, delete old backups (or set AILabBackup.keep_last), or set "
+                        "AILabBackup.store to a larger place."
+                    ) from None
+                raise
             if meta is not None:
                 return meta
             time.sleep(JOURNAL_PAUSE * (attempt + 1))

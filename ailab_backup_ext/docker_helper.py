@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from .archive import CHUNK, IterStream
 from .errors import BackupError, NotFound, Unavailable
+from .store import pid_alive
 
 HELPER_LABEL = "ailab-backup.helper"
 OWNER_LABEL = "ailab-backup.owner"
@@ -215,17 +216,8 @@ class DockerHelper:
         removed = 0
         for helper in self.client.containers.list(all=True, filters={"label": HELPER_LABEL + "=1"}):
             owner_host, _, pid = helper.labels.get(OWNER_LABEL, "").rpartition(":")
-            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
                 helper.remove(force=True)
                 removed += 1
         return removed
 
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

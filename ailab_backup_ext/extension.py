@@ -42,7 +42,11 @@ class BackupExtension(ExtensionApp):
         self.log.info("ailab_backup_ext: REST API at %sailab/backup", self.serverapp.base_url)
 
     def _clean_up_after_crash(self):
-        """Helper containers of a killed earlier server of this host are removed at start."""
+        """What a killed earlier server left (partial archives, helper containers) goes at start."""
+        try:
+            self.manager.store.remove_stale_spools()
+        except Exception as exc:  # noqa: BLE001 - never stop the server from starting
+            self.log.warning("ailab_backup_ext: could not look for partial archives: %s", exc)
         if self.manager.docker_version():
             try:
                 removed = self.manager.docker.remove_stale_helpers()

@@ -98,10 +98,12 @@ class BackupPanel(widgets.VBox):
         self.delete_button = _button("Delete", "trash", "Delete the selected backup")
         self.refresh_button = _button("Refresh", "refresh", "Read the backups and the status again")
         self.question = widgets.HTML(layout=widgets.Layout(padding="0 10px"))
-        self.yes_button = widgets.Button(description="Yes", button_style="danger", layout=widgets.Layout(width="150px"))
+        self.yes_button = widgets.Button(description="Yes", button_style="danger",
+                                         layout=widgets.Layout(width="150px"))
         self.no_button = widgets.Button(description="Cancel", layout=widgets.Layout(border=BORDER, width="125px"),
                                         style=BUTTON_STYLE)
-        self.confirm = widgets.VBox([self.question, _row([self.yes_button, self.no_button], justify_content="flex-start")])
+        self.confirm = widgets.VBox([self.question,
+                                     _row([self.yes_button, self.no_button], justify_content="flex-start")])
         self.progress = widgets.IntProgress(min=0, max=100, layout=widgets.Layout(width="220px"))
         self.progress_text = widgets.Label(layout=widgets.Layout(width="320px"))
         self.progress_row = _row([self.progress, self.progress_text], width=WIDTH)
@@ -196,9 +198,9 @@ class BackupPanel(widgets.VBox):
             reach = f"reachable ({html.escape(str(docker.get('version')))})"
         else:
             reach = "<b>NOT REACHABLE</b>"
-        self.status.value = (f'<div style="line-height: 1.5; margin: 4px 0">Backs up {_place(status.get("source"))}'
-                             f'<br>into {_place(status.get("store"))}<br>Mode: <b>{html.escape(str(status.get("mode")))}'
-                             f"</b> · Docker: {reach}</div>")
+        source, store, mode = _place(status.get("source")), _place(status.get("store")), status.get("mode")
+        self.status.value = self._block(f"Backs up {source}<br>into {store}<br>"
+                                        f"Mode: <b>{html.escape(str(mode))}</b> · Docker: {reach}")
         self._warn(status.get("hint"))
 
     def _warn(self, text):
@@ -291,7 +293,7 @@ class BackupPanel(widgets.VBox):
             counts = ", ".join(f"{len(plan.get(k) or [])} {k}" for k in ("added", "overwritten", "removed")
                                if k != "removed" or mode == "replace")
             unchanged = (plan.get("unchanged") or {}).get("count", 0)
-            self.question.value = self._question(f"{question}<br>Files: {counts}, {unchanged} unchanged.")
+            self.question.value = self._block(f"{question}<br>Files: {counts}, {unchanged} unchanged.")
 
     def _restore(self, backup_id, mode):
         self._launch(self.restore_button, lambda: self._follow(self.client.restore(backup_id, mode)), "restore")
@@ -318,14 +320,15 @@ class BackupPanel(widgets.VBox):
         return True
 
     def _ask(self, question, yes, action):
-        self.question.value = self._question(question)
+        self.question.value = self._block(question)
         self.yes_button.description = yes
         self._pending = action
         _show(self.confirm, True)
         return action
 
     @staticmethod
-    def _question(text):
+    def _block(text):
+        """HTML lines closer together than the widget's default line height."""
         return f'<div style="line-height: 1.5; margin: 4px 0">{text}</div>'
 
     def _confirmed(self):
@@ -397,7 +400,7 @@ class BackupPanel(widgets.VBox):
                          "restore it with <i>replace</i> to undo.")
             if result.get("hint"):
                 note += f"<br><b>{html.escape(result['hint'])}</b>"
-            self.message.value = note
+            self.message.value = self._block(note)
         self._show_status(self.client.status())
         self._show_backups(self.client.list(), select=job.get("backup_id"))
         return job

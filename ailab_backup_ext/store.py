@@ -6,6 +6,7 @@ has no metadata and is never listed. A Docker volume store survives the removal 
 container and of the notebooks volume.
 """
 
+import errno
 import io
 import json
 import os
@@ -67,15 +68,12 @@ class FolderStore:
                     continue  # removed meanwhile, or not ours
         return found
 
-    @contextmanager
     def spool(self, name):
-        """A temporary file next to where the archive will be kept, deleted unless committed."""
-        path = os.path.join(self._dir("data"), f".{name}.partial")
-        try:
-            yield path
-        finally:
-            if os.path.exists(path):
-                os.unlink(path)
+        """A temporary file next to where the archive will be kept (so committing is a rename)."""
+        return _spool(self._dir("data"), name)
+
+    def remove_stale_spools(self):
+        return _remove_stale_spools(os.path.join(self.path, "data"))
 
     def commit(self, spool_path, archive_name, meta):
         with open(spool_path, "rb") as f:
@@ -129,6 +127,48 @@ class FolderStore:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+SPOOL_SUFFIX = ".ailab-partial"
+
+
+@contextmanager
+def _spool(directory, name):
+    """A temporary file named with our pid, deleted unless committed (renamed away); one left by
+    a killed process is found by :func:`_remove_stale_spools`."""
+    path = os.path.join(directory, f".{name}.{os.getpid()}{SPOOL_SUFFIX}")
+    try:
+        yield path
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def _remove_stale_spools(directory):
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        pid = name[: -len(SPOOL_SUFFIX)].rsplit(".", 1)[-1] if name.endswith(SPOOL_SUFFIX) else ""
+        if pid.isdigit() and not pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _meta_bytes(meta):
@@ -194,20 +234,24 @@ class VolumeStore:
             helper.put_archive(self.MOUNT_POINT, tar_stream(
                 [(Entry(path=name + ".json", type=FILE, size=len(payload)), io.BytesIO(payload))], None))
 
-    @contextmanager
     def spool(self, name):
-        fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial")
-        os.close(fd)
-        try:
-            yield path
-        finally:
-            if os.path.exists(path):
-                os.unlink(path)
+        """A temporary file of this machine, copied into the volume when committed."""
+        return _spool(tempfile.gettempdir(), name)
+
+    def remove_stale_spools(self):
+        return _remove_stale_spools(tempfile.gettempdir())
 
     def commit(self, spool_path, archive_name, meta):
+        import docker
+
         size = os.path.getsize(spool_path)
         with self.docker.container(self._mounts()) as helper, open(spool_path, "rb") as f:
-            helper.put_archive(self.MOUNT_POINT, _file_tar("data/" + archive_name, f, size))
+            try:
+                helper.put_archive(self.MOUNT_POINT, _file_tar("data/" + archive_name, f, size))
+            except docker.errors.APIError as exc:
+                if "no space left" in str(exc.explanation).lower():
+                    raise OSError(errno.ENOSPC, "no space left", f"the volume {self.volume}") from None
+                raise
             data = _meta_bytes(meta)
             helper.put_archive(self.MOUNT_POINT, _file_tar(f"meta/{meta['id']}.json", io.BytesIO(data), len(data)))
 
