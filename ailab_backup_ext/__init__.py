@@ -11,3 +11,16 @@ def _jupyter_server_extension_points():
 
 def _jupyter_labextension_paths():
     return [{"src": "labextension", "dest": "ailab-backup-ext"}]
+
+
+def __getattr__(name):
+    """BackupPanel and BackupClient on first use: the server extension never imports ipywidgets."""
+    if name == "BackupPanel":
+        from .panel import BackupPanel
+
+        return BackupPanel
+    if name in ("BackupClient", "BackupClientError"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

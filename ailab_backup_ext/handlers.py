@@ -62,6 +62,8 @@ class BaseHandler(APIHandler):
             raise _Reply(exc) from None
 
     def write_error(self, status_code, **kwargs):
+        if status_code == 405:  # RFC 9110: say which methods the resource has
+            self.set_header("Allow", ", ".join(m for m in ("GET", "POST", "PUT", "DELETE") if m.lower() in vars(type(self))))
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, _Reply):
             self.set_status(exc.error.http_status)
