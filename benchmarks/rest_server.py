@@ -1,0 +1,155 @@
+"""Benchmark of the REST API in a real Jupyter server (run on demand, not a test).
+
+1. Responsiveness: GET /api/status latency (p50, p99) while a backup of about 500 MB runs in the
+   same server. Target: p99 under 100 ms.
+2. Memory: the server's RSS growth over an upload and a download of a 300 MB archive.
+   Target: under 100 MB.
+
+    python benchmarks/rest_server.py [--size-mb 500] [--archive-mb 300]
+
+Local mode (the server's own notebooks folder): the backup then runs inside the server process,
+the hardest case for its event loop.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import requests
+
+TOKEN = "bench"
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_source(folder, size_mb):
+    os.makedirs(os.path.join(folder, "nb"), exist_ok=True)
+    big = max(1, size_mb // 100)
+    for i in range(big):  # incompressible, like models and data
+        with open(os.path.join(folder, f"data-{i}.bin"), "wb") as f:
+            for _ in range(min(100, size_mb)):
+                f.write(os.urandom(1024 * 1024))
+    cell = json.dumps({"cell_type": "code", "source": "import pandas as pd\n" * 20, "outputs": []})
+    for i in range(2000):
+        with open(os.path.join(folder, "nb", f"n{i}.ipynb"), "w") as f:
+            f.write('{"cells": [' + ",".join([cell] * (10 + i % 60)) + "]}")
+
+
+def start_server(root, store, port):
+    return subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--allow-root",
+         f"--AILabBackup.store={store}", "--AILabBackup.docker_url=none"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_job(base, auth, job_id):
+    while True:
+        job = requests.get(f"{base}/ailab/backup/jobs/{job_id}", headers=auth).json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.2)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mb", type=int, default=500)
+    parser.add_argument("--archive-mb", type=int, default=300)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="ailab-bench-")
+    root, store = os.path.join(tmp, "root"), os.path.join(tmp, "store")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"token {TOKEN}"}
+    server = None
+    try:
+        make_source(root, args.size_mb)
+        server = start_server(root, store, port)
+        for _ in range(200):
+            try:
+                requests.get(base + "/api/status", headers=auth, timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+
+        # 1. latency of /api/status while a backup runs
+        job = requests.post(base + "/ailab/backup", json={"label": "bench"}, headers=auth).json()["job"]
+        latencies, done = [], threading.Event()
+        waiter = threading.Thread(target=lambda: (wait_job(base, auth, job["id"]), done.set()))
+        waiter.start()
+        session = requests.Session()
+        while not done.is_set():
+            start = time.perf_counter()
+            session.get(base + "/api/status", headers=auth).raise_for_status()
+            latencies.append((time.perf_counter() - start) * 1000)
+            time.sleep(0.02)
+        waiter.join()
+        latencies.sort()
+        p50 = statistics.median(latencies)
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+
+        # 2. memory over an upload and a download of a large archive
+        shutil.rmtree(root)
+        make_source(root, args.archive_mb)
+        backup = wait_job(base, auth, requests.post(base + "/ailab/backup", json={}, headers=auth).json()["job"]["id"])
+        archive = os.path.join(tmp, "archive.tar.zst")
+        before = rss_mb(server.pid)
+        peak = before
+        with session.get(f"{base}/ailab/backup/{backup['backup_id']}/download", headers=auth, stream=True) as r:
+            with open(archive, "wb") as f:
+                for chunk in r.iter_content(1 << 20):
+                    f.write(chunk)
+                    peak = max(peak, rss_mb(server.pid))
+        requests.delete(f"{base}/ailab/backup/{backup['backup_id']}", headers=auth)
+        stop = threading.Event()
+
+        def sample():
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, rss_mb(server.pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        with open(archive, "rb") as f:
+            upload = requests.post(f"{base}/ailab/backup/upload", data=f, headers=auth)
+        stop.set()
+        sampler.join()
+        size_mb = os.path.getsize(archive) / 1e6
+        results = {
+            "status_p50_ms": round(p50, 1), "status_p99_ms": round(p99, 1), "status_samples": len(latencies),
+            "backup_mb": args.size_mb, "archive_mb": round(size_mb), "upload_status": upload.status_code,
+            "rss_before_mb": round(before), "rss_peak_mb": round(peak), "rss_growth_mb": round(peak - before),
+        }
+        print(f"GET /api/status during a {args.size_mb} MB backup: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+              f"({len(latencies)} requests; target p99 < 100 ms) -> {'MET' if p99 < 100 else 'MISSED'}")
+        print(f"Download + upload of a {size_mb:.0f} MB archive: server RSS {before:.0f} -> peak {peak:.0f} MB, "
+              f"growth {peak - before:.0f} MB (target < 100 MB) -> {'MET' if peak - before < 100 else 'MISSED'}; "
+              f"upload answered {upload.status_code}")
+        os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+        with open(os.path.join(os.path.dirname(__file__), "results", "rest_server.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
