@@ -30,6 +30,7 @@ FORMAT = "ailab-backup"
 FORMAT_VERSION = 1
 SUFFIXES = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
 CHUNK = 1024 * 1024
+READ_BUFFER = 64 * 1024  # tarfile slices its buffer for every 512-byte header: keep it small
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 ROOT = "."  # the path of the notebooks folder itself in a manifest
 
@@ -317,7 +318,9 @@ class _Compressor:
 
     def __init__(self, raw, compression):
         if compression == "zstd":
-            cctx = zstandard.ZstdCompressor(level=3, threads=-1)
+            # one thread: measured as fast here (the C call releases the GIL while Python reads
+            # on), and zstd's thread pool alone cost about 100 MB of buffers
+            cctx = zstandard.ZstdCompressor(level=3, threads=0)
             self.stream = cctx.stream_writer(raw, closefd=False)
         elif compression == "gzip":
             self.stream = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
@@ -350,9 +353,10 @@ def tarinfo_for(entry):
     return info
 
 
-def tar_stream(entries, root_name=DATA_ROOT):
+def tar_stream(entries, root_name=DATA_ROOT, end=True):
     """Tar bytes, as an iterator of chunks, of ``(Entry, file)`` pairs named under ``root_name``
-    (``None``: named by their paths alone). Streams files of any size in bounded memory."""
+    (``None``: named by their paths alone), closed with the end-of-archive blocks unless ``end``
+    is false. Streams files of any size in bounded memory."""
     for entry, content in entries:
         info = tarinfo_for(entry)
         if root_name is None:
@@ -365,58 +369,39 @@ def tar_stream(entries, root_name=DATA_ROOT):
             while remaining:
                 chunk = content.read(min(CHUNK, remaining))
                 if not chunk:
-                    raise InvalidArchive(f"{entry.path!r} ended early.")
+                    raise InvalidArchive(f"{entry.path!r} ended early: it changed while it was read. Try again.")
                 remaining -= len(chunk)
                 yield chunk
             if entry.size % tarfile.BLOCKSIZE:
                 yield tarfile.NUL * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
-    yield tarfile.NUL * (tarfile.BLOCKSIZE * 2)
-
-
-def open_tar_writer(fileobj):
-    return tarfile.open(
-        fileobj=fileobj,
-        mode="w|",
-        format=tarfile.PAX_FORMAT,
-        encoding="utf-8",
-        errors="surrogateescape",
-        bufsize=CHUNK,
-    )
-
-
-def add_entry(tar, entry, content, progress=None):
-    """Write one entry; for a file, hash exactly the bytes that go into the archive."""
-    if entry.type != FILE:
-        tar.addfile(tarinfo_for(entry))
-    else:
-        reader = _HashingReader(content, progress)
-        try:
-            tar.addfile(tarinfo_for(entry), io.BufferedReader(reader, CHUNK))
-        except OSError as exc:  # tarfile's "unexpected end of data": the file shrank meanwhile
-            raise InvalidArchive(
-                f"{entry.path!r} changed while it was read ({exc}). Try the backup again."
-            ) from None
-        entry.sha256 = reader.digest.hexdigest()
-    if progress:
-        progress.add_file()
+    if end:
+        yield tarfile.NUL * (tarfile.BLOCKSIZE * 2)
 
 
 def write_archive(out, entries, manifest, compression, progress=None):
-    """Stream ``entries`` ((Entry, file or None) pairs) into ``out`` as a compressed archive.
-
-    Fills ``manifest.entries`` and returns ``(archive_size, archive_sha256)``.
-    """
+    """Stream ``entries`` ((Entry, file or None) pairs) into ``out`` as a compressed archive,
+    hashing each file exactly as it goes in. Fills ``manifest.entries`` and returns
+    ``(archive_size, archive_sha256)``."""
     counted = _HashingWriter(out)
     compressor = _Compressor(counted, compression)
     manifest.compression = compression
-    with open_tar_writer(compressor) as tar:
+
+    def hashed():
         for entry, content in entries:
-            add_entry(tar, entry, content, progress)
+            reader = _HashingReader(content, progress) if entry.type == FILE else None
+            yield entry, reader
+            if reader is not None:
+                entry.sha256 = reader.digest.hexdigest()
             manifest.entries.append(entry)
-        data = json.dumps(manifest.to_json(), indent=1).encode()
-        info = tarfile.TarInfo(MANIFEST_NAME)
-        info.size, info.mode, info.mtime = len(data), 0o644, int(utc_now().timestamp())
-        tar.addfile(info, io.BytesIO(data))
+            if progress:
+                progress.add_file()
+
+    for chunk in tar_stream(hashed(), end=False):
+        compressor.write(chunk)
+    data = json.dumps(manifest.to_json(), indent=1).encode()
+    info = Entry(MANIFEST_NAME, FILE, size=len(data), mode=0o644, mtime=int(utc_now().timestamp()))
+    for chunk in tar_stream([(info, io.BytesIO(data))], root_name=None):
+        compressor.write(chunk)
     compressor.close()
     return counted.size, counted.digest.hexdigest()
 
@@ -473,7 +458,7 @@ def _open_tar_reader(raw):
         mode="r|",
         encoding="utf-8",
         errors="surrogateescape",
-        bufsize=CHUNK,
+        bufsize=READ_BUFFER,
     )
 
 

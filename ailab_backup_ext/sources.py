@@ -18,6 +18,7 @@ from contextlib import closing, contextmanager
 
 from .archive import (
     CHUNK,
+    READ_BUFFER,
     DIR,
     FILE,
     HARDLINK,
@@ -323,7 +324,7 @@ class DockerMountSource:
     def _tar_members(self, helper, path):
         try:
             with self.docker.archive_stream(helper, path) as stream, tarfile.open(
-                fileobj=stream, mode="r|", bufsize=CHUNK, errors="surrogateescape"
+                fileobj=stream, mode="r|", bufsize=READ_BUFFER, errors="surrogateescape"
             ) as tar:
                 for info in tar:
                     # Docker names members after the folder asked for: strip that first part

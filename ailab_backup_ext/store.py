@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from contextlib import contextmanager
 
-from .archive import CHUNK, DIR, FILE, Entry, tar_stream
+from .archive import CHUNK, READ_BUFFER, DIR, FILE, Entry, tar_stream
 from .errors import NotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -199,7 +199,7 @@ class VolumeStore:
     def _members(self, helper, path):
         try:
             with self.docker.archive_stream(helper, path) as stream, tarfile.open(
-                fileobj=stream, mode="r|", bufsize=CHUNK
+                fileobj=stream, mode="r|", bufsize=READ_BUFFER
             ) as tar:
                 for info in tar:
                     yield tar, info
