@@ -122,6 +122,18 @@ class BackupClient:
         job = self._json("POST", "/undo")["job"]
         return self.wait(job, on_progress, poll) if wait else job
 
+    def schedule(self):
+        """The schedule of automatic backups: ``spec`` ('every 6h', 'every 30m', 'daily 02:30' in
+        UTC, or 'off'), ``enabled``, the ``last`` scheduled run (``time``, ``outcome``: succeeded,
+        skipped or failed), the ``next`` one, and a ``warning`` when the last run failed."""
+        return self._json("GET", "/schedule")
+
+    def set_schedule(self, spec):
+        """Set the schedule ('every 6h', 'every 30m', 'daily 02:30' in UTC, or 'off'); the server
+        checks it (a bad one raises with status 400) and keeps it across restarts. Returns the
+        schedule as :meth:`schedule` does."""
+        return self._json("PUT", "/schedule", json={"spec": spec})
+
     def openapi(self):
         """The OpenAPI document of this API."""
         return self._json("GET", "/openapi.json")

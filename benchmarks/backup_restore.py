@@ -83,7 +83,8 @@ def dockerd_cpu():
 # are not spawned from this (big) process but from a tiny launcher started first; its own peak
 # (~10 MB, shown as the measurement floor) is then the only bias.
 LAUNCHER = r"""
-import json, os, sys, time
+import json, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child; the benchmark ends us
 spawn_stdin = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
 for line in sys.stdin:
     req = json.loads(line)
@@ -93,7 +94,8 @@ for line in sys.stdin:
     ]
     start = time.perf_counter()
     try:
-        pid = os.posix_spawnp(req["cmd"][0], req["cmd"], req["env"], file_actions=actions)
+        pid = os.posix_spawnp(req["cmd"][0], req["cmd"], req["env"], file_actions=actions,
+                              setsigdef=(signal.SIGINT,))
     except OSError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         continue
@@ -129,7 +131,10 @@ class Launcher:
     @classmethod
     def stop(cls):
         if cls._proc is not None:
-            cls._proc.stdin.close()
+            try:
+                cls._proc.stdin.close()  # the launcher ends after the child it runs, if any
+            except OSError:
+                pass
             cls._proc.wait()
             cls._proc = None
 
@@ -330,17 +335,30 @@ def generate_tree(root, size_mb, seed=20241126):
 class Resources:
     """Everything this run made, removed on exit whatever happens."""
 
+    LABEL = "ailab-backup.benchmark"
+
     def __init__(self, client, image, prefix):
         self.client = client
         self.image = image
         self.prefix = prefix
         self.volumes, self.containers, self.folders = [], [], []
+        self.count = 0
+
+    @property
+    def label_option(self):
+        return ["--label", f"{self.LABEL}={self.prefix}"]
 
     def volume(self, tag):
-        name = f"{self.prefix}-{tag}"
+        """A new, empty volume."""
+        self.count += 1
+        name = f"{self.prefix}-{tag}-{self.count}"
         self.volumes.append(name)
-        self.client.volumes.create(name, labels={"ailab-backup.benchmark": "1"})
+        self.client.volumes.create(name, labels={self.LABEL: self.prefix})
         return name
+
+    def remove_volume(self, name):
+        self.client.volumes.get(name).remove()
+        self.volumes.remove(name)
 
     def reserve_volume(self, tag):
         """A volume name that something else (the CLI) will create; removed at the end."""
@@ -357,20 +375,39 @@ class Resources:
         self.containers.append(cid)
         return cid
 
-    def cleanup(self):
+    def cleanup(self, settle=False):
+        """Remove everything; with ``settle``, once more a moment later, for the requests an
+        interrupted docker client had already sent (a container created after the first pass)."""
+        self._cleanup_once()
+        if settle:
+            time.sleep(2)
+            self._cleanup_once()
+
+    def _cleanup_once(self):
         problems = []
-        for cid in self.containers:
+        # containers are listed without being inspected, so that others' busy containers (an
+        # inspect waits for an archive request in progress) cannot block the cleanup
+        try:
+            for c in self.client.api.containers(all=True, filters={"label": f"{self.LABEL}={self.prefix}"}):
+                self.containers.append(c["Id"])
+        except docker.errors.APIError as exc:
+            problems.append(f"listing containers: {exc}")
+        for cid in dict.fromkeys(self.containers):
             try:
-                self.client.containers.get(cid).remove(force=True)
+                self.client.api.remove_container(cid, force=True)
             except docker.errors.NotFound:
                 pass
             except Exception as exc:  # noqa: BLE001 - keep cleaning up
                 problems.append(f"container {cid[:12]}: {exc}")
-        # helper containers left behind by a killed CLI, if any, still hold our volumes
-        for c in self.client.containers.list(all=True, filters={"label": "ailab-backup.helper"}):
-            if any(m.get("Name", "").startswith(self.prefix) for m in c.attrs.get("Mounts", [])):
-                c.remove(force=True)
-        for name in self.volumes:
+        # helper containers left behind by an interrupted CLI still hold our volumes; the list call
+        # (unlike containers.list) inspects no container, so others' busy containers cannot block it
+        try:
+            for c in self.client.api.containers(all=True, filters={"label": "ailab-backup.helper"}):
+                if any(str(m.get("Name", "")).startswith(self.prefix) for m in c.get("Mounts") or []):
+                    self.client.api.remove_container(c["Id"], force=True)
+        except docker.errors.APIError as exc:
+            problems.append(f"helper containers: {exc}")
+        for name in list(self.volumes):
             try:
                 self.client.volumes.get(name).remove(force=True)
             except docker.errors.NotFound:
@@ -387,17 +424,17 @@ class Resources:
 
 def fill_volume(res, volume, folder):
     """Copy the contents of ``folder`` into ``volume`` (a created, never started container)."""
-    cid = subprocess.run(["docker", "create", "-v", f"{volume}:/notebooks", res.image, "true"],
+    cid = subprocess.run(["docker", "create", *res.label_option, "-v", f"{volume}:/notebooks", res.image, "true"],
                          check=True, capture_output=True, text=True).stdout.strip()
     res.container_id(cid)
     subprocess.run(["docker", "cp", f"{folder}/.", f"{cid}:/notebooks"], check=True)
     subprocess.run(["docker", "rm", "-f", cid], check=True, capture_output=True)
 
 
-def snapshot(client, image, volume):
+def snapshot(res, volume):
     """{path: (type, size, sha256 or link target, mode)} of everything in ``volume``."""
-    helper = client.containers.create(image, ["true"], volumes={volume: {"bind": "/notebooks", "mode": "ro"}},
-                                      network_disabled=True)
+    helper = res.client.containers.create(res.image, ["true"], volumes={volume: {"bind": "/notebooks", "mode": "ro"}},
+                                          network_disabled=True, labels={res.LABEL: res.prefix})
     try:
         chunks, _ = helper.get_archive("/notebooks", chunk_size=MB)
         stream = _ChunkReader(chunks)
@@ -470,28 +507,29 @@ def cli_env(image):
     return env
 
 
-def seed_backup(res, volume, image):
-    target = res.folder("seed-backup")  # exists, so docker cp makes DIR/notebooks
+def seed_backup(res, volume, image, tmp_dir):
+    target = res.folder("seed-backup", tmp_dir)  # exists, so docker cp makes DIR/notebooks
     op = Operation("seed backup (docker cp)", "backup", "seed")
     with op:
         cid = res.container_id(
-            op.run(["docker", "run", "--detach", "-v", f"{volume}:/notebooks", image, "sleep", "100000"],
+            op.run(["docker", "run", "--detach", *res.label_option, "-v", f"{volume}:/notebooks", image, "sleep", "100000"],
                    measured_rss=False).stdout.strip())
         op.run(["docker", "cp", f"{cid}:/notebooks", target])
         op.run(["docker", "rm", "-f", cid], measured_rss=False)
     return op, target
 
 
-def seed_restore(res, folder, image, expected, client):
+def seed_restore(res, folder, image, expected):
     volume = res.volume("seed-restore")
     op = Operation("seed restore (docker cp)", "restore", "seed")
     with op:
         cid = res.container_id(
-            op.run(["docker", "run", "--detach", "-v", f"{volume}:/notebooks", image, "sleep", "100000"],
+            op.run(["docker", "run", "--detach", *res.label_option, "-v", f"{volume}:/notebooks", image, "sleep", "100000"],
                    measured_rss=False).stdout.strip())
         op.run(["docker", "cp", f"{folder}/notebooks", f"{cid}:/"])
         op.run(["docker", "rm", "-f", cid], measured_rss=False)
-    op.verified, op.note = compare(expected, snapshot(client, image, volume))
+    op.verified, op.note = compare(expected, snapshot(res, volume))
+    res.remove_volume(volume)
     return op
 
 
@@ -503,12 +541,13 @@ def our_backup(name, volume, store, image):
     return op
 
 
-def our_restore(res, name, store, backup_id, image, expected, client):
+def our_restore(res, name, store, backup_id, image, expected):
     volume = res.volume("our-restore")
     op = Operation(name, "restore", "ours")
     with op:
         op.run(cli_command() + ["--volume", volume, "--store", store, "restore", backup_id], env=cli_env(image))
-    op.verified, op.note = compare(expected, snapshot(client, image, volume))
+    op.verified, op.note = compare(expected, snapshot(res, volume))
+    res.remove_volume(volume)
     return op
 
 
@@ -518,7 +557,8 @@ def run_benchmark(args):
     prefix = f"ailab-bench-{uuid.uuid4().hex[:8]}"
     res = Resources(client, args.image, prefix)
     ops = []
-    info = {"rss_floor_mb": round(Measured(["true"]).rss_mb, 1)}
+    finished = False
+    info = {"rss_floor_mb": round(Measured(["true"]).rss_mb, 1), "load_before": os.getloadavg()[0]}
     try:
         work = res.folder("work", args.tmp_dir)
         src = os.path.join(work, "src")
@@ -531,7 +571,7 @@ def run_benchmark(args):
         fill_volume(res, volume, src)
         t_fill = time.perf_counter() - t0
         shutil.rmtree(src)
-        expected = snapshot(client, args.image, volume)
+        expected = snapshot(res, volume)
         info |= {"files": files, "bytes": total, "generate_seconds": round(t_gen, 1),
                 "fill_seconds": round(t_fill, 1)}
         print(f"volume {volume}: {files} files, {total / MB:.0f} MB "
@@ -542,23 +582,26 @@ def run_benchmark(args):
 
         for i in range(args.repeat):
             print(f"round {i + 1}/{args.repeat} ...", file=sys.stderr)
-            op, seed_dir = seed_backup(res, volume, args.image)
+            op, seed_dir = seed_backup(res, volume, args.image, args.tmp_dir)
             ops.append(op)
             ops.append(our_backup("our backup (volume store)", volume, store_volume, args.image))
             vol_id = ops[-1].backup_id
             ops.append(our_backup("our backup (folder store)", volume, store_folder, args.image))
             folder_id = ops[-1].backup_id
-            ops.append(seed_restore(res, seed_dir, args.image, expected, client))
-            ops.append(our_restore(res, "our restore (volume store)", store_volume, vol_id, args.image,
-                                   expected, client))
-            ops.append(our_restore(res, "our restore (folder store)", store_folder, folder_id, args.image,
-                                   expected, client))
+            ops.append(seed_restore(res, seed_dir, args.image, expected))
+            ops.append(our_restore(res, "our restore (volume store)", store_volume, vol_id, args.image, expected))
+            ops.append(our_restore(res, "our restore (folder store)", store_folder, folder_id, args.image, expected))
             shutil.rmtree(seed_dir, ignore_errors=True)
-        archive = [os.path.join(store_folder, "data", n) for n in os.listdir(os.path.join(store_folder, "data"))]
-        info["archive_mb"] = round(os.path.getsize(archive[0]) / MB, 1) if archive else None
+        data_dir = os.path.join(store_folder, "data")
+        sizes = {n: os.path.getsize(os.path.join(data_dir, n)) for n in os.listdir(data_dir)}
+        info["store_folder_files"] = sizes
+        archives = [size for name, size in sizes.items() if not name.startswith(".")]
+        info["archive_mb"] = round(max(archives) / MB, 1) if archives else None
+        info["load_after"] = os.getloadavg()[0]
+        finished = True
     finally:
         Launcher.stop()
-        res.cleanup()
+        res.cleanup(settle=not finished)
     return info, ops
 
 
@@ -594,7 +637,8 @@ def print_table(info, rows, args):
     print()
     print(f"ailab-backup benchmark: {info['files']} files, {info['bytes'] / MB:.0f} MB "
           f"(archive {info.get('archive_mb')} MB), {args.repeat} round(s), median seconds; "
-          f"RSS measurement floor {info['rss_floor_mb']:.0f} MB")
+          f"RSS measurement floor {info['rss_floor_mb']:.0f} MB; load average {info['load_before']:.1f} before, "
+          f"{info['load_after']:.1f} after, on {os.cpu_count()} CPUs")
     header = f"{'operation':<28} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} " \
              f"{'RSS ratio':>9} {'child CPU s':>11} {'engine CPU s':>13}  restored ok"
     print(header)
@@ -638,12 +682,17 @@ def main(argv=None):
                         help="image for the seed recipe's containers and our helpers "
                              "(default: $AILAB_BACKUP_HELPER_IMAGE, else %(default)s)")
     parser.add_argument("--tmp-dir", default=None, help="where the temporary folders go (default: $TMPDIR)")
-    parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="JSON results file")
+    parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"),
+                        help="JSON results file (default %(default)s; a copy goes to run-<size>mb.json beside it)")
     args = parser.parse_args(argv)
 
     # Ctrl-C and SIGTERM both unwind through the finally blocks, so nothing is left behind
     signal.signal(signal.SIGTERM, _interrupt)
-    info, ops = run_benchmark(args)
+    try:
+        info, ops = run_benchmark(args)
+    except KeyboardInterrupt:
+        print("interrupted; everything this run made was removed", file=sys.stderr)
+        return 130
     rows = summarize(ops)
     checks = print_table(info, rows, args)
 
@@ -659,9 +708,11 @@ def main(argv=None):
         "operations": [op.to_json() for op in ops],
         "targets": [{"check": text, "ok": ok} for text, ok in checks],
     }
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\nresults written to {os.path.relpath(args.output)}")
+    by_size = os.path.join(os.path.dirname(os.path.abspath(args.output)), f"run-{args.size_mb}mb.json")
+    for path in (args.output, by_size):
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"\nresults written to {os.path.relpath(args.output)} and {os.path.relpath(by_size)}")
     return 0 if all(ok for _, ok in checks) else 1
 
 

@@ -178,6 +178,28 @@ async def test_openapi_and_undo_without_restore(client, notebooks):
     assert nothing.value.status == 404 and "no restore to undo" in nothing.value.message
 
 
+async def test_schedule_get_and_set(client, notebooks, jp_serverapp):
+    for app in jp_serverapp.extension_manager.extension_apps["ailab_backup_ext"]:
+        app._stopping.set()  # no scheduled backup starts behind the test's back
+    schedule = await run(client.schedule)
+    assert schedule == {"spec": "off", "enabled": False, "last": None, "next": None, "warning": None}
+
+    daily = await run(client.set_schedule, "daily 02:30")
+    assert daily["spec"] == "daily 02:30" and daily["enabled"] and daily["next"].endswith("T02:30:00Z")
+    assert await run(client.schedule) == daily == (await run(client.status))["schedule"]
+
+    with pytest.raises(BackupClientError) as bad:
+        await run(client.set_schedule, "sometimes")
+    assert bad.value.status == 400 and "Unknown schedule" in bad.value.message and "every 6h" in bad.value.message
+    assert (await run(client.schedule))["spec"] == "daily 02:30"  # unchanged
+
+    every = await run(client.set_schedule, " every 30m ")
+    assert every["spec"] == "every 30m" and every["enabled"] and every["last"] is None
+    off = await run(client.set_schedule, "off")
+    assert off["spec"] == "off" and not off["enabled"] and off["next"] is None
+    assert (await run(client.schedule))["spec"] == "off"
+
+
 async def test_refusals_and_no_server(client, notebooks, jp_serverapp, jp_http_port, jp_base_url, monkeypatch):
     url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
     for wrong in (BackupClient(url, token="wrong"), BackupClient(url)):

@@ -6,13 +6,16 @@ waiting for the panel's background threads) runs in a thread.
 """
 
 import asyncio
+import json
 import os
 import time
 
 import pytest
 
 from ailab_backup_ext.client import BackupClient
+from ailab_backup_ext.handlers import SETTINGS_KEY
 from ailab_backup_ext.panel import BackupPanel
+from ailab_backup_ext.schedule import Scheduler
 
 SCS = "ai_lab_secure_configuration_storage.sqlite"
 
@@ -83,6 +86,11 @@ async def test_back_up_restore_delete_through_the_buttons(client, notebooks, jp_
     await click(panel, panel.restore_button)
     assert shown(panel.confirm) and "deleted" in panel.question.value
     assert "1 overwritten, 1 removed, 1 unchanged" in panel.question.value, panel.question.value
+    assert shown(panel.preview) and "max-height" not in panel.preview.value  # the box scrolls, by its layout
+    assert panel.preview.layout.max_height and panel.preview.layout.overflow == "auto"
+    overwritten, removed = panel.preview.value.split("Removed (1)")
+    assert "Overwritten (1)" in overwritten and "<code>intro.ipynb</code>" in overwritten
+    assert "<code>new.txt</code>" in removed
     assert [j["kind"] for j in await run(client.jobs)] == ["backup"]
     await click(panel, panel.yes_button)
     assert not shown(panel.confirm)
@@ -168,4 +176,196 @@ async def test_selection_and_no_server(client, notebooks, monkeypatch):
     orphan = BackupPanel()
     assert "INACCESSIBLE" in orphan.status.value and shown(orphan.warning)
     assert "No AI-Lab backup server found" in orphan.warning.value and "color: red" in orphan.warning.value
-    assert orphan.backup_button.disabled and orphan.restore_button.disabled
+    assert orphan.backup_button.disabled and orphan.restore_button.disabled and orphan.undo_button.disabled
+    assert "INACCESSIBLE" in orphan.schedule_text.value and orphan.schedule_button.disabled
+
+
+def notebook(*cells):
+    return json.dumps({"cells": [{"cell_type": "code", "source": c, "metadata": {}, "outputs": [],
+                                  "execution_count": None} for c in cells],
+                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def option_values(panel):
+    return [value for _, value in panel.paths.options]
+
+
+async def test_selective_restore_with_preview_then_undo(client, notebooks):
+    (notebooks / "work.ipynb").write_text(notebook("a = 1", "b = 2"))
+    (notebooks / "notes.txt").write_text("notes v1")
+    (notebooks / "sub").mkdir()
+    (notebooks / "sub" / "data.txt").write_text("data v1")
+    first = await run(client.create, "before the changes", wait=True, poll=0.05)
+    (notebooks / "work.ipynb").write_text(notebook("a = 1", "b = 3", "c = 4"))
+    (notebooks / "notes.txt").write_text("notes v2")
+    (notebooks / "sub" / "data.txt").write_text("data v2")
+
+    panel = await make_panel(client)
+    assert panel.undo_button.disabled  # no restore yet: nothing to undo
+    await click(panel, panel.restore_button)
+    assert shown(panel.confirm) and shown(panel.choose) and shown(panel.preview)
+    assert "0 added, 3 overwritten, 3 unchanged" in panel.question.value, panel.question.value
+    # every path of the backup can be chosen, folders first
+    assert option_values(panel) == ["sub", SCS, "intro.ipynb", "notes.txt", "sub/data.txt", "work.ipynb"]
+    assert panel.paths.options[0][0] == "sub/" and panel.paths.value == ()
+    # the preview lists what would be overwritten, with the cells of a notebook
+    assert "Overwritten (3)" in panel.preview.value and "Removed" not in panel.preview.value
+    for path in ("notes.txt", "sub/data.txt", "work.ipynb"):
+        assert f"<code>{path}</code>" in panel.preview.value
+    assert "<code>work.ipynb</code>" in panel.preview.value.split("notebook: 0 cells added, 1 removed, 1 changed")[0]
+
+    # choosing paths recomputes the preview for them
+    await run(setattr, panel.paths, "value", ("notes.txt",))
+    await settled(panel)
+    assert "only the 1 chosen" in panel.question.value and "0 added, 1 overwritten, 0 unchanged" in panel.question.value
+    assert "<code>notes.txt</code>" in panel.preview.value and "work.ipynb" not in panel.preview.value
+    # another mode asks again, the choice stays
+    await run(setattr, panel.mode, "value", "replace")
+    await settled(panel)
+    assert shown(panel.confirm) and panel.yes_button.description == "Yes, replace"
+    assert panel.paths.value == ("notes.txt",) and "only the 1 chosen" in panel.question.value
+    await run(setattr, panel.mode, "value", "merge")
+    await settled(panel)
+    assert panel.yes_button.description == "Yes, merge" and panel.paths.value == ("notes.txt",)
+
+    await click(panel, panel.yes_button)
+    assert panel.error.value == "" and panel.restore_button.icon == "check"
+    assert (notebooks / "notes.txt").read_text() == "notes v1"  # the chosen path came back
+    assert (notebooks / "sub" / "data.txt").read_text() == "data v2"  # the others stayed
+    assert "c = 4" in (notebooks / "work.ipynb").read_text()
+    restore = (await run(client.jobs))[0]
+    assert restore["kind"] == "restore" and restore["result"]["paths"] == ["notes.txt"]
+    assert restore["result"]["file_count"] == 1 and restore["backup_id"] == first["backup_id"]
+    safety = restore["result"]["safety_backup_id"]
+    assert safety in panel.message.value and "notes.txt" in panel.message.value
+    assert "Restart the kernels" not in panel.message.value  # the SCS was not restored
+    # the table tells a safety backup from a manual one
+    kinds = {row.children[0].tooltip: row.children[2].value for row in panel.rows.children}
+    assert ">safety<" in kinds[safety] and "manual" in kinds[first["backup_id"]]
+    assert not panel.undo_button.disabled
+
+    # undo asks first, then brings the earlier content back
+    await click(panel, panel.undo_button)
+    assert shown(panel.confirm) and safety in panel.question.value and not shown(panel.choose)
+    assert "<code>notes.txt</code>" in panel.preview.value.split("Overwritten (1)")[1]
+    await click(panel, panel.no_button)
+    assert (notebooks / "notes.txt").read_text() == "notes v1"
+    await click(panel, panel.undo_button)
+    await click(panel, panel.yes_button)
+    assert panel.error.value == "" and panel.undo_button.icon == "check"
+    assert (notebooks / "notes.txt").read_text() == "notes v2"
+    undo = (await run(client.jobs))[0]
+    assert undo["kind"] == "restore" and undo["result"]["undone"] == safety
+    assert "Undid the last restore" in panel.message.value and panel.progress_text.value == "Undo done."
+    assert [b["id"] for b in panel.backups] == [b["id"] for b in await run(client.list)]  # refreshed
+    assert not panel.undo_button.disabled  # an undo keeps a safety backup too: it can be undone
+
+    # nothing left to undo (deleted behind the panel's back): the server's message
+    for backup in await run(client.list):
+        if backup["kind"] == "safety":
+            await run(client.delete, backup["id"])
+    await click(panel, panel.undo_button)
+    assert shown(panel.confirm) and "Cannot compare" in panel.question.value
+    await click(panel, panel.yes_button)
+    assert "color: red" in panel.error.value and "no restore to undo" in panel.error.value
+    assert panel.undo_button.disabled and panel.undo_button.icon != "check"
+
+
+async def test_a_selective_restore_of_the_scs_says_to_restart_kernels(client, notebooks):
+    backup = await run(client.create, wait=True, poll=0.05)
+    (notebooks / SCS).write_bytes(b"other bytes")
+    (notebooks / "intro.ipynb").write_text("changed")
+    panel = await make_panel(client)
+    await click(panel, panel.restore_button)
+    await run(setattr, panel.paths, "value", (SCS,))
+    await settled(panel)
+    await click(panel, panel.yes_button)
+    assert (notebooks / SCS).read_bytes() == b"encrypted bytes" and (notebooks / "intro.ipynb").read_text() == "changed"
+    assert (await run(client.jobs))[0]["result"]["paths"] == [SCS]
+    assert "Restart the kernels" in panel.message.value and backup["backup_id"] in panel.message.value
+
+
+@pytest.fixture
+def manager(jp_serverapp):
+    """The server's manager, with the server's own schedule thread stopped: no scheduled backup
+    starts behind a test's back; a test ticks the scheduler itself."""
+    for app in jp_serverapp.extension_manager.extension_apps["ailab_backup_ext"]:
+        app._stopping.set()
+    return jp_serverapp.web_app.settings[SETTINGS_KEY]
+
+
+async def test_schedule_set_from_the_panel(client, notebooks, manager):
+    panel = await make_panel(client)
+    assert "Schedule: <b>Off</b>" in panel.schedule_text.value and "Last run: never" in panel.schedule_text.value
+    assert panel.schedule_choice.value == "off" and not shown(panel.schedule_warning)
+
+    panel.schedule_choice.value = "daily"
+    assert panel.schedule_value.value == "02:00" and panel.schedule_value.layout.visibility == "visible"
+    panel.schedule_value.value = "03:15"
+    await click(panel, panel.schedule_button)
+    assert panel.error.value == "" and panel.schedule_button.icon == "check"
+    schedule = await run(client.schedule)
+    assert schedule["spec"] == "daily 03:15" and schedule["next"].endswith("T03:15:00Z")
+    assert "Daily at 03:15 UTC" in panel.schedule_text.value
+    assert f"Next run: {schedule['next'][:10]} 03:15:00 UTC" in panel.schedule_text.value
+    assert (panel.schedule_choice.value, panel.schedule_value.value) == ("daily", "03:15")
+
+    # "Other …" starts from the schedule chosen; the server checks what is typed
+    panel.schedule_choice.value = "custom"
+    assert panel.schedule_value.value == "daily 03:15"
+    panel.schedule_value.value = "sometimes"
+    await click(panel, panel.schedule_button)
+    assert "color: red" in panel.error.value and "Unknown schedule" in panel.error.value
+    assert (await run(client.schedule))["spec"] == "daily 03:15"
+    panel.schedule_value.value = "every 30m"
+    await click(panel, panel.schedule_button)
+    assert panel.error.value == "" and "Every 30 minutes" in panel.schedule_text.value
+    assert (await run(client.status))["schedule"]["spec"] == "every 30m"
+
+    # a schedule set elsewhere shows up on refresh; the form follows it
+    await run(client.set_schedule, "every 6h")
+    await click(panel, panel.refresh_button)
+    assert "Every 6 hours" in panel.schedule_text.value and panel.schedule_choice.value == "every6h"
+    panel.schedule_choice.value = "off"
+    await click(panel, panel.schedule_button)
+    assert (await run(client.schedule))["spec"] == "off" and "Schedule: <b>Off</b>" in panel.schedule_text.value
+
+
+class Clock:
+    def __init__(self, now=1_800_000_000.0):  # 2027-01-15T08:00:00Z
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+async def test_a_failed_scheduled_run_shows_a_red_warning(client, notebooks, manager, tmp_path, monkeypatch):
+    await run(client.set_schedule, "every 1h")
+    scheduler = manager.scheduler = Scheduler(manager, Clock())
+
+    monkeypatch.setattr(manager.config, "source_dir", str(tmp_path / "gone"))  # the source is gone: the run fails
+    manager.resolve(refresh=True)
+
+    def tick():
+        assert scheduler.tick() is not None
+        scheduler.wait(60)
+
+    await run(tick)
+    monkeypatch.undo()
+    manager.resolve(refresh=True)
+
+    panel = await make_panel(client)
+    assert shown(panel.schedule_warning) and "color: red" in panel.schedule_warning.value
+    assert "The last scheduled backup failed" in panel.schedule_warning.value
+    assert "does not exist" in panel.schedule_warning.value
+    assert "2027-01-15 08:00:00 UTC, <b style=\"color: red\">failed</b>" in panel.schedule_text.value
+    assert "Next run: 2027-01-15 09:00:00 UTC" in panel.schedule_text.value
+    assert not shown(panel.warning)  # the source is back: no other warning
+
+    # the next run succeeds: the warning goes
+    scheduler.clock.now += 3600
+    await run(tick)
+    await click(panel, panel.refresh_button)
+    assert not shown(panel.schedule_warning) and "<b>succeeded</b>" in panel.schedule_text.value
+    [backup] = await run(client.list)
+    assert backup["kind"] == "scheduled" and ">scheduled<" in panel.rows.children[0].children[2].value

@@ -1,6 +1,7 @@
 """The demo notebook in a real browser: a real `jupyter lab`, Chromium through Playwright, Run All
 Cells, a click on "Back up now", and the new backup appears in the panel's table; its Download link
-works with the browser's cookie. A screenshot of the panel goes to tests/artifacts/panel.png.
+works with the browser's cookie; "Restore" previews what it would overwrite in a scrolling box. A
+screenshot of the panel, with that preview open, goes to tests/artifacts/panel.png.
 
 CI installs Chromium from apt (scripts/test.sh); a missing browser fails this test on purpose.
 """
@@ -86,7 +87,7 @@ def test_demo_notebook_backs_up_from_the_browser(lab):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1700}, accept_downloads=True)
         try:
             page.set_default_timeout(90_000)
             page.goto(f"{base}lab/tree/{NOTEBOOK.name}?token={TOKEN}")
@@ -127,8 +128,29 @@ def test_demo_notebook_backs_up_from_the_browser(lab):
             assert saved.stat().st_size == backup["size_bytes"]
             assert download.value.suggested_filename == backup["id"] + ".tar.zst"
 
+            # the schedule group shows the server's schedule
+            expect(panel).to_contain_text("Automatic backups")
+            expect(panel).to_contain_text("Schedule: Off")
+
+            # Restore previews first: a changed notebook is listed with its cells, in a box that scrolls
+            (tmp_path / "root" / "my-work.ipynb").write_text(
+                '{"cells": [{"cell_type": "markdown", "source": "new", "metadata": {}}], "metadata": {}, '
+                '"nbformat": 4, "nbformat_minor": 5}')
+            panel.locator("button", has_text="Restore").first.click()
+            expect(panel).to_contain_text("Overwritten (1)")
+            box = panel.locator(".widget-html", has_text="Overwritten (1)")
+            expect(box).to_contain_text("my-work.ipynb")
+            expect(box).to_contain_text("— notebook: 0 cells added, 1 removed, 0 changed")
+            assert box.evaluate("e => getComputedStyle(e).overflow") == "auto"
+            expect(panel.locator("select[multiple] option", has_text="my-work.ipynb")).to_be_attached()
+            expect(panel.locator("button", has_text="Yes, merge")).to_be_visible()
+
             page.mouse.move(0, 0)
+            page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring
             panel.screenshot(path=str(ARTIFACTS / "panel.png"))
+            panel.locator("button", has_text="Cancel").click()
+            expect(panel.locator("button", has_text="Yes, merge")).to_be_hidden()
+            assert len(backups(base)) == 1  # nothing was restored
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "panel-failure.png"))  # what the browser showed
             raise
