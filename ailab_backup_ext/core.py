@@ -11,6 +11,7 @@ import stat
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 
 from .archive import (
     DIR,
@@ -198,10 +199,13 @@ class BackupManager:
     def _checked(self, path, meta=None, progress=None):
         """Read an archive file through and check everything; return its manifest and SHA-256."""
         with open(path, "rb") as f:
-            hashed = _HashingReader(f)
-            manifest = read_archive(hashed, self.config.max_archive_bytes, progress)
-            while hashed.read(1 << 20):  # the tar's end padding
-                pass
+            return self._check_stream(f, meta, progress)
+
+    def _check_stream(self, raw, meta=None, progress=None):
+        hashed = _HashingReader(raw)
+        manifest = read_archive(hashed, self.config.max_archive_bytes, progress)
+        while hashed.read(1 << 20):  # the tar's end padding
+            pass
         digest = hashed.digest.hexdigest()
         if meta is not None and meta.get("sha256") and digest != meta["sha256"]:
             raise InvalidArchive(
@@ -210,13 +214,26 @@ class BackupManager:
             )
         return manifest, digest
 
+    @contextmanager
+    def _checked_copy(self, meta, progress=None):
+        """The stored archive as a file of this machine, checked completely on the way, in one
+        pass: the stored file itself in a folder store; from a volume, a copy made while checking."""
+        if isinstance(self.store, FolderStore):
+            with self.store.local_copy(meta["archive"]) as path:
+                yield path, self._checked(path, meta, progress)[0]
+            return
+        with self.store.spool(meta["archive"]) as spool:
+            with open(spool, "wb") as out, self.store.open_archive(meta["archive"]) as src:
+                manifest, _ = self._check_stream(_Tee(src, out), meta, progress)
+            yield spool, manifest
+
     def verify_backup(self, backup_id, progress=None):
         """Re-read a stored backup and check every entry against its manifest."""
         meta = self.get_backup(backup_id)
         progress = progress or Progress()
         progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
-        with self.store.local_copy(meta["archive"]) as path:
-            manifest, _ = self._checked(path, meta, progress)
+        with self._checked_copy(meta, progress) as (_, manifest):
+            pass
         return {"id": backup_id, "ok": True, "files": manifest.file_count, "bytes": manifest.total_bytes}
 
     # backing up ------------------------------------------------------------------------------
@@ -370,9 +387,8 @@ class BackupManager:
         with self._busy_guard():
             source = self.source
             source.check_exists()
-            with self.store.local_copy(meta["archive"]) as path:
-                progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
-                manifest, _ = self._checked(path, meta, progress)
+            progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
+            with self._checked_copy(meta, progress) as (path, manifest):
                 chosen = normalize_paths(paths, {e.path for e in manifest.entries})
                 restored = selected(manifest.entries, chosen)
                 safety = None
@@ -411,8 +427,7 @@ class BackupManager:
         progress = progress or Progress()
         source = self.source
         source.check_exists()
-        with self.store.local_copy(meta["archive"]) as path:
-            manifest, _ = self._checked(path, meta, progress)
+        with self._checked_copy(meta, progress) as (path, manifest):
             backup = {e.path: e for e in manifest.entries}
             chosen = normalize_paths(paths, set(backup))
             progress.start("comparing", meta.get("total_bytes", 0), meta.get("file_count", 0))
@@ -535,6 +550,18 @@ class BackupManager:
         """A context manager giving the stored archive of a backup as a readable stream."""
         meta = self.get_backup(backup_id)
         return self.store.open_archive(meta["archive"])
+
+
+class _Tee:
+    """Reads from ``src`` and writes what it read to ``out``."""
+
+    def __init__(self, src, out):
+        self.src, self.out = src, out
+
+    def read(self, size=-1):
+        data = self.src.read(size)
+        self.out.write(data)
+        return data
 
 
 def _check_mode(mode):

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 from contextlib import contextmanager
@@ -263,12 +262,6 @@ class VolumeStore:
                 return
         raise NotFound(f"The archive {archive_name} is missing from the volume {self.volume}.")
 
-    @contextmanager
-    def local_copy(self, archive_name):
-        with self.spool(archive_name) as path:
-            with self.open_archive(archive_name) as src, open(path, "wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
-            yield path
 
     def remove(self, backup_id, archive_name):
         self.docker.run(
