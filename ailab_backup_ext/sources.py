@@ -8,7 +8,6 @@ Both speak the same language: ``read_entries()`` yields ``(Entry, file or None)`
 import dataclasses
 import errno
 import fnmatch
-import io
 import os
 import posixpath
 import shutil

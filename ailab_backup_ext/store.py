@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from contextlib import contextmanager
 
-from .archive import CHUNK, READ_BUFFER, DIR, FILE, Entry, tar_stream
+from .archive import READ_BUFFER, DIR, FILE, Entry, tar_stream
 from .errors import NotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -1,6 +1,12 @@
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
+
+import requests
+from jupyter_server.auth import passwd
 
 import pytest
 
@@ -68,3 +74,43 @@ def _helper_image_env(monkeypatch):
     monkeypatch.setenv("AILAB_BACKUP_HELPER_IMAGE", HELPER_IMAGE)
     for name in ("VOLUME", "DIR", "AILAB_BACKUP_VOLUME", "AILAB_BACKUP_STORE", "AILAB_BACKUP_SOURCE_DIR"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def jp_server_config(tmp_path):
+    """The in-process test server: the extension in local mode (its root folder), a store in
+    tmp_path, Jupyter's auth required everywhere. Tests that need more override this."""
+    return {
+        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
+        "AILabBackup": {"store": str(tmp_path / "store"), "docker_url": "none"},
+    }
+
+
+@pytest.fixture
+def password_only_server(tmp_path):
+    """A real `jupyter server` as AI-Lab runs it: a password ('ailab'), no token."""
+    (tmp_path / "nb").mkdir()
+    runtime = tmp_path / "runtime"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    env.pop("AILAB_BACKUP_TOKEN", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         "--ServerApp.token=", f"--PasswordIdentityProvider.hashed_password={passwd('ailab')}",
+         f"--ServerApp.root_dir={tmp_path / 'nb'}", "--ServerApp.allow_unauthenticated_access=False",
+         f"--AILabBackup.store={tmp_path / 'store'}", "--AILabBackup.docker_url=none", "--allow-root"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                requests.get(base + "api/status", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        yield base, runtime
+    finally:
+        server.terminate()
+        server.wait(30)

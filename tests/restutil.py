@@ -3,6 +3,9 @@
 import asyncio
 import json
 
+import requests
+from jupyter_client import BlockingKernelClient
+
 from tornado.httpclient import HTTPClientError
 
 
@@ -29,3 +32,37 @@ async def wait_job(jp_fetch, job_id, timeout=300):
             return job
         await asyncio.sleep(0.1)
     raise AssertionError(f"job {job_id} did not end")
+
+
+def run_in_kernel(connection_file, code):
+    """Run code in a kernel through its connection file; return what it printed."""
+    client = BlockingKernelClient()
+    client.load_connection_file(connection_file)
+    # no heartbeat channel: without its manager a client may think a fresh kernel dead
+    client.start_channels(hb=False)
+    try:
+        client.wait_for_ready(timeout=60)
+        lines = []
+        reply = client.execute_interactive(code, timeout=120, output_hook=lambda msg: lines.append(
+            msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return "".join(lines)
+    finally:
+        client.stop_channels()
+
+
+def run_in_new_kernel(base, runtime, password, code):
+    """Log in to a server as a browser does, start a kernel, run ``code`` in it, return what it
+    printed, and shut the kernel down."""
+    browser = requests.Session()
+    browser.get(base + "login")
+    xsrf = browser.cookies["_xsrf"]
+    login = browser.post(base + "login", data={"password": password, "_xsrf": xsrf}, allow_redirects=False)
+    assert login.status_code == 302, login.status_code
+    kernel = browser.post(base + "api/kernels", json={}, headers={"X-XSRFToken": xsrf})
+    assert kernel.status_code == 201, kernel.text
+    kernel_id = kernel.json()["id"]
+    try:
+        return run_in_kernel(str(runtime / f"kernel-{kernel_id}.json"), code)
+    finally:
+        browser.delete(base + f"api/kernels/{kernel_id}", headers={"X-XSRFToken": xsrf})

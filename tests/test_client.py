@@ -12,17 +12,9 @@ import pytest
 
 from ailab_backup_ext.client import BackupClient, BackupClientError
 from restutil import call
-from test_rest_auth import password_only_server, run_in_kernel  # noqa: F401 - a fixture, reused
+from restutil import run_in_new_kernel
 
 CHUNK_BIG = 30_000_000
-
-
-@pytest.fixture
-def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
-        "AILabBackup": {"store": str(tmp_path / "store"), "docker_url": "none"},
-    }
 
 
 @pytest.fixture
@@ -246,8 +238,6 @@ print(json.dumps({"ids": [b["id"] for b in c.list()], "created": job["backup_id"
 
 
 def test_kernel_of_password_only_server_uses_the_kernel_credential(password_only_server, tmp_path):
-    import requests
-
     base, runtime = password_only_server
     (tmp_path / "nb" / "work.ipynb").write_text('{"cells": []}')
     # from outside, without the password, the client is refused
@@ -255,18 +245,7 @@ def test_kernel_of_password_only_server_uses_the_kernel_credential(password_only
         BackupClient(base).list()
     assert refused.value.status in (403, 302)
 
-    browser = requests.Session()
-    browser.get(base + "login")
-    xsrf = browser.cookies["_xsrf"]
-    assert browser.post(base + "login", data={"password": "ailab", "_xsrf": xsrf},
-                        allow_redirects=False).status_code == 302
-    kernel = browser.post(base + "api/kernels", json={}, headers={"X-XSRFToken": xsrf})
-    assert kernel.status_code == 201, kernel.text
-    kernel_id = kernel.json()["id"]
-    try:
-        seen = json.loads(run_in_kernel(str(runtime / f"kernel-{kernel_id}.json"), KERNEL_CODE))
-    finally:
-        browser.delete(base + f"api/kernels/{kernel_id}", headers={"X-XSRFToken": xsrf})
+    seen = json.loads(run_in_new_kernel(base, runtime, "ailab", KERNEL_CODE))
     assert seen["ids"] == [seen["created"]] and seen["labels"] == ["from a kernel"]
     assert seen["error"][0] == 404 and "No backup has the id" in seen["error"][1]
     assert [p.name for p in (tmp_path / "store").rglob(seen["created"] + ".tar.zst")]

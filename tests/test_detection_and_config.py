@@ -1,7 +1,5 @@
 """Finding the source inside AI-Lab, configuration from every place, and the CLI's manners."""
 
-import os
-
 import pytest
 
 from ailab_backup_ext.cli import main

@@ -21,14 +21,6 @@ SCS = "ai_lab_secure_configuration_storage.sqlite"
 
 
 @pytest.fixture
-def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
-        "AILabBackup": {"store": str(tmp_path / "store"), "docker_url": "none"},
-    }
-
-
-@pytest.fixture
 def notebooks(jp_root_dir):
     (jp_root_dir / "intro.ipynb").write_text('{"cells": []}')
     (jp_root_dir / SCS).write_bytes(b"encrypted bytes")

@@ -2,22 +2,16 @@
 the kernel credential opens /ailab/backup and nothing else, also on a password-only server."""
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 
 import requests
 
 import pytest
-from jupyter_client import BlockingKernelClient
-from jupyter_server.auth import passwd
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpclient import HTTPClientError
 
 from ailab_backup_ext.handlers import ROUTES
+from restutil import run_in_new_kernel
 
 SAMPLE = {"backup_id": "nb-20260101T000000Z", "job_id": "0" * 32}
 
@@ -28,17 +22,9 @@ def concrete(pattern):
 
 def route_methods():
     for pattern, handler in ROUTES:
-        for method in ("get", "post", "delete"):
+        for method in ("get", "post", "put", "delete"):
             if method in vars(handler):
                 yield concrete(pattern), method.upper()
-
-
-@pytest.fixture
-def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
-        "AILabBackup": {"store": str(tmp_path / "store"), "docker_url": "none"},
-    }
 
 
 async def raw(jp_fetch, path, method="GET", headers=None, body=None):
@@ -54,7 +40,7 @@ async def raw(jp_fetch, path, method="GET", headers=None, body=None):
 
 
 def test_route_table_is_complete():
-    assert len(list(route_methods())) == 12  # a new route must be added to the walk below
+    assert len(list(route_methods())) == 14  # a new route must be added to the walk below
 
 
 @pytest.mark.parametrize("path, method", list(route_methods()))
@@ -120,67 +106,9 @@ print(json.dumps({p + " " + m: status(p, m) for p, m in [
 """
 
 
-def run_in_kernel(connection_file, code):
-    """Run code in a kernel through its connection file; return what it printed."""
-    client = BlockingKernelClient()
-    client.load_connection_file(connection_file)
-    # no heartbeat channel: without its manager a client may think a fresh kernel dead
-    client.start_channels(hb=False)
-    try:
-        client.wait_for_ready(timeout=60)
-        lines = []
-        reply = client.execute_interactive(code, timeout=120, output_hook=lambda msg: lines.append(
-            msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None)
-        assert reply["content"]["status"] == "ok", reply["content"]
-        return "".join(lines)
-    finally:
-        client.stop_channels()
-
-
-@pytest.fixture
-def password_only_server(tmp_path):
-    """A real `jupyter server` as AI-Lab runs it: a password ('ailab'), no token."""
-    (tmp_path / "nb").mkdir()
-    runtime = tmp_path / "runtime"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
-    env.pop("AILAB_BACKUP_TOKEN", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         "--ServerApp.token=", f"--PasswordIdentityProvider.hashed_password={passwd('ailab')}",
-         f"--ServerApp.root_dir={tmp_path / 'nb'}", "--ServerApp.allow_unauthenticated_access=False",
-         f"--AILabBackup.store={tmp_path / 'store'}", "--AILabBackup.docker_url=none", "--allow-root"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(100):
-            try:
-                requests.get(base + "api/status", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        yield base, runtime
-    finally:
-        server.terminate()
-        server.wait(30)
-
-
 def test_kernel_of_password_only_server_reaches_backup_api_only(password_only_server):
     base, runtime = password_only_server
-    browser = requests.Session()
-    browser.get(base + "login")
-    xsrf = browser.cookies["_xsrf"]
-    login = browser.post(base + "login", data={"password": "ailab", "_xsrf": xsrf}, allow_redirects=False)
-    assert login.status_code == 302
-    kernel = browser.post(base + "api/kernels", json={}, headers={"X-XSRFToken": xsrf})
-    assert kernel.status_code == 201, kernel.text
-    kernel_id = kernel.json()["id"]
-    try:
-        seen = json.loads(run_in_kernel(str(runtime / f"kernel-{kernel_id}.json"), KERNEL_CODE))
-    finally:
-        browser.delete(base + f"api/kernels/{kernel_id}", headers={"X-XSRFToken": xsrf})
+    seen = json.loads(run_in_new_kernel(base, runtime, "ailab", KERNEL_CODE))
     assert seen["/ailab/backup/status GET"] == 200
     assert seen["/ailab/backup GET"] == 200
     assert seen["/ailab/backup POST"] == 202

@@ -13,7 +13,7 @@ from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.progress import Progress
 from test_roundtrip import fill_volume, make_tree
-from treeutil import folder_snapshot, run_in_volume, volume_snapshot
+from treeutil import run_in_volume, volume_snapshot
 
 SCS = "ai_lab_secure_configuration_storage.sqlite"
 
