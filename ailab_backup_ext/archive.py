@@ -462,14 +462,35 @@ def _open_tar_reader(raw):
     )
 
 
-def iter_archive(raw, max_total_bytes=0, progress=None):
+class _CountingReader(io.RawIOBase):
+    """Counts the bytes read from ``raw`` (the compressed size, for the ratio limit)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.count = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.count += len(data)
+        return len(data)
+
+
+def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
     """Yield ``(Entry, reader)`` for each data member, checking each one; the last item is
     ``(Manifest, None)`` after checking the manifest against the data.
 
     File readers must be consumed (or not) before the next item; what is not read is hashed here.
+    With ``max_ratio``, an archive that would unpack to more than that many times its compressed
+    size read so far (at least 1 MiB) is refused as a decompression bomb, from the headers alone.
     Raises :class:`InvalidArchive` on anything hostile or broken.
     """
     checker = EntryChecker(max_total_bytes)
+    counted = _CountingReader(raw)
+    raw = counted
     found = []
     manifest = None
     try:
@@ -493,6 +514,12 @@ def iter_archive(raw, max_total_bytes=0, progress=None):
                     raise InvalidArchive("The archive has data after its manifest.")
                 entry = entry_from_tarinfo(info, path)
                 checker.check(entry)
+                if max_ratio and checker.total > max_ratio * max(counted.count, 1 << 20):
+                    raise TooLarge(
+                        f"The archive would unpack to more than {max_ratio} times its size (at "
+                        f"{entry.path!r}): refused as a decompression bomb. If it is yours, raise "
+                        "AILabBackup.max_compression_ratio."
+                    )
                 if entry.type == FILE:
                     reader = _HashingReader(tar.extractfile(info), progress)
                     yield entry, reader
@@ -540,10 +567,10 @@ def _match_manifest(manifest, found):
         )
 
 
-def read_archive(raw, max_total_bytes=0, progress=None):
+def read_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
     """Check a whole archive; return its :class:`Manifest` or raise :class:`InvalidArchive`."""
     manifest = None
-    for item, _ in iter_archive(raw, max_total_bytes, progress):
+    for item, _ in iter_archive(raw, max_total_bytes, progress, max_ratio):
         manifest = item
     return manifest
 

@@ -94,6 +94,13 @@ class AILabBackup(Configurable):
         help="""Largest archive in bytes accepted by the upload endpoint; 0 means no limit.""",
     )
 
+    max_compression_ratio = Int(
+        1000,
+        config=True,
+        help="""An uploaded archive that would unpack to more than this many times its size is
+        refused as a decompression bomb (checked from the headers, before anything is written).
+        0: no limit. Backups made here are not limited by it.""",
+    )
     keep_last = Int(
         0,
         config=True,
@@ -131,6 +138,7 @@ class AILabBackup(Configurable):
     _default_max_archive_bytes = _env_default("max_archive_bytes", 0)
     _default_max_upload_bytes = _env_default("max_upload_bytes", 20 * 1024**3)
     _default_keep_last = _env_default("keep_last", 0)
+    _default_max_compression_ratio = _env_default("max_compression_ratio", 1000)
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)
     _default_schedule = _env_default("schedule", "")

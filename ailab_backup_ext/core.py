@@ -196,14 +196,14 @@ class BackupManager:
         meta = self.get_backup(backup_id)
         self.store.remove(backup_id, meta["archive"])
 
-    def _checked(self, path, meta=None, progress=None):
+    def _checked(self, path, meta=None, progress=None, max_ratio=0):
         """Read an archive file through and check everything; return its manifest and SHA-256."""
         with open(path, "rb") as f:
-            return self._check_stream(f, meta, progress)
+            return self._check_stream(f, meta, progress, max_ratio)
 
-    def _check_stream(self, raw, meta=None, progress=None):
+    def _check_stream(self, raw, meta=None, progress=None, max_ratio=0):
         hashed = _HashingReader(raw)
-        manifest = read_archive(hashed, self.config.max_archive_bytes, progress)
+        manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio)
         while hashed.read(1 << 20):  # the tar's end padding
             pass
         digest = hashed.digest.hexdigest()
@@ -523,7 +523,9 @@ class BackupManager:
 
     def add_uploaded(self, path):
         """Check an uploaded archive completely and add it to the store; return its metadata."""
-        manifest, digest = self._checked(path)
+        # an upload is untrusted: it also meets the compression-ratio limit (our own backups do
+        # not, so that a big file of zeros never makes a backup unrestorable)
+        manifest, digest = self._checked(path, max_ratio=self.config.max_compression_ratio)
         slug = str(manifest.source.get("name", "")).rstrip("/").rsplit("/", 1)[-1] or "upload"
         backup_id = self._unique_id(make_id(slug, _parse_time(manifest.created) or utc_now()))
         compression = _sniff_compression(path)

@@ -175,3 +175,29 @@ async def test_dry_run_selective_restore_and_undo(jp_fetch, notebooks):
     _, body, _ = await call(jp_fetch, "undo", method="POST", body={}, expect=202)
     assert (await wait_job(jp_fetch, body["job"]["id"]))["state"] == "succeeded"
     assert folder_snapshot(notebooks) == before
+
+
+async def test_decompression_bomb_upload_is_refused_before_reading(jp_fetch, tmp_path):
+    import io
+
+    from ailab_backup_ext.archive import Entry, Manifest, write_archive
+
+    class Zeros:
+        def __init__(self, n):
+            self.n = n
+
+        def read(self, k=-1):
+            k = min(k, self.n)
+            self.n -= k
+            return b"\0" * k
+
+    bomb = io.BytesIO()
+    write_archive(bomb, [(Entry(".", "dir", mode=0o755), None),
+                         (Entry("zeros.bin", "file", size=3_000_000_000), Zeros(3_000_000_000))],
+                  Manifest(created="2026-01-01T00:00:00Z", source={}), "zstd")
+    assert len(bomb.getvalue()) < 200_000  # 3 GB of zeros in a small file
+    _, error, _ = await call(jp_fetch, "upload", method="POST", body=bomb.getvalue(), expect=413)
+    assert "decompression bomb" in error["message"] and "max_compression_ratio" in error["message"]
+    _, listing, _ = await call(jp_fetch)
+    assert listing["backups"] == []
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]  # nothing stored
