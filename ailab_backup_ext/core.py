@@ -293,7 +293,7 @@ class BackupManager:
 
     def start_undo(self):
         self.last_safety_backup()  # nothing to undo is answered now
-        return self.jobs.start("restore", lambda progress: self.undo_last_restore(progress))
+        return self.jobs.start("undo", lambda progress: self.undo_last_restore(progress))
 
     def _create(self, label, kind, progress, skip_unchanged=False):
         """A backup that never holds a torn SQLite copy: if a database was caught mid-write

@@ -30,8 +30,8 @@ def normalize_paths(paths, known):
 
 
 def selected(entries, chosen):
-    """The entries under the chosen paths, with the folders above them (so that they are made
-    with the right owner and mode)."""
+    """The entries under the chosen paths, with the folders above them (so that missing ones are
+    made with the right owner and mode); the notebooks folder itself, always there, stays as it is."""
     if chosen is None:
         return list(entries)
     wanted = set()
@@ -42,7 +42,6 @@ def selected(entries, chosen):
             while parent:
                 wanted.add(parent)
                 parent = posixpath.dirname(parent)
-            wanted.add(ROOT)
     return [e for e in entries if e.path in wanted]
 
 

@@ -247,7 +247,7 @@ async def test_selective_restore_with_preview_then_undo(client, notebooks):
     assert panel.error.value == "" and panel.undo_button.icon == "check"
     assert (notebooks / "notes.txt").read_text() == "notes v2"
     undo = (await run(client.jobs))[0]
-    assert undo["kind"] == "restore" and undo["result"]["undone"] == safety
+    assert undo["kind"] == "undo" and undo["result"]["undone"] == safety
     assert "Undid the last restore" in panel.message.value and panel.progress_text.value == "Undo done."
     assert [b["id"] for b in panel.backups] == [b["id"] for b in await run(client.list)]  # refreshed
     assert not panel.undo_button.disabled  # an undo keeps a safety backup too: it can be undone

@@ -67,9 +67,72 @@ export interface IStatus {
   docker: { reachable: boolean; version?: string | null; url?: string | null };
   hint: string | null;
   job: IJob | null;
+  /** The backup schedule (missing on older servers, null when unreadable). */
+  schedule?: ISchedule | null;
 }
 
 export type RestoreMode = 'merge' | 'replace';
+
+/** Kinds of backups in the list. */
+export type BackupKind = 'manual' | 'uploaded' | 'safety' | 'scheduled';
+
+/** One path in a restore plan. */
+export interface IPlanItem {
+  path: string;
+  type: 'file' | 'dir' | 'symlink';
+  /** Size in the backup (removed items: the current size). */
+  size: number;
+  /** Size now, for overwritten items. */
+  current_size?: number;
+  /** For an overwritten notebook: the cells a restore would add, remove, change. */
+  notebook?: {
+    cells_added: number;
+    cells_removed: number;
+    cells_changed: number;
+  } | null;
+}
+
+/** The answer of a dry run: what a restore would change. */
+export interface IPlan {
+  backup_id: string;
+  mode: RestoreMode;
+  /** The chosen paths, or null for everything. */
+  paths?: string[] | null;
+  added: IPlanItem[];
+  overwritten: IPlanItem[];
+  /** replace mode only. */
+  removed: IPlanItem[];
+  /** items: with added and overwritten, every path of the backup. */
+  unchanged: { count: number; bytes: number; items?: IPlanItem[] };
+}
+
+/** The last scheduled run. */
+export interface IScheduleRun {
+  outcome: 'succeeded' | 'skipped' | 'failed';
+  /** ISO 8601, UTC. */
+  time: string;
+  backup_id?: string | null;
+  /** A skipped run: nothing changed since this backup. */
+  same_as?: string | null;
+  error?: string | null;
+}
+
+export interface ISchedule {
+  /** 'every 6h', 'every 30m', 'daily 02:30' (UTC) or 'off'. */
+  spec: string;
+  enabled: boolean;
+  last: IScheduleRun | null;
+  /** ISO 8601, UTC; null when off. */
+  next: string | null;
+  /** Set when the last scheduled run failed. */
+  warning: string | null;
+}
+
+/** Options of a restore: which files, and whether only to preview. */
+export interface IRestoreOptions {
+  /** Restore only these files or folders of the backup; omitted: everything. */
+  paths?: string[] | null;
+}
 
 /** Path of the REST API below the server's base URL. */
 export const API_PATH = 'ailab/backup';
@@ -183,12 +246,67 @@ export class BackupClient {
     }).then(r => r.job);
   }
 
-  /** Start a restore; resolves with the queued job. */
-  restoreBackup(id: string, mode: RestoreMode): Promise<IJob> {
-    return this.request<{ job: IJob }>([id, 'restore'], {
+  /**
+   * Start a restore (of everything, or only of `options.paths`); resolves
+   * with the queued job. Its result names the safety backup taken first.
+   */
+  async restoreBackup(
+    id: string,
+    mode: RestoreMode,
+    options: IRestoreOptions = {}
+  ): Promise<IJob> {
+    const body = JSON.stringify(restoreBody(mode, options.paths, false));
+    const answer = await this.request<{ job: IJob }>([id, 'restore'], {
       method: 'POST',
-      body: JSON.stringify({ mode })
-    }).then(r => r.job);
+      body
+    });
+    return answer.job;
+  }
+
+  /**
+   * Preview a restore (a dry run, nothing changes): what would be added,
+   * overwritten, removed (replace only) and left unchanged.
+   */
+  async previewRestore(
+    id: string,
+    mode: RestoreMode,
+    options: IRestoreOptions = {}
+  ): Promise<IPlan> {
+    const body = JSON.stringify(restoreBody(mode, options.paths, true));
+    const plan = await this.request<IPlan>([id, 'restore'], {
+      method: 'POST',
+      body
+    });
+    // Older servers or odd answers: never crash the dialog on a missing list.
+    return {
+      ...plan,
+      added: plan?.added ?? [],
+      overwritten: plan?.overwritten ?? [],
+      removed: plan?.removed ?? [],
+      unchanged: plan?.unchanged ?? { count: 0, bytes: 0 }
+    };
+  }
+
+  /**
+   * Undo the last restore (restores the newest safety backup with replace);
+   * resolves with the queued job. 404 when there is nothing to undo.
+   */
+  undoLastRestore(): Promise<IJob> {
+    return this.request<{ job: IJob }>(['undo'], { method: 'POST' }).then(
+      r => r.job
+    );
+  }
+
+  getSchedule(): Promise<ISchedule> {
+    return this.request<ISchedule>(['schedule']);
+  }
+
+  /** Set the schedule; 400 (ApiError with the server's message) if unknown. */
+  setSchedule(spec: string): Promise<ISchedule> {
+    return this.request<ISchedule>(['schedule'], {
+      method: 'PUT',
+      body: JSON.stringify({ spec })
+    });
   }
 
   async deleteBackup(id: string): Promise<void> {
@@ -250,6 +368,28 @@ export class BackupClient {
       );
     }
   }
+}
+
+/** The JSON body of a restore or its preview; `paths` only when chosen. */
+export function restoreBody(
+  mode: RestoreMode,
+  paths: string[] | null | undefined,
+  dryRun: boolean
+): { mode: RestoreMode; paths?: string[]; dry_run?: true } {
+  const body: { mode: RestoreMode; paths?: string[]; dry_run?: true } = {
+    mode
+  };
+  if (paths) {
+    if (paths.length === 0) {
+      // The server reads an empty list as "everything": never send one.
+      throw new Error('Choose at least one file or folder to restore.');
+    }
+    body.paths = paths;
+  }
+  if (dryRun) {
+    body.dry_run = true;
+  }
+  return body;
 }
 
 /** A readable message for any error thrown by the client. */

@@ -4,16 +4,18 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette, InputDialog } from '@jupyterlab/apputils';
+import { undoIcon } from '@jupyterlab/ui-components';
 
 import { BackupClient } from './client';
 import { backupIcon } from './icon';
 import { BackupModel } from './model';
-import { BackupPanel } from './panel';
+import { BackupPanel, confirmUndo } from './panel';
 
 /** Command ids. */
 export namespace CommandIDs {
   export const create = 'ailab-backup:create';
   export const open = 'ailab-backup:open';
+  export const undo = 'ailab-backup:undo';
 }
 
 const CATEGORY = 'AI-Lab Backup';
@@ -67,13 +69,28 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await model.backup(result.value ?? '');
       }
     });
-    model.changed.connect(() =>
-      app.commands.notifyCommandChanged(CommandIDs.create)
-    );
+
+    app.commands.addCommand(CommandIDs.undo, {
+      label: 'Undo last restore',
+      caption:
+        'Put the notebooks folder back as it was before the last restore ' +
+        '(from its safety backup)',
+      icon: undoIcon,
+      isEnabled: () => !model.busy,
+      execute: async () => {
+        app.shell.activateById(panel.id);
+        await confirmUndo(model);
+      }
+    });
+
+    model.changed.connect(() => {
+      app.commands.notifyCommandChanged(CommandIDs.create);
+      app.commands.notifyCommandChanged(CommandIDs.undo);
+    });
     // Show restored files in the file browser at once.
     model.jobFinished.connect((_, job) => {
       if (
-        job.kind === 'restore' &&
+        (job.kind === 'restore' || job.kind === 'undo') &&
         app.commands.hasCommand('filebrowser:refresh')
       ) {
         void app.commands.execute('filebrowser:refresh');
@@ -83,6 +100,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (palette) {
       palette.addItem({ command: CommandIDs.create, category: CATEGORY });
       palette.addItem({ command: CommandIDs.open, category: CATEGORY });
+      palette.addItem({ command: CommandIDs.undo, category: CATEGORY });
     }
   }
 };

@@ -10,11 +10,13 @@ import {
   BackupClient,
   IBackup,
   IJob,
+  ISchedule,
   IStatus,
   RestoreMode,
   describeError,
   isFinished
 } from './client';
+import { describeSpec } from './schedule';
 
 /** How often a running job is polled. */
 export const POLL_INTERVAL_MS = 500;
@@ -28,6 +30,19 @@ const STICKY = { autoClose: false } as const;
 /** What the panel is busy with, besides a server job. */
 export type Activity = 'idle' | 'loading' | 'uploading' | 'deleting';
 
+/** The last restore (or undo) that ended well, while its message shows. */
+export interface IRestoreDone {
+  /** The restored backup. */
+  backupId: string | null;
+  /** The safety backup taken first: the last restore can be undone. */
+  safetyBackupId: string | null;
+  /** This was an undo (of the restore that took this safety backup). */
+  undone: string | null;
+  fileCount: number | null;
+  /** The chosen paths, null for everything. */
+  paths: string[] | null;
+}
+
 export class BackupModel {
   constructor(readonly client: BackupClient = new BackupClient()) {}
 
@@ -40,6 +55,12 @@ export class BackupModel {
   loadError: string | null = null;
   /** Hint from the last successful restore (restart the kernels). */
   restoreHint: string | null = null;
+  /** The last restore that ended well in this session, until dismissed. */
+  lastRestore: IRestoreDone | null = null;
+  /** The backup schedule, from the status (null: unknown). */
+  schedule: ISchedule | null = null;
+  /** A schedule is being saved. */
+  savingSchedule = false;
 
   get changed(): ISignal<this, void> {
     return this._changed;
@@ -79,6 +100,7 @@ export class BackupModel {
       const errors: string[] = [];
       if (status.ok) {
         this.status = status.value;
+        this.schedule = status.value.schedule ?? null;
         const job = status.value.job;
         if (job && !isFinished(job) && !this.jobRunning) {
           this._follow(job);
@@ -108,9 +130,60 @@ export class BackupModel {
     await this._start(() => this.client.createBackup(label.trim()));
   }
 
-  async restore(backup: IBackup, mode: RestoreMode): Promise<void> {
-    this.restoreHint = null;
-    await this._start(() => this.client.restoreBackup(backup.id, mode));
+  /** Start a restore of everything, or only of `paths` (never empty). */
+  async restore(
+    backup: IBackup,
+    mode: RestoreMode,
+    paths: string[] | null = null
+  ): Promise<void> {
+    await this._start(() => {
+      this.restoreHint = null;
+      this.lastRestore = null;
+      return this.client.restoreBackup(backup.id, mode, { paths });
+    });
+  }
+
+  /** Undo the last restore (the server restores its safety backup). */
+  async undo(): Promise<void> {
+    await this._start(() => {
+      this.restoreHint = null;
+      this.lastRestore = null;
+      return this.client.undoLastRestore();
+    });
+  }
+
+  /** The newest safety backup: what an undo brings back. */
+  get newestSafetyBackup(): IBackup | null {
+    return this.backups.find(b => b.kind === 'safety') ?? null;
+  }
+
+  /**
+   * Set the schedule. Resolves with the server's message when it refuses
+   * the spec (shown at the form), else with null.
+   */
+  async saveSchedule(spec: string): Promise<string | null> {
+    this.savingSchedule = true;
+    this._changed.emit();
+    try {
+      this.schedule = await this.client.setSchedule(spec);
+      Notification.success(
+        `Schedule saved: ${describeSpec(this.schedule.spec)}.`,
+        { autoClose: 4000 }
+      );
+      return null;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 400) {
+        return error.message;
+      }
+      Notification.error(
+        `Saving the schedule failed: ${describeError(error)}`,
+        STICKY
+      );
+      return describeError(error);
+    } finally {
+      this.savingSchedule = false;
+      this._changed.emit();
+    }
   }
 
   async remove(backup: IBackup): Promise<void> {
@@ -153,8 +226,10 @@ export class BackupModel {
     await this.refresh();
   }
 
+  /** Hide the message of the last restore (its hint and undo button). */
   dismissRestoreHint(): void {
     this.restoreHint = null;
+    this.lastRestore = null;
     this._changed.emit();
   }
 
@@ -237,15 +312,31 @@ export class BackupModel {
     if (job.state === 'succeeded') {
       const hint =
         typeof job.result?.hint === 'string' ? job.result.hint : null;
-      if (job.kind === 'restore') {
+      if (job.kind === 'restore' || job.kind === 'undo') {
         // The server sets `hint` when the SCS was restored: kernels that
         // hold it open must be restarted.
         this.restoreHint = hint;
-        const files = job.result?.file_count;
+        const result = job.result ?? {};
+        const files = result.file_count;
+        const text = (key: string): string | null =>
+          typeof result[key] === 'string' ? (result[key] as string) : null;
+        const paths = Array.isArray(result.paths)
+          ? (result.paths as unknown[]).filter(
+              (p): p is string => typeof p === 'string'
+            )
+          : null;
+        this.lastRestore = {
+          backupId: text('backup_id') ?? job.backup_id,
+          safetyBackupId: text('safety_backup_id'),
+          undone: text('undone'),
+          fileCount: typeof files === 'number' ? files : null,
+          paths
+        };
+        const what = this.lastRestore.undone ? 'Undo' : 'Restore';
         const done =
           typeof files === 'number'
-            ? `Restore finished: ${files} files restored.`
-            : 'Restore finished.';
+            ? `${what} finished: ${files} files restored.`
+            : `${what} finished.`;
         Notification.success(hint ? `${done} ${hint}` : done, {
           autoClose: hint ? false : 5000
         });

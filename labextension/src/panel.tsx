@@ -4,18 +4,31 @@
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import {
   Button,
+  HTMLSelect,
   InputGroup,
   closeIcon,
   ReactWidget,
   UseSignal,
   fileUploadIcon,
-  refreshIcon
+  refreshIcon,
+  undoIcon
 } from '@jupyterlab/ui-components';
-import React, { useRef, useState } from 'react';
+import React, { useEffect, useRef, useState } from 'react';
 
-import { IBackup, IJob, IStatus, RestoreMode, formatBytes } from './client';
+import { IBackup, IJob, ISchedule, IStatus, formatBytes } from './client';
 import { backupIcon } from './icon';
 import { BackupModel, title } from './model';
+import { confirmRestore } from './restore';
+import {
+  DEFAULT_DAILY_TIME,
+  IScheduleForm,
+  SCHEDULE_CHOICES,
+  ScheduleChoice,
+  describeSpec,
+  formOf,
+  formatTime,
+  specOf
+} from './schedule';
 
 /** File types offered by the upload picker (the server checks the content). */
 const ACCEPT = '.zst,.gz,.tgz,.tar,application/zstd,application/gzip';
@@ -81,6 +94,7 @@ function BackupView({ model }: { model: BackupModel }): JSX.Element {
       <StatusView status={model.status} loading={model.activity} />
       <BackupForm model={model} />
       <JobView model={model} />
+      <ScheduleView model={model} />
       <UploadZone model={model} over={drop.over} />
       <BackupList model={model} />
     </div>
@@ -209,20 +223,22 @@ function JobView({ model }: { model: BackupModel }): JSX.Element | null {
       </section>
     );
   }
-  if (!job) {
-    return model.restoreHint ? <RestoreHint model={model} /> : null;
+  const done =
+    model.lastRestore || model.restoreHint ? (
+      <RestoreDone model={model} />
+    ) : null;
+  if (!job || job.state === 'succeeded') {
+    return done;
   }
   if (job.state === 'failed') {
     return (
-      <div className="jp-AILabBackup-error" role="alert">
-        {capitalize(job.kind)} failed: {job.error || 'no reason given.'}
-      </div>
+      <>
+        <div className="jp-AILabBackup-error" role="alert">
+          {capitalize(job.kind)} failed: {job.error || 'no reason given.'}
+        </div>
+        {done}
+      </>
     );
-  }
-  if (job.state === 'succeeded') {
-    return job.kind === 'restore' && model.restoreHint ? (
-      <RestoreHint model={model} />
-    ) : null;
   }
   return (
     <section
@@ -238,15 +254,60 @@ function JobView({ model }: { model: BackupModel }): JSX.Element | null {
   );
 }
 
-function RestoreHint({ model }: { model: BackupModel }): JSX.Element {
+/**
+ * After a restore: the SCS hint (restart the kernels) and "Undo last
+ * restore", until dismissed.
+ */
+function RestoreDone({ model }: { model: BackupModel }): JSX.Element {
+  const done = model.lastRestore;
+  const hint = model.restoreHint;
+  let text: string;
+  if (done?.undone) {
+    text = 'The last restore was undone.';
+  } else if (done) {
+    const what = done.paths?.length
+      ? `${done.paths.length === 1 ? done.paths[0] : `${done.paths.length} paths`} restored`
+      : 'Restore finished';
+    text =
+      done.fileCount === null
+        ? `${what}.`
+        : `${what}: ${done.fileCount} ${done.fileCount === 1 ? 'file' : 'files'}.`;
+  } else {
+    text = '';
+  }
   return (
-    <div className="jp-AILabBackup-warning jp-AILabBackup-hint" role="status">
-      <span>{model.restoreHint}</span>
+    <div
+      className={
+        'jp-AILabBackup-hint ' +
+        (hint ? 'jp-AILabBackup-warning' : 'jp-AILabBackup-notice')
+      }
+      role="status"
+    >
+      <div className="jp-AILabBackup-hintText">
+        {text && <div>{text}</div>}
+        {hint && <div>{hint}</div>}
+        {done?.safetyBackupId && !done.undone && (
+          <div className="jp-AILabBackup-row">
+            <button
+              type="button"
+              className="jp-AILabBackup-action"
+              disabled={model.busy}
+              title="Put the notebooks folder back as it was before this restore"
+              onClick={() => void confirmUndo(model)}
+            >
+              <undoIcon.react tag="span" elementSize="normal" />
+              Undo last restore
+            </button>
+          </div>
+        )}
+      </div>
       <Button
         minimal
         small
         title="Dismiss"
-        aria-label="Dismiss the restore hint"
+        aria-label={
+          hint ? 'Dismiss the restore hint' : 'Dismiss the restore message'
+        }
         onClick={() => model.dismissRestoreHint()}
       >
         <closeIcon.react tag="span" elementSize="normal" />
@@ -440,8 +501,11 @@ function BackupItem({
   return (
     <li className="jp-AILabBackup-item">
       <div className="jp-AILabBackup-itemHead">
-        <span className="jp-AILabBackup-itemLabel" title={backup.id}>
-          {name}
+        <span className="jp-AILabBackup-itemName">
+          <span className="jp-AILabBackup-itemLabel" title={backup.id}>
+            {name}
+          </span>
+          <KindTag kind={backup.kind} />
         </span>
         <time dateTime={backup.created} title={backup.created}>
           {isNaN(created.getTime()) ? backup.created : created.toLocaleString()}
@@ -488,93 +552,226 @@ function BackupItem({
   );
 }
 
-/** What each restore mode does to the notebooks folder. */
-export const RESTORE_EFFECTS: Record<RestoreMode, string> = {
-  merge:
-    'Files that are in the backup overwrite the files with the same path. ' +
-    'Files that are not in the backup are kept.',
-  replace:
-    'Files that are in the backup overwrite the files with the same path, ' +
-    'and files that are NOT in the backup are removed: the folder becomes ' +
-    'exactly the backup.'
+/** What the tags of the backup kinds say. */
+const KIND_TAGS: Record<string, [string, string]> = {
+  safety: [
+    'safety',
+    'Taken automatically before a restore: "Undo last restore" brings it back'
+  ],
+  scheduled: ['scheduled', 'Taken by the backup schedule'],
+  uploaded: ['uploaded', 'Uploaded from a file']
 };
 
-/** Dialog body: choose merge or replace; shows what will change. */
-class RestoreBody
-  extends ReactWidget
-  implements Dialog.IBodyWidget<RestoreMode>
-{
-  constructor(private readonly _backup: IBackup) {
-    super();
-    this.addClass('jp-AILabBackup-restoreDialog');
+function KindTag({ kind }: { kind: string | undefined }): JSX.Element | null {
+  const tag = kind ? KIND_TAGS[kind] : undefined;
+  if (!tag) {
+    return null;
   }
-
-  getValue(): RestoreMode {
-    return this._mode;
-  }
-
-  render(): JSX.Element {
-    const b = this._backup;
-    const option = (mode: RestoreMode, text: string): JSX.Element => (
-      <label className="jp-AILabBackup-radio">
-        <input
-          type="radio"
-          name="ailab-backup-restore-mode"
-          value={mode}
-          checked={this._mode === mode}
-          onChange={() => {
-            this._mode = mode;
-            this.update();
-          }}
-        />
-        <span>
-          <strong>{text}</strong> — {RESTORE_EFFECTS[mode]}
-        </span>
-      </label>
-    );
-    return (
-      <div>
-        <p>
-          Restore {title(b)} from {new Date(b.created).toLocaleString()} (
-          {b.file_count} files, {formatBytes(b.total_bytes || b.size_bytes)})
-          into the notebooks folder.
-        </p>
-        <fieldset className="jp-AILabBackup-fieldset">
-          <legend>How</legend>
-          {option('merge', 'Merge')}
-          {option('replace', 'Replace')}
-        </fieldset>
-        {this._mode === 'replace' && (
-          <p className="jp-AILabBackup-inaccessible">
-            Replace removes every file that is not in this backup, including
-            notebooks created after it. Unsaved changes in open notebooks are
-            lost.
-          </p>
-        )}
-        <p className="jp-AILabBackup-muted">
-          A Secure Configuration Storage in the backup is restored too: restart
-          the kernels that use it afterwards. Notebooks open in JupyterLab keep
-          their old content until reloaded from disk.
-        </p>
-      </div>
-    );
-  }
-
-  private _mode: RestoreMode = 'merge';
+  return (
+    <span className={`jp-AILabBackup-tag jp-mod-${kind}`} title={tag[1]}>
+      {tag[0]}
+    </span>
+  );
 }
 
-async function confirmRestore(
-  model: BackupModel,
-  backup: IBackup
-): Promise<void> {
-  const result = await showDialog<RestoreMode>({
-    title: 'Restore backup',
-    body: new RestoreBody(backup),
-    buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Restore' })],
-    focusNodeSelector: 'input[value="merge"]'
+/** The schedule: what it is, the last and the next run, and a form to set it. */
+function ScheduleView({ model }: { model: BackupModel }): JSX.Element | null {
+  const schedule = model.schedule;
+  if (!schedule) {
+    return null;
+  }
+  return (
+    <section
+      className="jp-AILabBackup-section jp-AILabBackup-schedule"
+      aria-label="Schedule"
+    >
+      <h3 className="jp-AILabBackup-subtitle">Schedule</h3>
+      <dl className="jp-AILabBackup-status">
+        <dt>Backs up</dt>
+        <dd>{describeSpec(schedule.spec)}</dd>
+        <dt>Last run</dt>
+        <dd>
+          <LastRun schedule={schedule} />
+        </dd>
+        <dt>Next run</dt>
+        <dd>{schedule.enabled ? nextRun(schedule.next) : '–'}</dd>
+      </dl>
+      {schedule.warning && (
+        <div className="jp-AILabBackup-error" role="alert">
+          {schedule.warning}
+        </div>
+      )}
+      <ScheduleForm model={model} schedule={schedule} />
+    </section>
+  );
+}
+
+function LastRun({ schedule }: { schedule: ISchedule }): JSX.Element {
+  const last = schedule.last;
+  if (!last) {
+    return <span className="jp-AILabBackup-muted">never</span>;
+  }
+  const outcome: Record<string, [string, string]> = {
+    succeeded: ['succeeded', 'jp-AILabBackup-ok'],
+    skipped: ['skipped: nothing changed', 'jp-AILabBackup-muted'],
+    failed: ['FAILED', 'jp-AILabBackup-inaccessible']
+  };
+  const [text, className] = outcome[last.outcome] ?? [last.outcome, ''];
+  return (
+    <>
+      <time dateTime={last.time} title={last.time}>
+        {formatTime(last.time)}
+      </time>{' '}
+      <span
+        className={className}
+        title={
+          last.error ?? last.same_as ?? last.backup_id ?? last.outcome ?? ''
+        }
+      >
+        {text}
+      </span>
+    </>
+  );
+}
+
+function nextRun(next: string | null): string {
+  if (!next) {
+    return '–';
+  }
+  const when = new Date(next);
+  return !isNaN(when.getTime()) && when.getTime() <= Date.now()
+    ? 'now (due)'
+    : formatTime(next);
+}
+
+function ScheduleForm({
+  model,
+  schedule
+}: {
+  model: BackupModel;
+  schedule: ISchedule;
+}): JSX.Element {
+  const [form, setForm] = useState<IScheduleForm>(() => formOf(schedule.spec));
+  const [error, setError] = useState<string | null>(null);
+  // A new schedule from the server (another tab, a refresh) resets the form.
+  useEffect(() => {
+    setForm(formOf(schedule.spec));
+    setError(null);
+  }, [schedule.spec]);
+  const spec = specOf(form);
+  const unchanged = spec === (schedule.spec || 'off');
+  const save = (): void => {
+    setError(null);
+    void model.saveSchedule(spec).then(message => setError(message));
+  };
+  return (
+    <form
+      className="jp-AILabBackup-form"
+      aria-label="Change the schedule"
+      onSubmit={event => {
+        event.preventDefault();
+        if (!unchanged && spec) {
+          save();
+        }
+      }}
+    >
+      <label htmlFor="jp-AILabBackup-scheduleChoice">
+        Back up automatically
+      </label>
+      <div className="jp-AILabBackup-row">
+        <HTMLSelect
+          id="jp-AILabBackup-scheduleChoice"
+          name="schedule"
+          value={form.choice}
+          onChange={event => {
+            const choice = event.currentTarget.value as ScheduleChoice;
+            setError(null);
+            setForm({
+              ...form,
+              choice,
+              time: form.time || DEFAULT_DAILY_TIME,
+              text: form.text || schedule.spec
+            });
+          }}
+        >
+          {SCHEDULE_CHOICES.map(([value, text]) => (
+            <option key={value} value={value}>
+              {text}
+            </option>
+          ))}
+        </HTMLSelect>
+        {form.choice === 'daily' && (
+          <input
+            type="time"
+            className="jp-AILabBackup-input"
+            aria-label="Time of day (UTC)"
+            title="Time of day, UTC"
+            required
+            value={form.time}
+            onChange={event => {
+              setError(null);
+              setForm({ ...form, time: event.currentTarget.value });
+            }}
+          />
+        )}
+        <Button
+          type="submit"
+          small
+          className="jp-mod-styled jp-mod-accept"
+          disabled={unchanged || !spec || model.savingSchedule}
+        >
+          Save
+        </Button>
+      </div>
+      {form.choice === 'daily' && (
+        <span className="jp-AILabBackup-muted">UTC; now {utcNow()} UTC.</span>
+      )}
+      {form.choice === 'custom' && (
+        <InputGroup
+          name="scheduleSpec"
+          type="text"
+          aria-label="Schedule spec"
+          placeholder="every 30m, every 12h, daily 02:30"
+          value={form.text}
+          onChange={event => {
+            setError(null);
+            setForm({ ...form, text: event.currentTarget.value });
+          }}
+        />
+      )}
+      {error && (
+        <div className="jp-AILabBackup-error" role="alert">
+          {error}
+        </div>
+      )}
+    </form>
+  );
+}
+
+function utcNow(): string {
+  return new Date().toISOString().slice(11, 16);
+}
+
+/**
+ * Ask, then undo the last restore: the server restores the safety backup
+ * taken before it, with replace. Used by the sidebar and the command.
+ */
+export async function confirmUndo(model: BackupModel): Promise<void> {
+  const safety = model.newestSafetyBackup;
+  const from = safety
+    ? ` from the safety backup of ${new Date(safety.created).toLocaleString()}`
+    : '';
+  const result = await showDialog({
+    title: 'Undo last restore',
+    body:
+      'Put the notebooks folder back exactly as it was before the last ' +
+      `restore${from}? Files changed since that restore are replaced or ` +
+      'removed. A safety backup of the current state is taken first, so ' +
+      'the undo can be undone too.',
+    buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Undo' })]
   });
-  if (result.button.accept && result.value) {
-    await model.restore(backup, result.value);
+  if (result.button.accept) {
+    await model.undo();
   }
 }
 

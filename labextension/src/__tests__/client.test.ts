@@ -16,7 +16,8 @@ import {
   describeError,
   errorMessage,
   formatBytes,
-  isFinished
+  isFinished,
+  restoreBody
 } from '../client';
 
 describe('apiUrl', () => {
@@ -115,6 +116,24 @@ describe('helpers', () => {
   });
 });
 
+describe('restoreBody', () => {
+  test('mode only, paths when chosen, dry_run for a preview', () => {
+    assert.deepEqual(restoreBody('merge', null, false), { mode: 'merge' });
+    assert.deepEqual(restoreBody('replace', undefined, true), {
+      mode: 'replace',
+      dry_run: true
+    });
+    assert.deepEqual(restoreBody('replace', ['a/b', 'c.ipynb'], false), {
+      mode: 'replace',
+      paths: ['a/b', 'c.ipynb']
+    });
+  });
+
+  test('an empty choice is refused (the server would restore everything)', () => {
+    assert.throws(() => restoreBody('merge', [], false), /at least one/);
+  });
+});
+
 interface ISeen {
   method: string;
   url: string;
@@ -126,6 +145,19 @@ describe('BackupClient against a fake server', () => {
   let server: http.Server;
   let client: BackupClient;
   const seen: ISeen[] = [];
+  let undoCalls = 0;
+  let schedule: Record<string, unknown> = {
+    spec: 'off',
+    enabled: false,
+    last: {
+      outcome: 'failed',
+      time: '2026-01-01T00:00:00Z',
+      error: 'disk full'
+    },
+    next: null,
+    warning: 'The last scheduled backup failed: disk full'
+  };
+  const lastBody = () => JSON.parse(seen[seen.length - 1].body.toString());
 
   before(async () => {
     server = http.createServer((req, res) => {
@@ -152,10 +184,70 @@ describe('BackupClient against a fake server', () => {
               message: 'A backup is already running.',
               job_id: 'j9'
             });
-          case 'POST /base/ailab/backup/b1/restore':
+          case 'POST /base/ailab/backup/b1/restore': {
+            const body = JSON.parse(Buffer.concat(chunks).toString() || '{}');
+            if (body.dry_run) {
+              return body.paths?.includes('nope')
+                ? send(400, { message: "'nope' is not in this backup." })
+                : send(200, {
+                    backup_id: 'b1',
+                    mode: body.mode,
+                    paths: body.paths ?? null,
+                    added: [{ path: 'a.txt', type: 'file', size: 3 }],
+                    overwritten: [
+                      {
+                        path: 'n.ipynb',
+                        type: 'file',
+                        size: 10,
+                        current_size: 12,
+                        notebook: {
+                          cells_added: 0,
+                          cells_removed: 1,
+                          cells_changed: 0
+                        }
+                      }
+                    ],
+                    removed:
+                      body.mode === 'replace'
+                        ? [{ path: 'stray', type: 'file', size: 1 }]
+                        : [],
+                    unchanged: { count: 4, bytes: 100 }
+                  });
+            }
             return send(202, {
               job: { id: 'j2', kind: 'restore', state: 'queued' }
             });
+          }
+          case 'POST /base/ailab/backup/b2/restore':
+            // An old server's plan without some lists.
+            return send(200, { backup_id: 'b2', mode: 'merge', added: [] });
+          case 'POST /base/ailab/backup/undo':
+            undoCalls++;
+            return undoCalls === 1
+              ? send(202, {
+                  job: { id: 'j3', kind: 'restore', state: 'queued' }
+                })
+              : send(404, {
+                  message:
+                    'There is no restore to undo: no safety backup was found.'
+                });
+          case 'GET /base/ailab/backup/schedule':
+            return send(200, schedule);
+          case 'PUT /base/ailab/backup/schedule': {
+            const body = JSON.parse(Buffer.concat(chunks).toString() || '{}');
+            if (!/^(off|every \d+[hm]|daily \d\d:\d\d)$/.test(body.spec)) {
+              return send(400, {
+                message: `Unknown schedule '${body.spec}': use 'every 6h'.`
+              });
+            }
+            schedule = {
+              ...schedule,
+              spec: body.spec,
+              enabled: body.spec !== 'off',
+              next: body.spec === 'off' ? null : '2026-01-01T06:00:00Z'
+            };
+            return send(200, schedule);
+          }
           case 'GET /base/ailab/backup/jobs/j2':
             return send(200, {
               id: 'j2',
@@ -220,6 +312,126 @@ describe('BackupClient against a fake server', () => {
     });
     const done = await client.getJob('j2');
     assert.equal(done.result?.hint, 'Restart');
+  });
+
+  test('restore of chosen paths sends them', async () => {
+    const job = await client.restoreBackup('b1', 'merge', {
+      paths: ['private', 'démo/x.ipynb']
+    });
+    assert.equal(job.id, 'j2');
+    assert.deepEqual(lastBody(), {
+      mode: 'merge',
+      paths: ['private', 'démo/x.ipynb']
+    });
+    await client.restoreBackup('b1', 'merge', { paths: null });
+    assert.deepEqual(lastBody(), { mode: 'merge' });
+  });
+
+  test('restore of an empty choice never reaches the server', async () => {
+    const before = seen.length;
+    await assert.rejects(
+      client.restoreBackup('b1', 'replace', { paths: [] }),
+      /at least one/
+    );
+    await assert.rejects(
+      client.previewRestore('b1', 'replace', { paths: [] }),
+      /at least one/
+    );
+    assert.equal(seen.length, before);
+  });
+
+  test('preview is a dry run and returns the plan', async () => {
+    const plan = await client.previewRestore('b1', 'replace');
+    assert.deepEqual(lastBody(), { mode: 'replace', dry_run: true });
+    assert.equal(plan.mode, 'replace');
+    assert.equal(plan.paths, null);
+    assert.deepEqual(
+      plan.added.map(i => i.path),
+      ['a.txt']
+    );
+    assert.deepEqual(plan.overwritten[0].notebook, {
+      cells_added: 0,
+      cells_removed: 1,
+      cells_changed: 0
+    });
+    assert.equal(plan.overwritten[0].current_size, 12);
+    assert.deepEqual(
+      plan.removed.map(i => i.path),
+      ['stray']
+    );
+    assert.deepEqual(plan.unchanged, { count: 4, bytes: 100 });
+
+    const some = await client.previewRestore('b1', 'merge', {
+      paths: ['n.ipynb']
+    });
+    assert.deepEqual(lastBody(), {
+      mode: 'merge',
+      paths: ['n.ipynb'],
+      dry_run: true
+    });
+    assert.deepEqual(some.paths, ['n.ipynb']);
+    assert.deepEqual(some.removed, []);
+  });
+
+  test('preview of an unknown path gives the server message', async () => {
+    await assert.rejects(
+      client.previewRestore('b1', 'merge', { paths: ['nope'] }),
+      (e: unknown) => {
+        assert.ok(e instanceof ApiError);
+        assert.equal(e.status, 400);
+        assert.equal(e.message, "'nope' is not in this backup.");
+        return true;
+      }
+    );
+  });
+
+  test('preview fills lists an old server leaves out', async () => {
+    const plan = await client.previewRestore('b2', 'merge');
+    assert.deepEqual(plan.overwritten, []);
+    assert.deepEqual(plan.removed, []);
+    assert.deepEqual(plan.unchanged, { count: 0, bytes: 0 });
+  });
+
+  test('undo posts to /undo; 404 when there is nothing to undo', async () => {
+    const job = await client.undoLastRestore();
+    assert.equal(job.id, 'j3');
+    assert.equal(seen[seen.length - 1].method, 'POST');
+    assert.equal(seen[seen.length - 1].url, '/base/ailab/backup/undo');
+    await assert.rejects(client.undoLastRestore(), (e: unknown) => {
+      assert.ok(e instanceof ApiError);
+      assert.equal(e.status, 404);
+      assert.match(e.message, /no restore to undo/);
+      return true;
+    });
+  });
+
+  test('schedule: get, set, bad spec', async () => {
+    const first = await client.getSchedule();
+    assert.equal(first.spec, 'off');
+    assert.equal(first.last?.outcome, 'failed');
+    assert.match(first.warning ?? '', /disk full/);
+
+    const set = await client.setSchedule('every 6h');
+    const req = seen[seen.length - 1];
+    assert.equal(req.method, 'PUT');
+    assert.equal(req.url, '/base/ailab/backup/schedule');
+    assert.equal(req.headers['authorization'], 'token secret');
+    assert.deepEqual(lastBody(), { spec: 'every 6h' });
+    assert.equal(set.spec, 'every 6h');
+    assert.equal(set.enabled, true);
+    assert.equal(set.next, '2026-01-01T06:00:00Z');
+    assert.equal((await client.getSchedule()).spec, 'every 6h');
+
+    await assert.rejects(client.setSchedule('every banana'), (e: unknown) => {
+      assert.ok(e instanceof ApiError);
+      assert.equal(e.status, 400);
+      assert.equal(
+        e.message,
+        "Unknown schedule 'every banana': use 'every 6h'."
+      );
+      return true;
+    });
+    assert.equal((await client.getSchedule()).spec, 'every 6h');
   });
 
   test('delete accepts 204', async () => {
