@@ -9,6 +9,7 @@ Everything that reads an archive goes through :func:`read_archive`, which refuse
 input before anything is written anywhere.
 """
 
+import collections
 import datetime as _dt
 import gzip
 import hashlib
@@ -150,8 +151,16 @@ def check_path(path):
 
 
 def symlink_escapes(path, target):
-    """True when a symlink at ``path`` (relative to the folder) points outside the folder."""
+    """True when a symlink at ``path`` (relative to the folder) points outside the folder, or
+    could: '..' is allowed only as leading parts, since after a name that is itself a symlink
+    (``here -> .``) the kernel climbs from where that link points, not from the text."""
     if not target or target.startswith("/") or "\0" in target:
+        return True
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    leading = 0
+    while leading < len(parts) and parts[leading] == "..":
+        leading += 1
+    if ".." in parts[leading:]:
         return True
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     return resolved == ".." or resolved.startswith("../")
@@ -169,6 +178,8 @@ class EntryChecker:
     def check(self, entry):
         path = entry.path
         check_path(path)
+        if path == ROOT and entry.type != DIR:
+            raise InvalidArchive(f"Refused the notebooks folder itself: it is a {entry.type}, not a folder.")
         if path in self.seen:
             raise InvalidArchive(f"Refused {path!r}: it appears twice in the archive.")
         if entry.type not in (FILE, DIR, SYMLINK):
@@ -251,7 +262,7 @@ class IterStream(io.RawIOBase):
 
     def __init__(self, chunks):
         self.chunks = iter(chunks)
-        self.pending = b""
+        self.pending = memoryview(b"")  # a view, so that partial reads never copy the rest
 
     def readable(self):
         return True
@@ -259,7 +270,7 @@ class IterStream(io.RawIOBase):
     def readinto(self, buffer):
         while not self.pending:
             try:
-                self.pending = next(self.chunks)
+                self.pending = memoryview(next(self.chunks))
             except StopIteration:
                 return 0
         n = min(len(buffer), len(self.pending))
@@ -449,12 +460,52 @@ def data_path(name):
     return None
 
 
+class _TailKeeper(io.RawIOBase):
+    """Passes the tar bytes through, keeping the last ones read, so that what follows the
+    manifest can be checked: tarfile's stream reader takes a bad header there as the end."""
+
+    KEEP = 4 * 1024 * 1024
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.pos = 0
+        self.tail = collections.deque()  # (start position, bytes): references, no copies
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        if n:
+            self.tail.append((self.pos, data))
+            self.pos += n
+            while self.tail and self.pos - self.tail[0][0] - len(self.tail[0][1]) > self.KEEP:
+                self.tail.popleft()
+        return n
+
+    def require_only_zeros_from(self, offset):
+        def junk():
+            return InvalidArchive("The archive has data after its manifest: it was altered or damaged.")
+
+        if not self.tail or offset < self.tail[0][0]:
+            raise junk()
+        for start, data in self.tail:
+            part = data[max(0, offset - start):]
+            if part.count(0) != len(part):
+                raise junk()
+        for data in iter(lambda: self.raw.read(CHUNK), b""):
+            if data.count(0) != len(data):
+                raise junk()
+
+
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile)
 
 
-def _open_tar_reader(raw):
+def _open_tar_reader(stream):
     return tarfile.open(
-        fileobj=open_decompressed(raw),
+        fileobj=stream,
         mode="r|",
         encoding="utf-8",
         errors="surrogateescape",
@@ -490,11 +541,11 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
     """
     checker = EntryChecker(max_total_bytes)
     counted = _CountingReader(raw)
-    raw = counted
     found = []
     manifest = None
     try:
-        with _open_tar_reader(raw) as tar:
+        stream = _TailKeeper(open_decompressed(counted))
+        with _open_tar_reader(stream) as tar:
             for info in tar:
                 path = data_path(info.name)
                 if path is None:
@@ -509,6 +560,7 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
                         manifest = Manifest.from_json(json.loads(tar.extractfile(info).read()))
                     except (ValueError, UnicodeDecodeError):
                         raise InvalidArchive("The archive's manifest is not valid JSON.") from None
+                    manifest_end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                     continue
                 if manifest is not None:
                     raise InvalidArchive("The archive has data after its manifest.")
@@ -531,6 +583,8 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
                 else:
                     yield entry, None
                 found.append(entry)
+        if manifest is not None:
+            stream.require_only_zeros_from(manifest_end)
     except _READ_ERRORS as exc:
         raise InvalidArchive(
             f"The archive is damaged or truncated ({exc or type(exc).__name__}). "

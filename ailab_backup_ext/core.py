@@ -36,7 +36,7 @@ from .plan import make_plan, normalize_paths, notebook_diff, scan, selected
 from .progress import Progress
 from .schedule import Scheduler
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
-from .store import FolderStore, VolumeStore, check_id, make_id
+from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
 
 DEFAULT_STORE_VOLUME = "ailab-backups"
 JOURNAL_ATTEMPTS, JOURNAL_PAUSE = 4, 0.5
@@ -182,13 +182,13 @@ class BackupManager:
     # reading the store -----------------------------------------------------------------------
 
     def list_backups(self):
-        found = [m for m in self.store.read_all_meta() if isinstance(m, dict) and "id" in m]
+        found = [m for m in self.store.read_all_meta() if meta_is_sound(m)]
         return sorted(found, key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
 
     def get_backup(self, backup_id):
         check_id(backup_id)
         for meta in self.store.read_all_meta():
-            if meta.get("id") == backup_id:
+            if meta_is_sound(meta) and meta["id"] == backup_id:
                 return meta
         raise NotFound(f"No backup has the id {backup_id!r}. List the backups to see their ids.")
 

@@ -5,9 +5,11 @@ operations never run anything; only removals run ``rm`` in the helper image.
 
 import io
 import os
+import queue
 import re
 import socket
 import tarfile
+import threading
 from contextlib import contextmanager
 
 from .archive import CHUNK, IterStream
@@ -43,6 +45,45 @@ def find_covering_mount(mounts, path):
     if best is None:
         return None, None
     return best, os.path.relpath(path, os.path.normpath(best["Destination"]))
+
+
+def read_ahead(chunks, depth=8):
+    """The chunks, read by a thread up to ``depth`` ahead (bounded memory): Docker keeps sending
+    while we hash and compress, instead of waiting for us after every chunk."""
+    ready = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item):
+        while not stop.is_set():  # once the reader has gone, nothing waits for the item
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump():
+        try:
+            for chunk in chunks:
+                if not offer(chunk):
+                    return
+            offer(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader below
+            offer(exc)
+
+    thread = threading.Thread(target=pump, daemon=True, name="ailab-backup-read-ahead")
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the reader stopped early: let the pump end, it drops what it holds
 
 
 def single_file_tar(name, data, mode=0o600):
@@ -185,13 +226,20 @@ class DockerHelper:
         import docker
 
         api = self.client.api
-        response = api._get(api._url("/containers/{0}/archive", container.id), params={"path": path}, stream=True)
+        # identity: by default requests asks for gzip, and Docker then gzips the whole stream,
+        # which cost it several times the time of the copy itself
+        response = api._get(api._url("/containers/{0}/archive", container.id), params={"path": path},
+                            stream=True, headers={"Accept-Encoding": "identity"})
         try:
             try:
                 api._raise_for_status(response)
             except docker.errors.NotFound:
                 raise NotFound(f"{path} does not exist in the helper container's mounts.") from None
-            yield io.BufferedReader(IterStream(response.iter_content(CHUNK, decode_unicode=False)), CHUNK)
+            chunks = read_ahead(response.iter_content(CHUNK, decode_unicode=False))
+            try:
+                yield io.BufferedReader(IterStream(chunks), CHUNK)
+            finally:
+                chunks.close()
         finally:
             response.close()
 

@@ -22,9 +22,22 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_id(backup_id):
-    if not isinstance(backup_id, str) or not ID_PATTERN.match(backup_id) or ".." in backup_id:
+    if not isinstance(backup_id, str) or not ID_PATTERN.fullmatch(backup_id) or ".." in backup_id:
         raise NotFound(f"{backup_id!r} is not a backup id. List the backups to see their ids.")
     return backup_id
+
+
+ARCHIVE_SUFFIXES = (".tar.zst", ".tar.gz", ".tar")
+
+
+def meta_is_sound(meta):
+    """A metadata file we can trust to name its archive: its id is an id and the archive is
+    that id's file in data/, so a tampered file cannot make us read or delete anything else."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+        return False
+    backup_id = meta["id"]
+    return (ID_PATTERN.fullmatch(backup_id) is not None and ".." not in backup_id
+            and meta.get("archive") in {backup_id + s for s in ARCHIVE_SUFFIXES})
 
 
 def make_id(slug, created):
