@@ -3,6 +3,7 @@ container. The archive API (get/put archive) works on created, never started con
 operations never run anything; only removals run ``rm`` in the helper image.
 """
 
+import errno
 import io
 import os
 import queue
@@ -10,6 +11,7 @@ import re
 import socket
 import tarfile
 import threading
+import time
 from contextlib import contextmanager
 
 from .archive import CHUNK, IterStream
@@ -103,6 +105,7 @@ class DockerHelper:
         self.configured_image = helper_image
         self._client = None
         self._image = None
+        self._orphans = set()  # helpers whose removal did not reach Docker
 
     @property
     def client(self):
@@ -197,10 +200,9 @@ class DockerHelper:
     @contextmanager
     def container(self, mounts, command=("true",)):
         """A created (not started) helper container, removed on leaving whatever happens."""
-        import docker
-
         image = self.image()
-        try:
+        self._remove_orphans()
+        with self.answering("create a helper container"):
             created = self.client.containers.create(
                 image,
                 list(command),
@@ -208,15 +210,58 @@ class DockerHelper:
                 labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
                 network_disabled=True,
             )
-        except docker.errors.APIError as exc:
-            raise BackupError(f"Docker could not create a helper container: {exc.explanation}") from None
         try:
             yield created
         finally:
+            self._remove(created.id)
+
+    def _remove(self, container_id):
+        """Remove a helper; never raises, so it never hides the error that got us here. A helper
+        that cannot be removed now (Docker gone) is removed by the next operation."""
+        import docker
+
+        for _ in range(300):
             try:
-                created.remove(force=True)
+                self.client.api.remove_container(container_id, force=True)
+                return
             except docker.errors.NotFound:
-                pass
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: a removal is already under way, wait for it
+                    break
+                time.sleep(0.1)
+            except Exception:  # noqa: BLE001 - Docker unreachable: remember it
+                break
+        self._orphans.add(container_id)
+
+    def _remove_orphans(self):
+        for container_id in list(self._orphans):
+            self._orphans.discard(container_id)
+            self._remove(container_id)
+
+    @contextmanager
+    def answering(self, what):
+        """Docker's own errors, and losing Docker midway, as errors that say what to do."""
+        import docker
+        import requests
+        import urllib3
+
+        try:
+            yield
+        except docker.errors.APIError as exc:
+            if "no space left" in str(exc.explanation).lower():
+                raise OSError(errno.ENOSPC, "no space left on device", f"Docker ({what})") from None
+            raise BackupError(f"Docker could not {what}: {exc.explanation}") from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            raise Unavailable(
+                f"Docker stopped answering while it had to {what} ({type(exc).__name__}). Nothing "
+                "partial was kept. Check that Docker runs, then try again."
+            ) from None
+
+    def put_archive(self, container, path, data, what):
+        """put_archive with :meth:`answering`'s errors; ``what`` names the place written to."""
+        with self.answering(f"write into {what}"):
+            return container.put_archive(path, data)
 
     @contextmanager
     def archive_stream(self, container, path):
@@ -236,8 +281,13 @@ class DockerHelper:
             except docker.errors.NotFound:
                 raise NotFound(f"{path} does not exist in the helper container's mounts.") from None
             chunks = read_ahead(response.iter_content(CHUNK, decode_unicode=False))
+
+            def answered():
+                with self.answering(f"copy {path} out of a helper container"):
+                    yield from chunks
+
             try:
-                yield io.BufferedReader(IterStream(chunks), CHUNK)
+                yield io.BufferedReader(IterStream(answered()), CHUNK)
             finally:
                 chunks.close()
         finally:
@@ -245,7 +295,7 @@ class DockerHelper:
 
     def run(self, mounts, command, files=None):
         """Run ``command`` in a helper container, with ``files`` ({path: bytes}) put in first."""
-        with self.container(mounts, command) as helper:
+        with self.container(mounts, command) as helper, self.answering("run a helper command"):
             for path, data in (files or {}).items():
                 helper.put_archive(os.path.dirname(path), single_file_tar(os.path.basename(path), data))
             helper.start()
@@ -262,10 +312,11 @@ class DockerHelper:
         """Remove helpers left by processes of this host that died mid-job (e.g. SIGKILL)."""
         host = socket.gethostname()
         removed = 0
-        for helper in self.client.containers.list(all=True, filters={"label": HELPER_LABEL + "=1"}):
-            owner_host, _, pid = helper.labels.get(OWNER_LABEL, "").rpartition(":")
+        # the plain listing: inspecting each container would wait on one busy copying
+        for helper in self.client.api.containers(all=True, filters={"label": HELPER_LABEL + "=1"}):
+            owner_host, _, pid = (helper.get("Labels") or {}).get(OWNER_LABEL, "").rpartition(":")
             if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
-                helper.remove(force=True)
+                self._remove(helper["Id"])
                 removed += 1
         return removed
 

@@ -372,8 +372,6 @@ class DockerMountSource:
     def write_entries(self, entries, replace=False, keep=None, protected=(), scope=None):
         """As :meth:`LocalFolderSource.write_entries`. Docker writes files in place, so SQLite
         files (the SCS) are written under a temporary name and renamed afterwards."""
-        import docker
-
         current = [e.path for e in self.list_entries()] if replace else []
         parent, root_name = posixpath.split(self.data_dir)
         renames, folders = [], []
@@ -390,10 +388,7 @@ class DockerMountSource:
                 yield entry, content
 
         with self.docker.container(self._mounts(read_only=False)) as helper:
-            try:
-                helper.put_archive(parent, tar_stream(staged(), root_name))
-            except docker.errors.APIError as exc:
-                raise BackupError(f"Docker could not write into {self.name!r}: {exc.explanation}") from None
+            self.docker.put_archive(helper, parent, tar_stream(staged(), root_name), f"the {self.kind} {self.name!r}")
         extras = removable_extras(current, keep, protected, scope) if replace else []
         if not (renames or extras):
             return
@@ -409,4 +404,4 @@ class DockerMountSource:
         )
         # renaming and removing changed the times of the folders involved: set them again
         with self.docker.container(self._mounts(read_only=False)) as helper:
-            helper.put_archive(parent, tar_stream(folders, root_name))
+            self.docker.put_archive(helper, parent, tar_stream(folders, root_name), f"the {self.kind} {self.name!r}")

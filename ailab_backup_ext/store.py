@@ -6,7 +6,6 @@ has no metadata and is never listed. A Docker volume store survives the removal 
 container and of the notebooks volume.
 """
 
-import errno
 import io
 import json
 import os
@@ -243,8 +242,9 @@ class VolumeStore:
         with self.docker.container(self._mounts()) as helper:
             # written under a temporary name first would need a rename in a running helper; the
             # archive API writes one small file in one piece, which is enough for a setting
-            helper.put_archive(self.MOUNT_POINT, tar_stream(
-                [(Entry(path=name + ".json", type=FILE, size=len(payload)), io.BytesIO(payload))], None))
+            self.docker.put_archive(helper, self.MOUNT_POINT, tar_stream(
+                [(Entry(path=name + ".json", type=FILE, size=len(payload)), io.BytesIO(payload))], None),
+                f"the store volume {self.volume!r}")
 
     def spool(self, name):
         """A temporary file of this machine, copied into the volume when committed."""
@@ -254,18 +254,13 @@ class VolumeStore:
         return _remove_stale_spools(tempfile.gettempdir())
 
     def commit(self, spool_path, archive_name, meta):
-        import docker
-
         size = os.path.getsize(spool_path)
+        what = f"the store volume {self.volume!r}"
         with self.docker.container(self._mounts()) as helper, open(spool_path, "rb") as f:
-            try:
-                helper.put_archive(self.MOUNT_POINT, _file_tar("data/" + archive_name, f, size))
-            except docker.errors.APIError as exc:
-                if "no space left" in str(exc.explanation).lower():
-                    raise OSError(errno.ENOSPC, "no space left", f"the volume {self.volume}") from None
-                raise
+            self.docker.put_archive(helper, self.MOUNT_POINT, _file_tar("data/" + archive_name, f, size), what)
             data = _meta_bytes(meta)
-            helper.put_archive(self.MOUNT_POINT, _file_tar(f"meta/{meta['id']}.json", io.BytesIO(data), len(data)))
+            self.docker.put_archive(
+                helper, self.MOUNT_POINT, _file_tar(f"meta/{meta['id']}.json", io.BytesIO(data), len(data)), what)
 
     @contextmanager
     def open_archive(self, archive_name):

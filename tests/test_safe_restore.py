@@ -3,6 +3,7 @@ safety and retention, on a real Docker volume and locally."""
 
 import json
 import os
+import socket
 import threading
 
 import pytest
@@ -103,7 +104,8 @@ def test_restore_killed_midway_is_undone_exactly(docker_client, make_volume, tmp
     def kill_helper_midway(progress):
         if progress.phase == "restoring" and progress.done_bytes > 10_000_000 and not killed.is_set():
             killed.set()
-            for helper in docker_client.containers.list(all=True, filters={"label": "ailab-backup.helper=1"}):
+            mine = f"ailab-backup.owner={socket.gethostname()}:{os.getpid()}"  # not a parallel run's
+            for helper in docker_client.containers.list(all=True, filters={"label": ["ailab-backup.helper=1", mine]}):
                 helper.remove(force=True)
 
     with pytest.raises(Exception):
