@@ -34,6 +34,7 @@ CHUNK = 1024 * 1024
 READ_BUFFER = 64 * 1024  # tarfile slices its buffer for every 512-byte header: keep it small
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 ROOT = "."  # the path of the notebooks folder itself in a manifest
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 3800  # Linux: NAME_MAX; PATH_MAX less the mount's own path
 
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
 HARDLINK = "hardlink"  # only ever seen coming from Docker; never written to an archive
@@ -148,6 +149,15 @@ def check_path(path):
         raise InvalidArchive(f"Refused {path!r}: not a relative path inside notebooks/.")
     if any(part in ("", ".", "..") for part in path.split("/")):
         raise InvalidArchive(f"Refused {path!r}: the path has '..', '.' or empty parts.")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArchive(f"Refused {path!r}: the name is not valid UTF-8.") from None
+    if len(encoded) > MAX_PATH_BYTES or any(len(p) > MAX_NAME_BYTES for p in encoded.split(b"/")):
+        raise InvalidArchive(
+            f"Refused {path[:60]!r}...: a name longer than {MAX_NAME_BYTES} bytes or a path longer "
+            f"than {MAX_PATH_BYTES} bytes cannot be written on Linux."
+        )
 
 
 def symlink_escapes(path, target):

@@ -70,6 +70,8 @@ def build_parser():
         p.add_argument("--dir", default=os.environ.get("DIR"), help="folder (default: $DIR)")
         if name == "import":
             p.add_argument("--mode", choices=["merge", "replace"], default="merge")
+            p.add_argument("--file", help="instead of --dir: add a backup archive file (.tar.zst, "
+                                          ".tar.gz) to the store, checked completely first")
     command("status", "show what is backed up, where backups are kept, and whether Docker is reachable")
     return parser
 
@@ -190,6 +192,9 @@ def run(args, out=None):
         elif args.command == "delete":
             manager.delete_backup(args.id)
             print(f"Deleted {args.id}.", file=out)
+        elif args.command == "import" and args.file:
+            meta = manager.add_archive_file(args.file)
+            print(f"Added {meta['id']} ({meta['file_count']} files) to {manager.store.name}.", file=out)
         elif args.command in ("export", "import"):
             if not args.dir:
                 raise BackupError("Say where: --dir DIR (or set DIR, as on the seed page).")

@@ -7,6 +7,7 @@ Free of tornado and UI code. The server extension keeps one :class:`BackupManage
 import datetime
 import errno
 import os
+import shutil
 import stat
 import threading
 import time
@@ -261,7 +262,11 @@ class BackupManager:
             if entry.mode & (stat.S_ISUID | stat.S_ISGID):
                 entry.mode &= ~(stat.S_ISUID | stat.S_ISGID)
                 skipped.append({"path": entry.path, "reason": "setuid/setgid bit dropped"})
-            checker.check(entry)
+            try:
+                checker.check(entry)
+            except InvalidArchive as exc:  # e.g. a name that is not UTF-8: a restore would refuse it
+                skipped.append({"path": entry.path, "reason": str(exc)})
+                continue
             yield entry, content
 
     def _estimate(self, newest):
@@ -391,6 +396,7 @@ class BackupManager:
             with self._checked_copy(meta, progress) as (path, manifest):
                 chosen = normalize_paths(paths, {e.path for e in manifest.entries})
                 restored = selected(manifest.entries, chosen)
+                source.check_space(sum(e.size for e in restored if e.type == FILE))
                 safety = None
                 if self.config.safety_backup:
                     safety = self._create(f"Before restoring {backup_id}", "safety", progress)
@@ -516,6 +522,14 @@ class BackupManager:
         return {"directory": folder.path, "mode": mode, "entries": len(keep)}
 
     # uploads ---------------------------------------------------------------------------------
+
+    def add_archive_file(self, path):
+        """Add an archive file of this machine to the store (a copy), checked like an upload."""
+        if not os.path.isfile(path):
+            raise NotFound(f"There is no file {path!r}.")
+        with self.upload_spool() as spool:
+            shutil.copyfile(path, spool)
+            return self.add_uploaded(spool)
 
     def upload_spool(self):
         """A context manager giving a temporary path to receive an uploaded archive in."""

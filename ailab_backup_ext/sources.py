@@ -141,6 +141,15 @@ class LocalFolderSource:
             target=os.readlink(full) if kind == SYMLINK else None,
         )
 
+    def check_space(self, needed):
+        """Refuse a restore that cannot fit, before anything is changed."""
+        free = shutil.disk_usage(self.path).free
+        if needed > free:
+            raise BackupError(
+                f"The restore needs {needed // 2**20} MB but {self.path} has {free // 2**20} MB free. "
+                "Free space, or restore only some folders."
+            )
+
     def root_owner(self):
         st = os.stat(self.path)
         return st.st_uid, st.st_gid
@@ -358,6 +367,9 @@ class DockerMountSource:
         with self.docker.container(self._mounts(read_only=True)) as helper:
             for _, info, path in self._tar_members(helper, self.data_dir):
                 yield entry_from_tarinfo(info, path)
+
+    def check_space(self, needed):
+        pass  # a volume's free space is not visible from here; Docker reports a full disk itself
 
     def root_owner(self):
         with self.docker.container(self._mounts(read_only=True)) as helper:
