@@ -10,6 +10,7 @@ from jupyter_server.auth import passwd
 
 import pytest
 
+from restutil import server_config
 from treeutil import HELPER_IMAGE
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -80,10 +81,13 @@ def _helper_image_env(monkeypatch):
 def jp_server_config(tmp_path):
     """The in-process test server: the extension in local mode (its root folder), a store in
     tmp_path, Jupyter's auth required everywhere. Tests that need more override this."""
-    return {
-        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
-        "AILabBackup": {"store": str(tmp_path / "store"), "docker_url": "none"},
-    }
+    return server_config(store=str(tmp_path / "store"), docker_url="none")
+
+
+@pytest.fixture
+def volumes(make_volume):
+    """A notebooks volume and a store volume, removed after the test."""
+    return make_volume(), make_volume("ailabstore")
 
 
 @pytest.fixture

@@ -9,6 +9,15 @@ from jupyter_client import BlockingKernelClient
 from tornado.httpclient import HTTPClientError
 
 
+def server_config(**ailab_backup):
+    """A test server with the extension, Jupyter's auth required everywhere, and these
+    AILabBackup settings."""
+    return {
+        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
+        "AILabBackup": ailab_backup,
+    }
+
+
 async def call(jp_fetch, *path, method="GET", body=None, expect=200, **kwargs):
     """A request to /ailab/backup/...; returns (status, parsed JSON or raw bytes, headers)."""
     if body is not None and not isinstance(body, bytes):

@@ -5,23 +5,15 @@ import asyncio
 import pytest
 
 from ailab_backup_ext.handlers import SETTINGS_KEY
-from restutil import call, wait_job
+from restutil import call, server_config, wait_job
 from test_roundtrip import fill_volume, make_tree
 from treeutil import run_in_volume, volume_snapshot
 
 
 @pytest.fixture
-def volumes(make_volume):
-    return make_volume(), make_volume("ailabstore")
-
-
-@pytest.fixture
 def jp_server_config(volumes):
     volume, store = volumes
-    return {
-        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
-        "AILabBackup": {"volume": volume, "store": store},
-    }
+    return server_config(volume=volume, store=store)
 
 
 async def test_backup_and_replace_restore_of_a_volume(jp_fetch, docker_client, volumes, tmp_path):

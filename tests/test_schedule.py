@@ -9,7 +9,7 @@ import pytest
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.handlers import SETTINGS_KEY
 from ailab_backup_ext.schedule import Scheduler, next_due, parse
-from restutil import call
+from restutil import call, server_config
 from treeutil import run_in_volume
 
 HOUR = 3600
@@ -24,17 +24,9 @@ class Clock:
 
 
 @pytest.fixture
-def volumes(make_volume):
-    return make_volume(), make_volume("ailabstore")
-
-
-@pytest.fixture
 def jp_server_config(volumes):
     volume, store = volumes
-    return {
-        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
-        "AILabBackup": {"volume": volume, "store": store, "schedule": "every 6h"},
-    }
+    return server_config(volume=volume, store=store, schedule="every 6h")
 
 
 @pytest.fixture
