@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian 12 machine: installs what is missing (apt, pip, npm),
-# starts Docker when none runs, builds the local helper image, and runs pytest (arguments pass on).
+# starts Docker when none runs, builds the local helper image, runs the sidebar's unit tests and
+# then pytest (arguments pass on to pytest).
 source "$(dirname "$0")/setup.sh"
 apt_install chromium chromium
 setup_python test
@@ -12,4 +13,6 @@ else
     echo "################################################################" >&2
 fi
 cd "$PROJECT"
+# the sidebar's unit tests (its node_modules came with the install above, which built it)
+(cd labextension && { [ -d node_modules ] || npm install --no-audit --no-fund; } && npm test)
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
