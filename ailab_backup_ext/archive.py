@@ -637,18 +637,3 @@ def read_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
     for item, _ in iter_archive(raw, max_total_bytes, progress, max_ratio):
         manifest = item
     return manifest
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def copy_stream(src, dst, on_chunk=None):
-    for chunk in iter(lambda: src.read(CHUNK), b""):
-        dst.write(chunk)
-        if on_chunk:
-            on_chunk(len(chunk))
