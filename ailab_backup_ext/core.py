@@ -15,17 +15,14 @@ import uuid
 from contextlib import contextmanager
 
 from .archive import (
-    DIR,
     FILE,
     FORMAT_VERSION,
     SUFFIXES,
-    SYMLINK,
     EntryChecker,
     Manifest,
     _HashingReader,
     iter_archive,
     read_archive,
-    symlink_escapes,
     utc_now,
     write_archive,
 )
@@ -188,8 +185,8 @@ class BackupManager:
 
     def get_backup(self, backup_id):
         check_id(backup_id)
-        for meta in self.store.read_all_meta():
-            if meta_is_sound(meta) and meta["id"] == backup_id:
+        for meta in self.list_backups():
+            if meta["id"] == backup_id:
                 return meta
         raise NotFound(f"No backup has the id {backup_id!r}. List the backups to see their ids.")
 
@@ -239,10 +236,14 @@ class BackupManager:
 
     # backing up ------------------------------------------------------------------------------
 
+    @contextmanager
     def _busy_guard(self):
         if not self._busy.acquire(blocking=False):
             raise Busy("A backup or restore of this source is already running. Wait for it to end.")
-        return _Release(self._busy)
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def _safe_entries(self, entries, skipped, excludes):
         """What a source holds, minus what is excluded or cannot be restored safely (recorded in
@@ -251,20 +252,12 @@ class BackupManager:
         for entry, content in entries:
             if is_excluded(entry.path, excludes):
                 continue
-            reason = None
-            if entry.type not in (FILE, DIR, SYMLINK):
-                reason = f"a {entry.type} cannot be backed up"
-            elif entry.type == SYMLINK and symlink_escapes(entry.path, entry.target):
-                reason = f"symlink to {entry.target!r}, outside the notebooks folder"
-            if reason:
-                skipped.append({"path": entry.path, "reason": reason})
-                continue
             if entry.mode & (stat.S_ISUID | stat.S_ISGID):
                 entry.mode &= ~(stat.S_ISUID | stat.S_ISGID)
                 skipped.append({"path": entry.path, "reason": "setuid/setgid bit dropped"})
             try:
                 checker.check(entry)
-            except InvalidArchive as exc:  # e.g. a name that is not UTF-8: a restore would refuse it
+            except InvalidArchive as exc:  # a fifo, a link out, a name not UTF-8: restore refuses it
                 skipped.append({"path": entry.path, "reason": str(exc)})
                 continue
             yield entry, content
@@ -614,14 +607,3 @@ def _counted(entries, progress):
         if entry.type == FILE:
             progress.add_bytes(entry.size)
         progress.add_file()
-
-
-class _Release:
-    def __init__(self, lock):
-        self.lock = lock
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.lock.release()

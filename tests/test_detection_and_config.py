@@ -1,5 +1,7 @@
 """Finding the source inside AI-Lab, configuration from every place, and the CLI's manners."""
 
+import os
+
 import pytest
 
 from ailab_backup_ext.cli import main
@@ -118,3 +120,25 @@ def test_missing_helper_image_is_named(docker_client, make_volume, capsys):
     assert main(["--helper-image", "not-here:1", "--volume", volume, "--store", "/tmp/s", "create"]) == 1
     err = capsys.readouterr().err
     assert "'not-here:1' is not present" in err and "docker pull not-here:1" in err
+
+
+def test_what_cannot_be_restored_is_left_out_and_named(tmp_path, capsys):
+    """A fifo, a link out of the folder and a setuid bit: the backup is taken without them,
+    says so, and restores."""
+    source = tmp_path / "nb"
+    source.mkdir()
+    (source / "a.ipynb").write_text("{}")
+    os.mkfifo(source / "pipe")
+    os.symlink("/etc/passwd", source / "out")
+    (source / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(source / "run.sh", 0o4755)
+    store = str(tmp_path / "s")
+    assert main(["--source-dir", str(source), "--store", store, "create"]) == 0
+    captured = capsys.readouterr()
+    backup_id = captured.out.split()[-1]
+    notes = [line for line in captured.err.splitlines() if line.startswith("note: left out")]
+    assert [n.split()[3] for n in notes] == ["out:", "pipe:", "run.sh:"], notes
+    assert "fifo" in notes[1] and "points outside" in notes[0] and "setuid" in notes[2]
+    (source / "a.ipynb").write_text("changed")
+    assert main(["--source-dir", str(source), "--store", store, "restore", backup_id]) == 0
+    assert (source / "a.ipynb").read_text() == "{}" and os.stat(source / "run.sh").st_mode & 0o7777 == 0o755
