@@ -7,6 +7,7 @@ secret made when the server starts, handed to kernels in their environment
 """
 
 import asyncio
+import functools
 import hmac
 import json
 import os
@@ -26,6 +27,13 @@ SECRET_KEY = "ailab_backup_kernel_secret"
 AUTH_RESOURCE = "ailab_backup"
 KERNEL_AUTH_SCHEME = "AILabBackup"
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
+
+
+@functools.cache
+def _openapi_document():
+    """Read once, not on the event loop at every request."""
+    with open(OPENAPI_PATH, encoding="utf-8") as f:
+        return f.read()
 
 
 class BaseHandler(APIHandler):
@@ -278,9 +286,8 @@ class OpenAPIHandler(BaseHandler):
     @web.authenticated
     @authorized
     def get(self):
-        with open(OPENAPI_PATH, encoding="utf-8") as f:
-            self.set_header("Content-Type", "application/json")
-            self.finish(f.read())
+        self.set_header("Content-Type", "application/json")
+        self.finish(_openapi_document())
 
 
 _ID = r"(?P<backup_id>[^/]+)"
