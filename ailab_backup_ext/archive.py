@@ -9,21 +9,25 @@ Everything that reads an archive goes through :func:`read_archive`, which refuse
 input before anything is written anywhere.
 """
 
-import collections
+import contextlib
 import datetime as _dt
+import functools
 import gzip
 import hashlib
 import io
 import json
+import os
 import posixpath
+import queue
 import stat
 import tarfile
+import threading
 import zlib
 from dataclasses import asdict, dataclass, field
 
 import zstandard
 
-from .errors import InvalidArchive, TooLarge
+from .errors import BackupError, InvalidArchive, TooLarge
 
 DATA_ROOT = "notebooks"
 MANIFEST_NAME = "ailab-backup-manifest.json"
@@ -31,7 +35,6 @@ FORMAT = "ailab-backup"
 FORMAT_VERSION = 1
 SUFFIXES = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
 CHUNK = 1024 * 1024
-READ_BUFFER = 64 * 1024  # tarfile slices its buffer for every 512-byte header: keep it small
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 ROOT = "."  # the path of the notebooks folder itself in a manifest
 MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 3800  # Linux: NAME_MAX; PATH_MAX less the mount's own path
@@ -225,68 +228,98 @@ class EntryChecker:
 # Streams
 
 
-class _HashingWriter(io.RawIOBase):
-    """Passes writes through, counting and hashing the bytes (the archive file's SHA-256)."""
+class Worker:
+    """A thread that runs calls in the order given, at most ``depth`` behind the caller (bounded
+    memory). Hashing, compressing, decoding and writing release the GIL, so handing one of them
+    to a worker puts it on another core."""
 
-    def __init__(self, raw):
+    def __init__(self, name, depth=8):
+        self._queue = queue.Queue(depth)
+        self._error = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            if self._error is None:  # after a failure, calls are dropped (the caller is told)
+                try:
+                    call[0](*call[1:])
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                    self._error = exc
+
+    def submit(self, fn, *args):
+        if self._error is not None:
+            raise self._error
+        self._queue.put((fn, *args))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()  # the thread ends; its own error would only hide the one on its way
+        except BaseException:  # noqa: BLE001
+            pass
+
+    def close(self):
+        """Wait until every call has run; raise the first error one raised. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def hashing_worker():
+    return Worker("ailab-backup-hash")
+
+
+class FeedingReader:
+    """Reads from ``raw``, handing every piece read to ``feed`` (e.g. a hash in a worker) and
+    counting it for ``progress``."""
+
+    def __init__(self, raw, feed=None, progress=None):
         self.raw = raw
-        self.size = 0
-        self.digest = hashlib.sha256()
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        self.raw.write(data)
-        self.digest.update(data)
-        self.size += len(data)
-        return len(data)
-
-
-class _HashingReader(io.RawIOBase):
-    """Reads from ``raw`` while hashing; used to hash a file as tarfile copies it."""
-
-    def __init__(self, raw, progress=None):
-        self.raw = raw
-        self.digest = hashlib.sha256()
+        self.feed = feed
         self.progress = progress
-
-    def readable(self):
-        return True
 
     def read(self, size=-1):
         data = self.raw.read(size)
-        self.digest.update(data)
-        if self.progress and data:
-            self.progress.add_bytes(len(data))
+        if data:
+            if self.feed is not None:
+                self.feed(data)
+            if self.progress is not None:
+                self.progress.add_bytes(len(data))
         return data
 
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
-
-class IterStream(io.RawIOBase):
-    """A readable file over an iterator of byte chunks (Docker's archive responses)."""
+class IterStream:
+    """A readable stream over an iterator of byte chunks (Docker's archive responses)."""
 
     def __init__(self, chunks):
         self.chunks = iter(chunks)
-        self.pending = memoryview(b"")  # a view, so that partial reads never copy the rest
+        self.pending = b""
 
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        while not self.pending:
-            try:
-                self.pending = memoryview(next(self.chunks))
-            except StopIteration:
-                return 0
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+    def read(self, size=-1):
+        if not self.pending:
+            self.pending = next(self.chunks, b"")
+        if size is None or size < 0:
+            data = self.pending + b"".join(self.chunks)
+            self.pending = b""
+            return data
+        if len(self.pending) <= size:
+            data, self.pending = self.pending, b""
+            return data
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
 
 
 class _Prefixed(io.RawIOBase):
@@ -334,24 +367,131 @@ def open_decompressed(raw):
     return source
 
 
+class _VerifiedSink:
+    """Where the compressor's output goes, in a worker thread: written to ``out``, hashed (the
+    archive's SHA-256) and decoded again, so that :meth:`close` can tell that the bytes written
+    decode back to exactly what went in (the compressed format's checksum, and the length)."""
+
+    SYNC_EVERY = 64 * 1024 * 1024
+
+    def __init__(self, out, compression, sync=False):
+        self.out = out
+        self.sync = sync
+        self.unsynced = 0
+        self.size = 0
+        self.decoded = 0
+        self.digest = hashlib.sha256()
+        if compression == "zstd":
+            self.new_decoder = zstandard.ZstdDecompressor().decompressobj
+        else:
+            self.new_decoder = functools.partial(zlib.decompressobj, wbits=31)  # checks CRC-32 and length
+        self.decoder = self.new_decoder()
+        self.worker = Worker("ailab-backup-write")
+
+    def write(self, data):
+        self.worker.submit(self._take, (data,))
+        return len(data)
+
+    def write_parts(self, parts):
+        self.worker.submit(self._take, parts)
+
+    def _take(self, parts):
+        for data in parts:
+            self.out.write(data)
+            self.digest.update(data)
+            self.size += len(data)
+            self.unsynced += len(data)
+            while data:  # frame by frame, so that the end of each one is seen (and its checksum)
+                if self.decoder.eof:
+                    self.decoder = self.new_decoder()
+                self.decoded += len(self.decoder.decompress(data))
+                data = self.decoder.unused_data if self.decoder.eof else b""
+        if self.sync and self.unsynced >= self.SYNC_EVERY:  # so that the final fsync is short
+            self.out.flush()
+            os.fdatasync(self.out.fileno())
+            self.unsynced = 0
+
+    def flush(self):
+        pass  # gzip asks; the worker writes in order and close() waits for it
+
+    def close(self, expected_length):
+        """Wait for the writes; return ``(size, sha256)`` of what was written, or raise when it
+        does not decode back to ``expected_length`` bytes with a matching checksum."""
+        try:
+            self.worker.close()
+        except (zlib.error, zstandard.ZstdError) as exc:
+            raise BackupError(f"The archive did not decode back to what was written ({exc}); it was not kept.") from None
+        if not self.decoder.eof or self.decoded != expected_length:
+            raise BackupError(
+                f"The archive decodes to {self.decoded} bytes instead of {expected_length}; it was not kept."
+            )
+        return self.size, self.digest.hexdigest()
+
+
+STORE_MIN_BYTES = 1024 * 1024  # smaller files are always compressed
+_PROBE_BYTES = 128 * 1024
+_RAW_BLOCK = 128 * 1024  # the largest zstd block
+# a zstd frame header: magic, no content size, no checksum, window 128 KiB (one block)
+_RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00\x38"
+_RAW_FRAME_END = b"\x01\x00\x00"  # an empty raw block, the last one
+
+
 class _Compressor:
-    """A writable compressed stream over ``raw`` that leaves ``raw`` open when closed."""
+    """A writable compressed stream over ``raw`` that leaves ``raw`` open when closed and counts
+    what went in (``length``).
+
+    With zstd, data that does not compress (media, archives, random bytes) can be stored as it
+    is: the compressed frame is ended and the data goes into a frame of raw blocks, which any
+    zstd reader decodes (RFC 8878); it costs a copy instead of a futile compression."""
 
     def __init__(self, raw, compression):
+        self.raw = raw
+        self.length = 0
+        self.in_raw_frame = False
+        self.compression = compression
         if compression == "zstd":
-            # one thread: measured as fast here (the C call releases the GIL while Python reads
-            # on), and zstd's thread pool alone cost about 100 MB of buffers
-            cctx = zstandard.ZstdCompressor(level=3, threads=0)
+            # one thread: the C call releases the GIL while Python reads and hashes on in other
+            # threads, and zstd's own thread pool alone cost about 100 MB of buffers.
+            # The frame checksum lets a reader (and the writer's own check) prove the content.
+            cctx = zstandard.ZstdCompressor(level=1, threads=0, write_checksum=True)
             self.stream = cctx.stream_writer(raw, closefd=False)
+            self.probe = zstandard.ZstdCompressor(level=1)
         elif compression == "gzip":
             self.stream = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
         else:
             raise ValueError(f"unknown compression {compression!r}")
 
+    def incompressible(self, sample):
+        """True when storing ``sample``'s file as it is beats compressing it (zstd only)."""
+        if self.compression != "zstd":
+            return False
+        sample = sample[:_PROBE_BYTES]
+        return len(self.probe.compress(sample)) > 0.97 * len(sample)
+
     def write(self, data):
+        if self.in_raw_frame:
+            self.raw.write(_RAW_FRAME_END)
+            self.in_raw_frame = False
+        self.length += len(data)
         return self.stream.write(data)
 
+    def write_stored(self, data):
+        if not self.in_raw_frame:
+            self.stream.flush(zstandard.FLUSH_FRAME)
+            self.raw.write(_RAW_FRAME_HEADER)
+            self.in_raw_frame = True
+        view = memoryview(data)
+        parts = []
+        for start in range(0, len(view), _RAW_BLOCK):
+            block = view[start : start + _RAW_BLOCK]
+            parts += [(len(block) << 3).to_bytes(3, "little"), block]  # raw block, not last
+        self.raw.write_parts(parts)
+        self.length += len(data)
+
     def close(self):
+        if self.in_raw_frame:
+            self.raw.write(_RAW_FRAME_END)
+            self.in_raw_frame = False
         self.stream.close()
 
 
@@ -374,57 +514,91 @@ def tarinfo_for(entry):
     return info
 
 
+def tar_header(entry, root_name=DATA_ROOT):
+    """The header blocks of ``entry``, named under ``root_name`` (``None``: by its path alone)."""
+    info = tarinfo_for(entry)
+    if root_name is None:
+        info.name = entry.path
+    elif root_name != DATA_ROOT:
+        info.name = root_name if entry.path == ROOT else f"{root_name}/{entry.path}"
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def file_chunks(entry, content):
+    """The data of a file entry read from ``content``: exactly ``entry.size`` bytes, in chunks."""
+    remaining = entry.size
+    while remaining:
+        chunk = content.read(min(CHUNK, remaining))
+        if not chunk:
+            raise InvalidArchive(f"{entry.path!r} ended early: it changed while it was read. Try again.")
+        remaining -= len(chunk)
+        yield chunk
+
+
+def tar_padding(size):
+    return tarfile.NUL * (-size % tarfile.BLOCKSIZE)
+
+
 def tar_stream(entries, root_name=DATA_ROOT, end=True):
     """Tar bytes, as an iterator of chunks, of ``(Entry, file)`` pairs named under ``root_name``
     (``None``: named by their paths alone), closed with the end-of-archive blocks unless ``end``
     is false. Streams files of any size in bounded memory."""
     for entry, content in entries:
-        info = tarinfo_for(entry)
-        if root_name is None:
-            info.name = entry.path
-        elif root_name != DATA_ROOT:
-            info.name = root_name if entry.path == ROOT else f"{root_name}/{entry.path}"
-        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        yield tar_header(entry, root_name)
         if entry.type == FILE:
-            remaining = entry.size
-            while remaining:
-                chunk = content.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise InvalidArchive(f"{entry.path!r} ended early: it changed while it was read. Try again.")
-                remaining -= len(chunk)
-                yield chunk
+            yield from file_chunks(entry, content)
             if entry.size % tarfile.BLOCKSIZE:
-                yield tarfile.NUL * (tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
+                yield tar_padding(entry.size)
     if end:
         yield tarfile.NUL * (tarfile.BLOCKSIZE * 2)
 
 
-def write_archive(out, entries, manifest, compression, progress=None):
+def write_archive(out, entries, manifest, compression, progress=None, sync=False):
     """Stream ``entries`` ((Entry, file or None) pairs) into ``out`` as a compressed archive,
     hashing each file exactly as it goes in. Fills ``manifest.entries`` and returns
-    ``(archive_size, archive_sha256)``."""
-    counted = _HashingWriter(out)
-    compressor = _Compressor(counted, compression)
-    manifest.compression = compression
+    ``(archive_size, archive_sha256)``.
 
-    def hashed():
+    The work is shared by three threads (hashing, compressing, decoding and writing release the
+    GIL): this one reads and compresses, one hashes the files, and one writes the compressed
+    bytes while hashing them and decoding them again. So the archive is checked as it is
+    written: it decodes back to exactly the bytes that went in (the compressed format's
+    checksum, and the length), or this raises and nothing is kept. With ``sync``, ``out`` (a
+    file) is flushed to disk as it goes, for a caller that fsyncs it at the end."""
+    sink = _VerifiedSink(out, compression, sync)
+    hasher = hashing_worker()
+    manifest.compression = compression
+    digests = []
+    with hasher, sink.worker:
+        compressor = _Compressor(sink, compression)
         for entry, content in entries:
-            reader = _HashingReader(content, progress) if entry.type == FILE else None
-            yield entry, reader
-            if reader is not None:
-                entry.sha256 = reader.digest.hexdigest()
+            compressor.write(tar_header(entry))
+            if entry.type == FILE:
+                digest = hashlib.sha256()
+                digests.append((entry, digest))
+                stored = None  # whether the data is stored as it is (decided on its first chunk)
+                for chunk in file_chunks(entry, content):
+                    hasher.submit(digest.update, chunk)
+                    if stored is None:
+                        stored = entry.size >= STORE_MIN_BYTES and compressor.incompressible(chunk)
+                    if stored:
+                        compressor.write_stored(chunk)
+                    else:
+                        compressor.write(chunk)
+                    if progress:
+                        progress.add_bytes(len(chunk))
+                compressor.write(tar_padding(entry.size))
             manifest.entries.append(entry)
             if progress:
                 progress.add_file()
-
-    for chunk in tar_stream(hashed(), end=False):
-        compressor.write(chunk)
-    data = json.dumps(manifest.to_json(), indent=1).encode()
-    info = Entry(MANIFEST_NAME, FILE, size=len(data), mode=0o644, mtime=int(utc_now().timestamp()))
-    for chunk in tar_stream([(info, io.BytesIO(data))], root_name=None):
-        compressor.write(chunk)
-    compressor.close()
-    return counted.size, counted.digest.hexdigest()
+        hasher.close()
+        for entry, digest in digests:
+            entry.sha256 = digest.hexdigest()
+        data = json.dumps(manifest.to_json(), indent=1).encode()
+        info = Entry(MANIFEST_NAME, FILE, size=len(data), mode=0o644, mtime=int(utc_now().timestamp()))
+        for chunk in tar_stream([(info, io.BytesIO(data))], root_name=None):
+            compressor.write(chunk)
+        compressor.close()
+        return sink.close(compressor.length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,110 +644,158 @@ def data_path(name):
     return None
 
 
-class _TailKeeper(io.RawIOBase):
-    """Passes the tar bytes through, keeping the last ones read, so that what follows the
-    manifest can be checked: tarfile's stream reader takes a bad header there as the end."""
+MAX_HEADER_DATA = 1024 * 1024  # pax records or a GNU long name: far more than any real one
 
-    KEEP = 4 * 1024 * 1024
 
-    def __init__(self, raw):
-        self.raw = raw
+class _Pieces:
+    """The bytes of ``read(n)`` with their position, handed out in the pieces ``read`` gave
+    (slices, not copies); ``read``/``tell`` serve tarfile's header code."""
+
+    def __init__(self, read):
+        self._read = read
+        self._buf = memoryview(b"")
         self.pos = 0
-        self.tail = collections.deque()  # (start position, bytes): references, no copies
 
-    def readable(self):
-        return True
+    def piece(self, limit):
+        """Up to ``limit`` bytes (fewer at a piece's end); empty only at the end of the input."""
+        if not self._buf:
+            data = self._read(CHUNK)
+            if not data:
+                return self._buf
+            self._buf = memoryview(data)
+        out = self._buf[:limit]
+        self._buf = self._buf[len(out):]
+        self.pos += len(out)
+        return out
 
-    def readinto(self, buffer):
-        data = self.raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        if n:
-            self.tail.append((self.pos, data))
-            self.pos += n
-            while self.tail and self.pos - self.tail[0][0] - len(self.tail[0][1]) > self.KEEP:
-                self.tail.popleft()
-        return n
+    def exactly(self, n):
+        parts, got = [], 0
+        while got < n:
+            part = self.piece(n - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
 
-    def require_only_zeros_from(self, offset):
-        def junk():
-            return InvalidArchive("The archive has data after its manifest: it was altered or damaged.")
+    def read(self, n):
+        if n > MAX_HEADER_DATA:
+            raise InvalidArchive(f"A tar header claims {n} bytes of extended header data: refused.")
+        return self.exactly(n)
 
-        if not self.tail or offset < self.tail[0][0]:
-            raise junk()
-        for start, data in self.tail:
-            part = data[max(0, offset - start):]
-            if part.count(0) != len(part):
-                raise junk()
-        for data in iter(lambda: self.raw.read(CHUNK), b""):
-            if data.count(0) != len(data):
-                raise junk()
+    def tell(self):
+        return self.pos
+
+    def skip_to(self, offset):
+        while self.pos < offset:
+            if not self.piece(offset - self.pos):
+                raise tarfile.ReadError("unexpected end of data")
+
+
+class _MemberData:
+    """The data of one regular member; ``read`` returns bytes, as files do."""
+
+    def __init__(self, pieces, size):
+        self._pieces = pieces
+        self._end = pieces.pos + size
+
+    def read(self, size=-1):
+        left = self._end - self._pieces.pos
+        if left <= 0:
+            return b""
+        if size is None or size < 0 or size >= left:
+            size = left
+        # small reads are exact, as a file's are; large ones give what one piece holds
+        data = self._pieces.exactly(size) if size == left or size < 65536 else bytes(self._pieces.piece(size))
+        if not data or (len(data) < size and size == left):
+            raise tarfile.ReadError("unexpected end of data")
+        return data
+
+
+class TarReader:
+    """A tar stream, member by member, without tarfile's stream mode, whose buffering copied
+    every byte several times. Headers are parsed by tarfile's own ``TarInfo.fromtarfile`` (pax,
+    GNU long names, base-256 numbers), to which this object is the "tarfile"; data is read
+    straight from the input. Strict: a bad header anywhere is an error, not an early end."""
+
+    def __init__(self, read, encoding="utf-8", errors="surrogateescape"):
+        self.fileobj = _Pieces(read)
+        self.encoding = encoding
+        self.errors = errors
+        self.pax_headers = {}  # global pax headers (tarfile's header code keeps them here)
+        self.offset = 0  # where the next header begins (set by tarfile's header code)
+        self.ended = False
+
+    def __iter__(self):
+        while True:
+            self.fileobj.skip_to(self.offset)  # what the consumer left unread, and the padding
+            try:
+                info = tarfile.TarInfo.fromtarfile(self)
+            except tarfile.EOFHeaderError:
+                self.ended = True
+                return
+            except tarfile.HeaderError as exc:
+                raise tarfile.ReadError(str(exc) or type(exc).__name__) from None
+            if info.sparse is not None:
+                raise InvalidArchive(f"Refused {info.name!r}: sparse tar members are not supported.")
+            yield info
+
+    def data(self, info):
+        """The data of the member just yielded (a regular file)."""
+        return _MemberData(self.fileobj, info.size)
+
+    def require_only_zeros(self):
+        """After the end-of-archive block: refuse anything but zeros up to the end."""
+        while True:
+            part = self.fileobj.piece(CHUNK)
+            if not part:
+                return
+            if bytes(part).count(0) != len(part):
+                raise InvalidArchive("The archive has data after its end: it was altered or damaged.")
 
 
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile)
 
 
-def _open_tar_reader(stream):
-    return tarfile.open(
-        fileobj=stream,
-        mode="r|",
-        encoding="utf-8",
-        errors="surrogateescape",
-        bufsize=READ_BUFFER,
-    )
-
-
-class _CountingReader(io.RawIOBase):
+class _CountingReader:
     """Counts the bytes read from ``raw`` (the compressed size, for the ratio limit)."""
 
     def __init__(self, raw):
         self.raw = raw
         self.count = 0
 
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        data = self.raw.read(len(buffer))
-        buffer[: len(data)] = data
+    def read(self, size=-1):
+        data = self.raw.read(size)
         self.count += len(data)
-        return len(data)
+        return data
 
 
-def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
+def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_content=True):
     """Yield ``(Entry, reader)`` for each data member, checking each one; the last item is
     ``(Manifest, None)`` after checking the manifest against the data.
 
-    File readers must be consumed (or not) before the next item; what is not read is hashed here.
+    File readers must be consumed (or not) before the next item; what is not read is skipped.
+    Each file is hashed (in a worker thread) and checked against the manifest, unless
+    ``check_content`` is false: then only names, types, sizes, modes, owners and times are
+    (for a second read of an archive already checked completely).
     With ``max_ratio``, an archive that would unpack to more than that many times its compressed
     size read so far (at least 1 MiB) is refused as a decompression bomb, from the headers alone.
     Raises :class:`InvalidArchive` on anything hostile or broken.
     """
     checker = EntryChecker(max_total_bytes)
     counted = _CountingReader(raw)
-    found = []
+    found, digests = [], []
     manifest = None
     try:
-        stream = _TailKeeper(open_decompressed(counted))
-        with _open_tar_reader(stream) as tar:
+        with hashing_worker() if check_content else contextlib.nullcontext() as hasher:
+            tar = TarReader(open_decompressed(counted).read)
             for info in tar:
                 path = data_path(info.name)
                 if path is None:
-                    if info.name != MANIFEST_NAME or manifest is not None:
-                        raise InvalidArchive(
-                            f"Refused member {info.name!r}: an archive holds only notebooks/ and "
-                            f"one {MANIFEST_NAME}."
-                        )
-                    if not info.isreg() or info.size > MAX_MANIFEST_BYTES:
-                        raise InvalidArchive("The archive's manifest is not a plain file.")
-                    try:
-                        manifest = Manifest.from_json(json.loads(tar.extractfile(info).read()))
-                    except (ValueError, UnicodeDecodeError):
-                        raise InvalidArchive("The archive's manifest is not valid JSON.") from None
-                    manifest_end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                    manifest = _read_manifest(tar, info, manifest)
                     continue
                 if manifest is not None:
-                    raise InvalidArchive("The archive has data after its manifest.")
+                    raise InvalidArchive("The archive has data after its manifest: it was altered or damaged.")
                 entry = entry_from_tarinfo(info, path)
                 checker.check(entry)
                 if max_ratio and checker.total > max_ratio * max(counted.count, 1 << 20):
@@ -583,18 +805,24 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
                         "AILabBackup.max_compression_ratio."
                     )
                 if entry.type == FILE:
-                    reader = _HashingReader(tar.extractfile(info), progress)
+                    feed = None
+                    if hasher is not None:
+                        digest = hashlib.sha256()
+                        digests.append((entry, digest))
+                        feed = functools.partial(hasher.submit, digest.update)
+                    reader = FeedingReader(tar.data(info), feed, progress)
                     yield entry, reader
                     while reader.read(CHUNK):  # hash whatever the consumer did not read
                         pass
-                    entry.sha256 = reader.digest.hexdigest()
                     if progress:
                         progress.add_file()
                 else:
                     yield entry, None
                 found.append(entry)
-        if manifest is not None:
-            stream.require_only_zeros_from(manifest_end)
+            if manifest is not None:
+                tar.require_only_zeros()
+        for entry, digest in digests:  # the hashing thread has finished
+            entry.sha256 = digest.hexdigest()
     except _READ_ERRORS as exc:
         raise InvalidArchive(
             f"The archive is damaged or truncated ({exc or type(exc).__name__}). "
@@ -605,11 +833,24 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
             f"The archive has no {MANIFEST_NAME}: it was not made by ailab-backup or is truncated. "
             "A plain notebooks/ folder can be brought in with 'ailab-backup import --dir DIR'."
         )
-    _match_manifest(manifest, found)
+    _match_manifest(manifest, found, check_content)
     yield manifest, None
 
 
-def _match_manifest(manifest, found):
+def _read_manifest(tar, info, found_before):
+    if info.name != MANIFEST_NAME or found_before is not None:
+        raise InvalidArchive(
+            f"Refused member {info.name!r}: an archive holds only notebooks/ and one {MANIFEST_NAME}."
+        )
+    if not info.isreg() or info.size > MAX_MANIFEST_BYTES:
+        raise InvalidArchive("The archive's manifest is not a plain file.")
+    try:
+        return Manifest.from_json(json.loads(tar.data(info).read()))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArchive("The archive's manifest is not valid JSON.") from None
+
+
+def _match_manifest(manifest, found, check_content=True):
     declared = {}
     for entry in manifest.entries:
         if entry.path in declared:
@@ -619,6 +860,8 @@ def _match_manifest(manifest, found):
         other = declared.pop(entry.path, None)
         if other is None:
             raise InvalidArchive(f"{entry.path!r} is in the archive but not in its manifest.")
+        if not check_content:
+            entry.sha256 = other.sha256
         if not entry.same_as(other):
             raise InvalidArchive(
                 f"{entry.path!r} does not match the manifest (content, size, mode, owner or time "

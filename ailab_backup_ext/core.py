@@ -6,6 +6,8 @@ Free of tornado and UI code. The server extension keeps one :class:`BackupManage
 
 import datetime
 import errno
+import functools
+import hashlib
 import os
 import shutil
 import stat
@@ -15,12 +17,14 @@ import uuid
 from contextlib import contextmanager
 
 from .archive import (
+    CHUNK,
     FILE,
     FORMAT_VERSION,
     SUFFIXES,
     EntryChecker,
+    FeedingReader,
     Manifest,
-    _HashingReader,
+    hashing_worker,
     iter_archive,
     read_archive,
     utc_now,
@@ -200,11 +204,13 @@ class BackupManager:
             return self._check_stream(f, meta, progress, max_ratio)
 
     def _check_stream(self, raw, meta=None, progress=None, max_ratio=0):
-        hashed = _HashingReader(raw)
-        manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio)
-        while hashed.read(1 << 20):  # the tar's end padding
-            pass
-        digest = hashed.digest.hexdigest()
+        digest = hashlib.sha256()
+        with hashing_worker() as hasher:  # the archive's own hash, beside the content's
+            hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
+            manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio)
+            while hashed.read(CHUNK):  # whatever follows the compressed stream
+                pass
+        digest = digest.hexdigest()
         if meta is not None and meta.get("sha256") and digest != meta["sha256"]:
             raise InvalidArchive(
                 f"The archive of {meta['id']} does not match its recorded checksum: it was altered "
@@ -330,9 +336,8 @@ class BackupManager:
             progress.start("backing up", total_bytes, total_files)
             with open(spool, "wb") as out, source.read_entries() as entries:
                 safe = self._safe_entries(entries, manifest.skipped, self.config.excludes)
-                size, digest = write_archive(out, safe, manifest, self.config.compression, progress)
-                out.flush()
-                os.fsync(out.fileno())
+                size, digest = write_archive(out, safe, manifest, self.config.compression, progress,
+                                             sync=isinstance(store, FolderStore))  # it fsyncs on commit
             paths = {e.path for e in manifest.entries}
             if any(p.endswith("-journal") and p[: -len("-journal")] in paths for p in paths):
                 return None  # a database was mid-write: try again
@@ -340,8 +345,6 @@ class BackupManager:
             if skip_unchanged and newest and newest.get("content_digest") == digest_of_content:
                 progress.complete(manifest.total_bytes, manifest.file_count)
                 return {"skipped": True, "same_as": newest["id"]}
-            progress.start("verifying", manifest.total_bytes, manifest.file_count)
-            self._checked(spool, progress=progress)
             meta = {
                 "id": backup_id,
                 "created": manifest.created,
@@ -396,10 +399,10 @@ class BackupManager:
                 wanted = {e.path for e in restored}
                 total = sum(e.size for e in restored if e.type == FILE)
                 progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))
-                with open(path, "rb") as f:
+                with open(path, "rb") as f:  # checked completely above: read it through once more
+                    items = iter_archive(f, self.config.max_archive_bytes, progress, check_content=False)
                     source.write_entries(
-                        ((e, c) for e, c in _data_only(iter_archive(f, self.config.max_archive_bytes, progress))
-                         if e.path in wanted),
+                        ((e, c) for e, c in _data_only(items) if e.path in wanted),
                         replace=(mode == "replace"),
                         keep={e.path: e for e in restored},
                         protected=self.config.excludes,
@@ -436,7 +439,7 @@ class BackupManager:
             notebooks = {item["path"] for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
             if notebooks:
                 with open(path, "rb") as f:
-                    for entry, content in _data_only(iter_archive(f)):
+                    for entry, content in _data_only(iter_archive(f, check_content=False)):
                         if entry.path in notebooks and current[entry.path][1] is not None:
                             diff = notebook_diff(current[entry.path][1], content.read())
                             item = next(i for i in plan["overwritten"] if i["path"] == entry.path)

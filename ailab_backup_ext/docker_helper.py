@@ -50,8 +50,9 @@ def find_covering_mount(mounts, path):
 
 
 def read_ahead(chunks, depth=8):
-    """The chunks, read by a thread up to ``depth`` ahead (bounded memory): Docker keeps sending
-    while we hash and compress, instead of waiting for us after every chunk."""
+    """The chunks, made by a thread up to ``depth`` MiB ahead (bounded memory), joined into
+    pieces of about a MiB: Docker keeps sending (or unpacking) while we hash, compress or
+    decompress, instead of waiting for us after every piece."""
     ready = queue.Queue(depth)
     stop = threading.Event()
     end = object()
@@ -67,9 +68,16 @@ def read_ahead(chunks, depth=8):
 
     def pump():
         try:
-            for chunk in chunks:
-                if not offer(chunk):
-                    return
+            batch, size = [], 0
+            for chunk in chunks:  # HTTP chunks of 32 KiB: handed over by the MiB, not one by one
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= CHUNK:
+                    if not offer(b"".join(batch)):
+                        return
+                    batch, size = [], 0
+            if batch and not offer(b"".join(batch)):
+                return
             offer(end)
         except BaseException as exc:  # noqa: BLE001 - handed to the reader below
             offer(exc)
@@ -260,6 +268,8 @@ class DockerHelper:
 
     def put_archive(self, container, path, data, what):
         """put_archive with :meth:`answering`'s errors; ``what`` names the place written to."""
+        if not isinstance(data, (bytes, bytearray)):
+            data = read_ahead(data)  # the tar is made in a thread while Docker unpacks what came
         with self.answering(f"write into {what}"):
             return container.put_archive(path, data)
 
@@ -287,7 +297,7 @@ class DockerHelper:
                     yield from chunks
 
             try:
-                yield io.BufferedReader(IterStream(answered()), CHUNK)
+                yield IterStream(answered())
             finally:
                 chunks.close()
         finally:

@@ -12,18 +12,17 @@ import os
 import posixpath
 import shutil
 import stat
-import tarfile
 from contextlib import closing, contextmanager
 
 from .archive import (
     CHUNK,
-    READ_BUFFER,
     DIR,
     FILE,
     HARDLINK,
     ROOT,
     SYMLINK,
     Entry,
+    TarReader,
     entry_from_tarinfo,
     tar_stream,
 )
@@ -331,9 +330,8 @@ class DockerMountSource:
 
     def _tar_members(self, helper, path):
         try:
-            with self.docker.archive_stream(helper, path) as stream, tarfile.open(
-                fileobj=stream, mode="r|", bufsize=READ_BUFFER, errors="surrogateescape"
-            ) as tar:
+            with self.docker.archive_stream(helper, path) as stream:
+                tar = TarReader(stream.read)
                 for info in tar:
                     # Docker names members after the folder asked for: strip that first part
                     _, _, rest = info.name.partition("/")
@@ -352,12 +350,12 @@ class DockerMountSource:
                     if entry.type == HARDLINK:
                         hardlinked.append(path)  # fetched again below, as a plain file
                     elif entry.type == FILE:
-                        yield entry, tar.extractfile(info)
+                        yield entry, tar.data(info)
                     else:
                         yield entry, None
                 for path in hardlinked:
                     for tar, info, _ in self._tar_members(helper, f"{self.data_dir}/{path}"):
-                        yield entry_from_tarinfo(info, path), tar.extractfile(info)
+                        yield entry_from_tarinfo(info, path), tar.data(info)
 
             # closed before the helper is removed, also when the reader stops early
             with closing(generate()) as entries:

@@ -10,11 +10,10 @@ import io
 import json
 import os
 import re
-import tarfile
 import tempfile
 from contextlib import contextmanager
 
-from .archive import READ_BUFFER, DIR, FILE, Entry, tar_stream
+from .archive import DIR, FILE, Entry, TarReader, tar_stream
 from .errors import NotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -209,9 +208,8 @@ class VolumeStore:
 
     def _members(self, helper, path):
         try:
-            with self.docker.archive_stream(helper, path) as stream, tarfile.open(
-                fileobj=stream, mode="r|", bufsize=READ_BUFFER
-            ) as tar:
+            with self.docker.archive_stream(helper, path) as stream:
+                tar = TarReader(stream.read)
                 for info in tar:
                     yield tar, info
         except NotFound:
@@ -223,7 +221,7 @@ class VolumeStore:
             for tar, info in self._members(helper, f"{self.MOUNT_POINT}/meta"):
                 if info.isreg() and info.name.endswith(".json"):
                     try:
-                        found.append(json.loads(tar.extractfile(info).read()))
+                        found.append(json.loads(tar.data(info).read()))
                     except ValueError:
                         continue
         return found
@@ -232,7 +230,7 @@ class VolumeStore:
         with self.docker.container(self._mounts()) as helper:
             for tar, info in self._members(helper, f"{self.MOUNT_POINT}/{name}.json"):
                 try:
-                    return json.loads(tar.extractfile(info).read())
+                    return json.loads(tar.data(info).read())
                 except ValueError:
                     return None
         return None
@@ -266,7 +264,7 @@ class VolumeStore:
     def open_archive(self, archive_name):
         with self.docker.container(self._mounts()) as helper:
             for tar, info in self._members(helper, f"{self.MOUNT_POINT}/data/{archive_name}"):
-                yield tar.extractfile(info)
+                yield tar.data(info)
                 return
         raise NotFound(f"The archive {archive_name} is missing from the volume {self.volume}.")
 

@@ -1,0 +1,82 @@
+"""How an archive is written: checked as it is written, and incompressible data stored as it is."""
+
+import io
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from ailab_backup_ext import archive
+from ailab_backup_ext.archive import Entry, Manifest, read_archive, write_archive
+from ailab_backup_ext.config import AILabBackup
+from ailab_backup_ext.core import BackupManager
+from ailab_backup_ext.errors import BackupError
+
+
+def entries(files):
+    yield Entry(".", "dir", mode=0o755), None
+    for name, data in files.items():
+        yield Entry(name, "file", size=len(data), mode=0o644, mtime=1_700_000_000), io.BytesIO(data)
+
+
+class _Flipping:
+    """A writer that passes everything on but flips one bit of the third piece it is given."""
+
+    def __init__(self, raw):
+        self.raw, self.pieces = raw, 0
+
+    def write(self, data):
+        self.pieces += 1
+        if self.pieces == 3:
+            data = bytes([data[0] ^ 1]) + bytes(data[1:])
+        return self.raw.write(data)
+
+
+class _CorruptingCompressor(archive._Compressor):
+    """Our compressor, with its output damaged on the way out, as a faulty compressor would."""
+
+    def __init__(self, raw, compression):
+        super().__init__(_Flipping(raw), compression)
+
+
+@pytest.fixture
+def corrupting_zstd(monkeypatch):
+    monkeypatch.setattr(archive, "_Compressor", _CorruptingCompressor)
+
+
+def notebook_text(n):
+    return "".join(f'{{"cell_type": "code", "source": ["print({i} * {i})"]}},\n' for i in range(n)).encode()
+
+
+def test_damaged_output_is_caught_while_writing(corrupting_zstd):
+    with pytest.raises(BackupError, match="did not decode back|decodes to"):
+        write_archive(io.BytesIO(), entries({"a.ipynb": notebook_text(40_000)}), Manifest("now", {}), "zstd")
+
+
+def test_a_backup_whose_archive_does_not_decode_is_not_kept(corrupting_zstd, tmp_path):
+    source, store = tmp_path / "notebooks", tmp_path / "store"
+    source.mkdir()
+    (source / "a.ipynb").write_bytes(notebook_text(40_000))
+    manager = BackupManager(AILabBackup(source_dir=str(source), store=str(store)))
+    with pytest.raises(BackupError, match="not kept"):
+        manager.create_backup()
+    assert manager.list_backups() == []
+    assert os.listdir(store / "data") == []  # no partial file either
+
+
+def test_incompressible_files_are_stored_as_they_are_and_any_zstd_reads_them(tmp_path):
+    noise, text = os.urandom(3 * 1024 * 1024), notebook_text(20_000)
+    out = io.BytesIO()
+    size, _ = write_archive(out, entries({"noise.bin": noise, "a.ipynb": text}), Manifest("now", {}), "zstd")
+    # stored: no bigger than the noise itself plus the small compressed part and block headers
+    assert size < len(noise) + len(text) // 3
+    manifest = read_archive(io.BytesIO(out.getvalue()))
+    assert {e.path: e.size for e in manifest.entries if e.type == "file"} == {"noise.bin": len(noise), "a.ipynb": len(text)}
+    if shutil.which("zstd") is None:
+        pytest.skip("the zstd command is not installed")
+    path = tmp_path / "backup.tar.zst"
+    path.write_bytes(out.getvalue())
+    subprocess.check_call(["tar", "--zstd", "-xf", str(path), "-C", str(tmp_path)])
+    assert (tmp_path / "notebooks" / "noise.bin").read_bytes() == noise
+    assert (tmp_path / "notebooks" / "a.ipynb").read_bytes() == text
