@@ -282,6 +282,18 @@ def hashing_worker():
     return Worker("ailab-backup-hash")
 
 
+PARALLEL_MIN_BYTES = 256 * 1024
+
+
+def hash_feeder(hasher, digest, size):
+    """What hands the pieces of a ``size``-byte file to ``digest``: the hashing worker for large
+    files; for small ones this thread, since a hand-over costs more than it saves there, and
+    thousands of them keep the GIL passing between our threads instead of to the server's."""
+    if size >= PARALLEL_MIN_BYTES:
+        return functools.partial(hasher.submit, digest.update)
+    return digest.update
+
+
 class FeedingReader:
     """Reads from ``raw``, handing every piece read to ``feed`` (e.g. a hash in a worker) and
     counting it for ``progress``."""
@@ -343,10 +355,11 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _read_exactly(raw, n):
+def _read_exactly(read, n):
+    """``n`` bytes from ``read`` (fewer only at the end of the input)."""
     parts, got = [], 0
     while got < n:
-        data = raw.read(n - got)
+        data = read(n - got)
         if not data:
             break
         parts.append(data)
@@ -356,7 +369,7 @@ def _read_exactly(raw, n):
 
 def open_decompressed(raw):
     """A readable stream of tar bytes from zstd, gzip or plain tar input (sniffed, not guessed)."""
-    head = _read_exactly(raw, 4)
+    head = _read_exactly(raw.read, 4)
     source = io.BufferedReader(_Prefixed(head, raw), CHUNK)
     if head == b"\x28\xb5\x2f\xfd":
         return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
@@ -368,9 +381,10 @@ def open_decompressed(raw):
 
 
 class _VerifiedSink:
-    """Where the compressor's output goes, in a worker thread: written to ``out``, hashed (the
-    archive's SHA-256) and decoded again, so that :meth:`close` can tell that the bytes written
-    decode back to exactly what went in (the compressed format's checksum, and the length)."""
+    """Where the compressor's output goes, in two worker threads: one writes it to ``out`` and
+    decodes it again, one hashes it (the archive's SHA-256); so :meth:`close` can tell that the
+    bytes written decode back to exactly what went in (the compressed format's checksum, and the
+    length). A context manager: leaving it ends the threads."""
 
     SYNC_EVERY = 64 * 1024 * 1024
 
@@ -386,20 +400,32 @@ class _VerifiedSink:
         else:
             self.new_decoder = functools.partial(zlib.decompressobj, wbits=31)  # checks CRC-32 and length
         self.decoder = self.new_decoder()
-        self.worker = Worker("ailab-backup-write")
+        self.writer = Worker("ailab-backup-write")
+        self.hasher = hashing_worker()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        for worker in (self.writer, self.hasher):
+            worker.__exit__(*exc_info)
 
     def write(self, data):
-        self.worker.submit(self._take, (data,))
+        self.write_parts((data,))
         return len(data)
 
     def write_parts(self, parts):
-        self.worker.submit(self._take, parts)
+        self.writer.submit(self._take, parts)
+        self.hasher.submit(self._hash, parts)
+
+    def _hash(self, parts):
+        for data in parts:
+            self.digest.update(data)
+            self.size += len(data)
 
     def _take(self, parts):
         for data in parts:
             self.out.write(data)
-            self.digest.update(data)
-            self.size += len(data)
             self.unsynced += len(data)
             while data:  # frame by frame, so that the end of each one is seen (and its checksum)
                 if self.decoder.eof:
@@ -412,13 +438,14 @@ class _VerifiedSink:
             self.unsynced = 0
 
     def flush(self):
-        pass  # gzip asks; the worker writes in order and close() waits for it
+        pass  # gzip asks; the workers keep the order and close() waits for them
 
     def close(self, expected_length):
         """Wait for the writes; return ``(size, sha256)`` of what was written, or raise when it
         does not decode back to ``expected_length`` bytes with a matching checksum."""
+        self.hasher.close()
         try:
-            self.worker.close()
+            self.writer.close()
         except (zlib.error, zstandard.ZstdError) as exc:
             raise BackupError(f"The archive did not decode back to what was written ({exc}); it was not kept.") from None
         if not self.decoder.eof or self.decoded != expected_length:
@@ -558,26 +585,26 @@ def write_archive(out, entries, manifest, compression, progress=None, sync=False
     hashing each file exactly as it goes in. Fills ``manifest.entries`` and returns
     ``(archive_size, archive_sha256)``.
 
-    The work is shared by three threads (hashing, compressing, decoding and writing release the
-    GIL): this one reads and compresses, one hashes the files, and one writes the compressed
-    bytes while hashing them and decoding them again. So the archive is checked as it is
-    written: it decodes back to exactly the bytes that went in (the compressed format's
+    The work is shared by threads, since hashing, compressing, decoding and writing release the
+    GIL: this one reads and compresses, one hashes the large files, one writes the compressed
+    bytes and decodes them again, one hashes them. So the archive is checked as it is written: it decodes back to exactly the bytes that went in (the compressed format's
     checksum, and the length), or this raises and nothing is kept. With ``sync``, ``out`` (a
     file) is flushed to disk as it goes, for a caller that fsyncs it at the end."""
     sink = _VerifiedSink(out, compression, sync)
     hasher = hashing_worker()
     manifest.compression = compression
     digests = []
-    with hasher, sink.worker:
+    with hasher, sink:
         compressor = _Compressor(sink, compression)
         for entry, content in entries:
             compressor.write(tar_header(entry))
             if entry.type == FILE:
                 digest = hashlib.sha256()
                 digests.append((entry, digest))
+                feed = hash_feeder(hasher, digest, entry.size)
                 stored = None  # whether the data is stored as it is (decided on its first chunk)
                 for chunk in file_chunks(entry, content):
-                    hasher.submit(digest.update, chunk)
+                    feed(chunk)
                     if stored is None:
                         stored = entry.size >= STORE_MIN_BYTES and compressor.incompressible(chunk)
                     if stored:
@@ -669,14 +696,7 @@ class _Pieces:
         return out
 
     def exactly(self, n):
-        parts, got = [], 0
-        while got < n:
-            part = self.piece(n - got)
-            if not part:
-                break
-            parts.append(part)
-            got += len(part)
-        return b"".join(parts)
+        return _read_exactly(self.piece, n)
 
     def read(self, n):
         if n > MAX_HEADER_DATA:
@@ -809,7 +829,7 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
                     if hasher is not None:
                         digest = hashlib.sha256()
                         digests.append((entry, digest))
-                        feed = functools.partial(hasher.submit, digest.update)
+                        feed = hash_feeder(hasher, digest, entry.size)
                     reader = FeedingReader(tar.data(info), feed, progress)
                     yield entry, reader
                     while reader.read(CHUNK):  # hash whatever the consumer did not read

@@ -24,6 +24,7 @@ from .archive import (
     EntryChecker,
     FeedingReader,
     Manifest,
+    Worker,
     hashing_worker,
     iter_archive,
     read_archive,
@@ -205,7 +206,7 @@ class BackupManager:
 
     def _check_stream(self, raw, meta=None, progress=None, max_ratio=0):
         digest = hashlib.sha256()
-        with hashing_worker() as hasher:  # the archive's own hash, beside the content's
+        with hashing_worker() as hasher:  # the archive's own hash, in a thread of its own
             hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
             manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio)
             while hashed.read(CHUNK):  # whatever follows the compressed stream
@@ -227,8 +228,10 @@ class BackupManager:
                 yield path, self._checked(path, meta, progress)[0]
             return
         with self.store.spool(meta["archive"]) as spool:
-            with open(spool, "wb") as out, self.store.open_archive(meta["archive"]) as src:
-                manifest, _ = self._check_stream(_Tee(src, out), meta, progress)
+            with open(spool, "wb") as out, self.store.open_archive(meta["archive"]) as src, \
+                    Worker("ailab-backup-spool") as writer:  # the copy is written in a thread
+                copying = FeedingReader(src, functools.partial(writer.submit, out.write))
+                manifest, _ = self._check_stream(copying, meta, progress)
             yield spool, manifest
 
     def verify_backup(self, backup_id, progress=None):
@@ -562,18 +565,6 @@ class BackupManager:
         """A context manager giving the stored archive of a backup as a readable stream."""
         meta = self.get_backup(backup_id)
         return self.store.open_archive(meta["archive"])
-
-
-class _Tee:
-    """Reads from ``src`` and writes what it read to ``out``."""
-
-    def __init__(self, src, out):
-        self.src, self.out = src, out
-
-    def read(self, size=-1):
-        data = self.src.read(size)
-        self.out.write(data)
-        return data
 
 
 def _check_mode(mode):

@@ -5,6 +5,7 @@ Free of tornado: the REST handlers start jobs and read their state; so could any
 
 import datetime
 import logging
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -52,6 +53,15 @@ class Job:
         }
 
 
+def _background_priority():
+    """Jobs run below the server's own threads (nice 10; the threads a job starts inherit it):
+    a backup keeps several cores busy, and the server must go on answering at once meanwhile."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at the normal priority
+        pass
+
+
 def _raise_cancelled():
     raise Cancelled("The server is shutting down; the job was stopped and nothing partial was kept.")
 
@@ -60,7 +70,8 @@ class JobRunner:
     """Runs one job at a time (a second one is refused with :class:`Busy`) in a worker thread."""
 
     def __init__(self):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ailab-backup-job")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ailab-backup-job",
+                                            initializer=_background_priority)
         self._jobs = OrderedDict()
         self._lock = threading.Lock()
         self._active = None

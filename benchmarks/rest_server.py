@@ -1,11 +1,12 @@
 """Benchmark of the REST API in a real Jupyter server (run on demand, not a test).
 
-1. Responsiveness: GET /api/status latency (p50, p99) while a backup of about 500 MB runs in the
-   same server. Target: p99 under 100 ms.
+1. Responsiveness: GET /api/status latency (p50, p99, max) while backups of about 500 MB run in
+   the same server, one after another (``--rounds``, so that the p99 rests on enough requests).
+   Target: p99 under 100 ms.
 2. Memory: the server's RSS growth over an upload and a download of a 300 MB archive.
    Target: under 100 MB.
 
-    python benchmarks/rest_server.py [--size-mb 500] [--archive-mb 300]
+    python benchmarks/rest_server.py [--size-mb 500] [--archive-mb 300] [--rounds 3]
 
 Local mode (the server's own notebooks folder): the backup then runs inside the server process,
 the hardest case for its event loop.
@@ -69,6 +70,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--archive-mb", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="backups during which the latency is measured")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="ailab-bench-")
     root, store = os.path.join(tmp, "root"), os.path.join(tmp, "store")
@@ -87,18 +89,21 @@ def main():
             except requests.ConnectionError:
                 time.sleep(0.1)
 
-        # 1. latency of /api/status while a backup runs
-        job = requests.post(base + "/ailab/backup", json={"label": "bench"}, headers=auth).json()["job"]
-        latencies, done = [], threading.Event()
-        waiter = threading.Thread(target=lambda: (wait_job(base, auth, job["id"]), done.set()))
-        waiter.start()
+        # 1. latency of /api/status while a backup runs; several backups, so that the p99 rests on
+        # well over 100 requests (with fewer it is merely the slowest one)
+        latencies = []
         session = requests.Session()
-        while not done.is_set():
-            start = time.perf_counter()
-            session.get(base + "/api/status", headers=auth).raise_for_status()
-            latencies.append((time.perf_counter() - start) * 1000)
-            time.sleep(0.02)
-        waiter.join()
+        for _ in range(args.rounds):
+            job = requests.post(base + "/ailab/backup", json={"label": "bench"}, headers=auth).json()["job"]
+            done = threading.Event()
+            waiter = threading.Thread(target=lambda job=job, done=done: (wait_job(base, auth, job["id"]), done.set()))
+            waiter.start()
+            while not done.is_set():
+                start = time.perf_counter()
+                session.get(base + "/api/status", headers=auth).raise_for_status()
+                latencies.append((time.perf_counter() - start) * 1000)
+                time.sleep(0.02)
+            waiter.join()
         latencies.sort()
         p50 = statistics.median(latencies)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -132,12 +137,14 @@ def main():
         sampler.join()
         size_mb = os.path.getsize(archive) / 1e6
         results = {
-            "status_p50_ms": round(p50, 1), "status_p99_ms": round(p99, 1), "status_samples": len(latencies),
+            "status_p50_ms": round(p50, 1), "status_p99_ms": round(p99, 1), "status_max_ms": round(latencies[-1], 1),
+            "status_samples": len(latencies), "status_rounds": args.rounds,
             "backup_mb": args.size_mb, "archive_mb": round(size_mb), "upload_status": upload.status_code,
             "rss_before_mb": round(before), "rss_peak_mb": round(peak), "rss_growth_mb": round(peak - before),
         }
-        print(f"GET /api/status during a {args.size_mb} MB backup: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-              f"({len(latencies)} requests; target p99 < 100 ms) -> {'MET' if p99 < 100 else 'MISSED'}")
+        print(f"GET /api/status during {args.rounds} backups of {args.size_mb} MB: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+              f"max {latencies[-1]:.1f} ms ({len(latencies)} requests; target p99 < 100 ms) -> "
+              f"{'MET' if p99 < 100 else 'MISSED'}")
         print(f"Download + upload of a {size_mb:.0f} MB archive: server RSS {before:.0f} -> peak {peak:.0f} MB, "
               f"growth {peak - before:.0f} MB (target < 100 MB) -> {'MET' if peak - before < 100 else 'MISSED'}; "
               f"upload answered {upload.status_code}")
