@@ -12,7 +12,7 @@ import socket
 import tarfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 from .archive import CHUNK, IterStream
 from .errors import BackupError, NotFound, Unavailable
@@ -81,6 +81,9 @@ def read_ahead(chunks, depth=8):
             offer(end)
         except BaseException as exc:  # noqa: BLE001 - handed to the reader below
             offer(exc)
+        finally:
+            if hasattr(chunks, "close"):  # a generator left midway: its own cleanup runs now
+                chunks.close()
 
     thread = threading.Thread(target=pump, daemon=True, name="ailab-backup-read-ahead")
     thread.start()
@@ -268,10 +271,12 @@ class DockerHelper:
 
     def put_archive(self, container, path, data, what):
         """put_archive with :meth:`answering`'s errors; ``what`` names the place written to."""
-        if not isinstance(data, (bytes, bytearray)):
-            data = read_ahead(data)  # the tar is made in a thread while Docker unpacks what came
-        with self.answering(f"write into {what}"):
-            return container.put_archive(path, data)
+        if isinstance(data, (bytes, bytearray)):
+            with self.answering(f"write into {what}"):
+                return container.put_archive(path, data)
+        # the tar is made in a thread while Docker unpacks what came; closed whatever happens
+        with closing(read_ahead(data)) as chunks, self.answering(f"write into {what}"):
+            return container.put_archive(path, chunks)
 
     @contextmanager
     def archive_stream(self, container, path):

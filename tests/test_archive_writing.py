@@ -80,3 +80,29 @@ def test_incompressible_files_are_stored_as_they_are_and_any_zstd_reads_them(tmp
     subprocess.check_call(["tar", "--zstd", "-xf", str(path), "-C", str(tmp_path)])
     assert (tmp_path / "notebooks" / "noise.bin").read_bytes() == noise
     assert (tmp_path / "notebooks" / "a.ipynb").read_bytes() == text
+
+
+def test_a_stream_made_ahead_and_left_midway_is_closed_at_its_source():
+    """put_archive makes its tar in a thread (read_ahead); when Docker fails midway, what made the
+    tar (an open archive, a hashing thread) must be closed, not left waiting."""
+    import threading
+    import time
+
+    from ailab_backup_ext.docker_helper import read_ahead
+
+    closed = threading.Event()
+
+    def source():
+        try:
+            while True:
+                yield b"x" * (1024 * 1024)
+        finally:
+            closed.set()
+
+    chunks = read_ahead(source())
+    assert len(next(chunks)) >= 1024 * 1024
+    chunks.close()  # the reader (the request to Docker) gave up
+    deadline = time.monotonic() + 5
+    while not closed.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closed.is_set()
