@@ -210,13 +210,16 @@ class DockerHelper:
 
     @contextmanager
     def container(self, mounts, command=("true",)):
-        """A created (not started) helper container, removed on leaving whatever happens."""
+        """A created (not started) helper container, removed on leaving whatever happens. It runs
+        ``command`` as root in place of the image's own entrypoint (AI-Lab's would start a server)."""
         image = self.image()
         self._remove_orphans()
         with self.answering("create a helper container"):
             created = self.client.containers.create(
                 image,
-                list(command),
+                list(command[1:]),
+                entrypoint=[command[0]],
+                user="0:0",
                 mounts=mounts,
                 labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
                 network_disabled=True,

@@ -1,6 +1,7 @@
 """Safe restore: preview, selective restore, undo (also after a restore killed midway), SCS
 safety and retention, on a real Docker volume and locally."""
 
+import hashlib
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.progress import Progress
 from test_roundtrip import fill_volume, make_tree
-from treeutil import run_in_volume, volume_snapshot
+from treeutil import HELPER_IMAGE, run_in_volume, volume_snapshot
 
 SCS = "ai_lab_secure_configuration_storage.sqlite"
 
@@ -181,3 +182,35 @@ def test_cli_dry_run_and_path(tmp_path, capsys):
     assert (source / "sub" / "x.txt").read_text() == "x" and (source / "y.txt").read_text() == "changed"
     assert main(["--source-dir", str(source), "--store", store, "restore", backup_id, "--path", "nope"]) == 1
     assert "not in this backup" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def image_with_entrypoint(docker_client):
+    """An image like AI-Lab's: an entrypoint of its own (AI-Lab's starts a server; this one fails
+    at once) and a user that is not root. Made from the helper image, without a registry."""
+    name = "ailab-backup-entrypoint:test"
+    base = docker_client.containers.create(HELPER_IMAGE, ["true"])
+    try:
+        exported = b"".join(base.export())
+    finally:
+        base.remove(force=True)
+    docker_client.api.import_image_from_data(
+        exported, repository=name.split(":")[0], tag="test",
+        changes=['ENTRYPOINT ["/bin/false"]', "USER 1000"])
+    yield name
+    docker_client.images.remove(name, force=True)
+
+
+def test_helpers_run_their_command_whatever_the_image_entrypoint(docker_client, make_volume, image_with_entrypoint):
+    """A replace that removes files and renames the SCS needs helpers that run commands; with
+    AI-Lab's image as the helper image they must run ours, as root, not the image's entrypoint."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, f"cd /v && echo one > a.txt && echo scs > {SCS}")
+    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image_with_entrypoint))
+    backup = manager.create_backup()
+    run_in_volume(docker_client, volume, f"cd /v && echo two > a.txt && echo extra > b.txt && echo new > {SCS}")
+    manager.restore_backup(backup["id"], "replace")
+    after = volume_snapshot(docker_client, volume)
+    assert set(after) == {".", "a.txt", SCS}  # b.txt removed by a helper's rm
+    assert after["a.txt"][-1] == hashlib.sha256(b"one\n").hexdigest()
+    assert after[SCS][-1] == hashlib.sha256(b"scs\n").hexdigest()  # renamed into place by a helper's mv
