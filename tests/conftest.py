@@ -2,15 +2,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
-import requests
 from jupyter_server.auth import passwd
 
 import pytest
 
-from restutil import server_config
+from ailab_backup_ext.client import BackupClient
+from restutil import server_config, wait_for_server
 from treeutil import HELPER_IMAGE
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -108,13 +107,15 @@ def password_only_server(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(100):
-            try:
-                requests.get(base + "api/status", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        wait_for_server(server, base + "api/status", 20)
         yield base, runtime
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.fixture
+def client(jp_serverapp, jp_fetch, jp_http_port, jp_base_url):
+    """A BackupClient of the test server (jp_fetch: its http_server_client is what makes the
+    server listen on jp_http_port)."""
+    return BackupClient(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", token=jp_serverapp.identity_provider.token)

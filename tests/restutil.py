@@ -2,11 +2,33 @@
 
 import asyncio
 import json
+import time
 
 import requests
 from jupyter_client import BlockingKernelClient
 
 from tornado.httpclient import HTTPClientError
+
+
+def wait_for_server(process, url, timeout=120, log=lambda: ""):
+    """Wait until the server started as ``process`` answers ``url`` (any HTTP answer: it is up);
+    fail, with ``log()``, when it ends first or takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log()
+        try:
+            requests.get(url, timeout=5)
+            return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"the server did not answer {url} in {timeout} s\n{log()}"
+        time.sleep(0.2)
+
+
+def run(fn, *args, **kwargs):
+    """A blocking call (the client, the panel) from an async test: in a thread, so the server
+    in this event loop can answer it."""
+    return asyncio.to_thread(fn, *args, **kwargs)
 
 
 def server_config(**ailab_backup):

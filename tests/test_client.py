@@ -4,14 +4,13 @@ errors it raises, a download/upload round trip, and the kernel credential on a p
 The in-process server runs on the test's own event loop: blocking client calls go to a thread.
 """
 
-import asyncio
 import json
 import os
 
 import pytest
 
 from ailab_backup_ext.client import BackupClient, BackupClientError
-from restutil import call
+from restutil import call, run
 from restutil import run_in_new_kernel
 
 CHUNK_BIG = 30_000_000
@@ -25,15 +24,6 @@ def notebooks(jp_root_dir):
     (jp_root_dir / "sub" / "data.bin").write_bytes(os.urandom(200_000))
     return jp_root_dir
 
-
-@pytest.fixture
-def client(jp_serverapp, jp_fetch, jp_http_port, jp_base_url):
-    # jp_fetch: its http_server_client is what makes the server listen on jp_http_port
-    return BackupClient(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", token=jp_serverapp.identity_provider.token)
-
-
-def run(fn, *args, **kwargs):
-    return asyncio.to_thread(fn, *args, **kwargs)
 
 
 def stored_archive(tmp_path, backup):

@@ -5,17 +5,16 @@ The in-process server runs on the test's own event loop, so everything that may 
 waiting for the panel's background threads) runs in a thread.
 """
 
-import asyncio
 import json
 import os
 import time
 
 import pytest
 
-from ailab_backup_ext.client import BackupClient
 from ailab_backup_ext.handlers import SETTINGS_KEY
 from ailab_backup_ext.panel import BackupPanel
 from ailab_backup_ext.schedule import Scheduler
+from restutil import run
 
 SCS = "ai_lab_secure_configuration_storage.sqlite"
 
@@ -26,14 +25,6 @@ def notebooks(jp_root_dir):
     (jp_root_dir / SCS).write_bytes(b"encrypted bytes")
     return jp_root_dir
 
-
-@pytest.fixture
-def client(jp_serverapp, jp_fetch, jp_http_port, jp_base_url):
-    return BackupClient(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", token=jp_serverapp.identity_provider.token)
-
-
-def run(fn, *args, **kwargs):
-    return asyncio.to_thread(fn, *args, **kwargs)
 
 
 async def settled(panel):

@@ -11,12 +11,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
+
+from restutil import wait_for_server
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOK = PROJECT / "notebooks" / "backup_and_restore.ipynb"
@@ -54,16 +55,7 @@ def lab(tmp_path):
         env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "lab.log").read_text()[-3000:]
-            try:
-                if requests.get(base + "api/status", params={"token": TOKEN}, timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "JupyterLab did not start in 120 s"
-            time.sleep(0.3)
+        wait_for_server(server, base + "api/status", 120, lambda: (tmp_path / "lab.log").read_text()[-3000:])
         yield base, tmp_path
     finally:
         server.terminate()

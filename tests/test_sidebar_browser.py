@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from test_roundtrip import fill_volume, make_tree
+from restutil import wait_for_server
 from treeutil import HELPER_IMAGE, run_in_volume, volume_snapshot
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -105,16 +105,7 @@ def running_lab(tmp_path, docker_client, volume, store):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            try:
-                if requests.get(base + "api/status", params={"token": TOKEN}, timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "JupyterLab did not start in 180 s"
-            time.sleep(0.3)
+        wait_for_server(server, base + "api/status", 180, lambda: log_path.read_text(errors="replace")[-3000:])
         yield Lab(base, volume, store, tmp_path)
     finally:
         _stop(server)
@@ -199,13 +190,20 @@ def _shot(page, panel, name):
     panel.screenshot(path=str(ARTIFACTS / name), animations="disabled")
 
 
+@contextlib.contextmanager
+def shown_on_failure(page, name):
+    """On a failure, a screenshot of what the browser showed (ARTIFACTS/name)."""
+    try:
+        yield
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / name))
+        raise
+
+
 def test_sidebar_backup_download_upload_restore_delete(lab, page, docker_client):
     page, errors = page
-    try:
+    with shown_on_failure(page, "sidebar-failure.png"):
         _scenario(lab, page, errors, docker_client)
-    except BaseException:
-        page.screenshot(path=str(ARTIFACTS / "sidebar-failure.png"))  # what the browser showed
-        raise
 
 
 def _scenario(lab, page, errors, docker_client):

@@ -30,6 +30,7 @@ from test_sidebar_browser import (  # noqa: F401 - page is a fixture used here
     _shot,
     page,
     running_lab,
+    shown_on_failure,
 )
 from treeutil import run_in_volume, volume_snapshot
 
@@ -70,11 +71,8 @@ def _under(path, folder=FOLDER):
 
 def test_sidebar_preview_selective_restore_undo_schedule(lab, page, docker_client):
     page, errors = page
-    try:
+    with shown_on_failure(page, "sidebar-safe-restore-failure.png"):
         _scenario(lab, page, errors, docker_client)
-    except BaseException:
-        page.screenshot(path=str(ARTIFACTS / "sidebar-safe-restore-failure.png"))  # what the browser showed
-        raise
 
 
 def _scenario(lab, page, errors, docker_client):

@@ -35,6 +35,7 @@ from hardutil import (
     remove_our_helpers,
     wait_until,
 )
+from restutil import wait_for_server
 from treeutil import HELPER_IMAGE, run_in_volume, volume_snapshot
 
 MB = 1 << 20
@@ -295,15 +296,8 @@ class JupyterServer:
         self.log_path = self.tmp_path / f"server-{self.runs}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(300):
-            assert self.proc.poll() is None, self.log()
-            try:
-                if requests.get(self.base + "api/status", headers=self.auth, timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the server did not start:\n" + self.log())
+        wait_for_server(self.proc, self.base + "api/status", 30, self.log)
+        return self
 
     @property
     def auth(self):

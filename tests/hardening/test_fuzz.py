@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ailab_backup_ext.archive import Manifest, read_archive, write_archive, Entry
 from ailab_backup_ext.errors import InvalidArchive, TooLarge
 from ailab_backup_ext.handlers import OPENAPI_PATH
+from restutil import wait_for_server
 
 with open(OPENAPI_PATH) as f:
     SCHEMA = schemathesis.openapi.from_dict(json.load(f))
@@ -44,12 +45,7 @@ def server(tmp_path_factory):
     base = f"http://127.0.0.1:{port}/ailab/backup"
     auth = {"Authorization": f"token {TOKEN}"}
     try:
-        for _ in range(150):
-            try:
-                requests.get(base + "/status", headers=auth, timeout=2)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        wait_for_server(process, base + "/status", 30)
         job = requests.post(base, json={"label": "fuzz"}, headers=auth).json()["job"]
         for _ in range(100):
             if requests.get(f"{base}/jobs/{job['id']}", headers=auth).json()["state"] == "succeeded":
