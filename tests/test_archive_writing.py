@@ -65,11 +65,13 @@ def test_a_backup_whose_archive_does_not_decode_is_not_kept(corrupting_zstd, tmp
     assert os.listdir(store / "data") == []  # no partial file either
 
 
-def test_incompressible_files_are_stored_as_they_are_and_any_zstd_reads_them(tmp_path):
+def test_incompressible_files_cost_no_more_than_their_size_and_any_zstd_reads_them(tmp_path):
+    """Such files go into frames of raw blocks (a speed matter, seen in the benchmark); what a
+    user sees is that nothing grows and that plain tar --zstd still unpacks the archive."""
     noise, text = os.urandom(3 * 1024 * 1024), notebook_text(20_000)
     out = io.BytesIO()
     size, _ = write_archive(out, entries({"noise.bin": noise, "a.ipynb": text}), Manifest("now", {}), "zstd")
-    # stored: no bigger than the noise itself plus the small compressed part and block headers
+    # no bigger than the noise itself plus the small compressed part and block headers
     assert size < len(noise) + len(text) // 3
     manifest = read_archive(io.BytesIO(out.getvalue()))
     assert {e.path: e.size for e in manifest.entries if e.type == "file"} == {"noise.bin": len(noise), "a.ipynb": len(text)}
