@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from .archive import (
     CHUNK,
@@ -236,11 +236,12 @@ class BackupManager:
 
     def verify_backup(self, backup_id, progress=None):
         """Re-read a stored backup and check every entry against its manifest."""
-        meta = self.get_backup(backup_id)
-        progress = progress or Progress()
-        progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
-        with self._checked_copy(meta, progress) as (_, manifest):
-            pass
+        with self._one_operation():
+            meta = self.get_backup(backup_id)
+            progress = progress or Progress()
+            progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
+            with self._checked_copy(meta, progress) as (_, manifest):
+                pass
         return {"id": backup_id, "ok": True, "files": manifest.file_count, "bytes": manifest.total_bytes}
 
     # backing up ------------------------------------------------------------------------------
@@ -250,9 +251,16 @@ class BackupManager:
         if not self._busy.acquire(blocking=False):
             raise Busy("A backup or restore of this source is already running. Wait for it to end.")
         try:
-            yield
+            with self._one_operation():
+                yield
         finally:
             self._busy.release()
+
+    @contextmanager
+    def _one_operation(self):
+        """Helper containers with the same mounts are shared until the operation ends."""
+        with self.docker.session() if self.docker else nullcontext():
+            yield
 
     def _safe_entries(self, entries, skipped, excludes):
         """What a source holds, minus what is excluded or cannot be restored safely (recorded in
@@ -386,6 +394,10 @@ class BackupManager:
         completely, then a safety backup of the current state is taken (for undo), and only then
         is anything changed."""
         _check_mode(mode)
+        with self._one_operation():
+            return self._restore(backup_id, mode, progress, paths)
+
+    def _restore(self, backup_id, mode, progress, paths):
         meta = self.get_backup(backup_id)
         progress = progress or Progress()
         with self._busy_guard():
@@ -428,6 +440,10 @@ class BackupManager:
         """A dry run: what restoring would add, overwrite (with a cell summary for notebooks),
         remove (replace only) and leave unchanged. Changes nothing."""
         _check_mode(mode)
+        with self._one_operation():
+            return self._plan(backup_id, mode, paths, progress)
+
+    def _plan(self, backup_id, mode, paths, progress):
         meta = self.get_backup(backup_id)
         progress = progress or Progress()
         source = self.source

@@ -214,3 +214,19 @@ def test_helpers_run_their_command_whatever_the_image_entrypoint(docker_client, 
     assert set(after) == {".", "a.txt", SCS}  # b.txt removed by a helper's rm
     assert after["a.txt"][-1] == hashlib.sha256(b"one\n").hexdigest()
     assert after[SCS][-1] == hashlib.sha256(b"scs\n").hexdigest()  # renamed into place by a helper's mv
+
+
+def test_one_operation_runs_each_of_its_helper_commands_in_a_volume_store(docker_client, make_volume):
+    """An operation shares one helper per set of mounts, so a backup that prunes several old
+    backups from a store volume starts that helper once per removal: each must run its own."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, "cd /v && echo one > a.txt")
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    old = [manager.create_backup()["id"] for _ in range(3)]
+    manager.config.keep_last = 1
+    manager.config.prune_after_backup = True
+    newest = manager.create_backup()["id"]
+    assert [b["id"] for b in manager.list_backups()] == [newest]
+    stored = run_in_volume(docker_client, store, "cd /v && ls data meta")
+    assert not any(backup_id in stored for backup_id in old)
+    assert newest in stored

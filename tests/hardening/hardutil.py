@@ -23,6 +23,13 @@ def our_helpers(client, pid=None, host=None):
     return client.containers.list(all=True, sparse=True, filters={"label": [HELPER, owner_label(pid, host)]})
 
 
+def our_helper_mounting(client, volume):
+    """Our one helper container that mounts ``volume`` (an operation shares one per mount)."""
+    [helper] = [c for c in our_helpers(client)
+                if any(m.get("Name") == volume for m in c.attrs.get("Mounts") or [])]
+    return helper
+
+
 def remove_our_helpers(client, pid=None, host=None):
     """Remove the helpers of ``pid`` on ``host`` (this process by default), never others'."""
     for helper in our_helpers(client, pid, host):

@@ -19,17 +19,17 @@ import uuid
 
 import pytest
 import requests
-from docker.models.containers import ContainerCollection
 
 from ailab_backup_ext import cli
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
-from ailab_backup_ext.docker_helper import OWNER_LABEL, DockerHelper
+from ailab_backup_ext.docker_helper import DockerHelper
 from ailab_backup_ext.errors import BackupError, NotFound
 from ailab_backup_ext.progress import Progress
 from hardutil import (
     files_below,
     files_in_volume,
+    our_helper_mounting,
     our_helpers,
     our_spools,
     remove_our_helpers,
@@ -139,7 +139,7 @@ def test_helper_left_by_a_docker_outage_is_removed_by_the_next_operation(outage,
     stop = stop_when(docker_proxy.kill, "backing up", 6 * MB)
     with pytest.raises(Exception):
         manager.create_backup(progress=Progress(stop))
-    assert len(our_helpers(docker_client)) == 1  # the engine never heard of its removal
+    assert our_helpers(docker_client)  # the engine never heard of their removal
     docker_proxy.start()
     manager.docker.remove_stale_helpers()  # what a server runs at start: dead owners only
     manager.create_backup()  # the next operation
@@ -170,7 +170,7 @@ def test_helper_killed_while_the_volume_is_read(store_kind, volume_40mb, docker_
     def kill_helper():
         # from another thread: Docker answers the removal only once the copy ended, and this
         # callback runs in the thread that reads the copy
-        [helper] = our_helpers(docker_client)
+        helper = our_helper_mounting(docker_client, volume_40mb)
         thread = threading.Thread(target=lambda: removals.append(_force_remove(helper)), daemon=True)
         thread.start()
 
@@ -199,28 +199,13 @@ def _force_remove(container):
         return repr(exc)
 
 
-def test_helper_killed_while_the_backup_is_stored(volume_40mb, docker_client, make_volume, monkeypatch):
+def test_helper_killed_while_the_backup_is_stored(volume_40mb, docker_client, make_volume):
     store = make_volume("ailabstore")
     manager = BackupManager(AILabBackup(volume=volume_40mb, store=store))
-    manager.list_backups()  # the store volume's helper machinery is warm
-    armed = threading.Event()
-    real_create = ContainerCollection.create
-    ours = f"{socket.gethostname()}:{os.getpid()}"
-
-    def create(self, *args, **kwargs):
-        container = real_create(self, *args, **kwargs)
-        if armed.is_set() and (kwargs.get("labels") or {}).get(OWNER_LABEL) == ours:
-            armed.clear()
-            container.remove(force=True)  # killed just after it was made, before the archive is copied in
-        return container
-
-    monkeypatch.setattr(ContainerCollection, "create", create)
-    stop = stop_when(armed.set, "storing", -1)
-    try:
-        with pytest.raises(BackupError):
-            manager.create_backup(progress=Progress(stop))
-    finally:
-        monkeypatch.undo()
+    # the store's helper is killed once the archive is made, before it is copied into the store
+    stop = stop_when(lambda: our_helper_mounting(docker_client, store).remove(force=True), "storing", -1)
+    with pytest.raises(BackupError):
+        manager.create_backup(progress=Progress(stop))
     assert stop.fired.is_set()
     assert manager.list_backups() == []
     assert files_in_volume(docker_client, store) == []
