@@ -587,8 +587,9 @@ def write_archive(out, entries, manifest, compression, progress=None, sync=False
 
     The work is shared by threads, since hashing, compressing, decoding and writing release the
     GIL: this one reads and compresses, one hashes the large files, one writes the compressed
-    bytes and decodes them again, one hashes them. So the archive is checked as it is written: it decodes back to exactly the bytes that went in (the compressed format's
-    checksum, and the length), or this raises and nothing is kept. With ``sync``, ``out`` (a
+    bytes and decodes them again, one hashes them. So the archive is checked as it is written:
+    it decodes back to exactly the bytes that went in (the compressed format's checksum, and the
+    length), or this raises and nothing is kept. With ``sync``, ``out`` (a
     file) is flushed to disk as it goes, for a caller that fsyncs it at the end."""
     sink = _VerifiedSink(out, compression, sync)
     hasher = hashing_worker()

@@ -407,12 +407,12 @@ class BackupManager:
             with self._checked_copy(meta, progress) as (path, manifest):
                 chosen = normalize_paths(paths, {e.path for e in manifest.entries})
                 restored = selected(manifest.entries, chosen)
-                source.check_space(sum(e.size for e in restored if e.type == FILE))
+                total = sum(e.size for e in restored if e.type == FILE)
+                source.check_space(total)
                 safety = None
                 if self.config.safety_backup:
                     safety = self._create(f"Before restoring {backup_id}", "safety", progress)
                 wanted = {e.path for e in restored}
-                total = sum(e.size for e in restored if e.type == FILE)
                 progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))
                 with open(path, "rb") as f:  # checked completely above: read it through once more
                     items = iter_archive(f, self.config.max_archive_bytes, progress, check_content=False)

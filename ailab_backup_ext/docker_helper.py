@@ -1,6 +1,7 @@
 """Talking to Docker: short-lived helper containers that mount a volume, and finding our own
 container. The archive API (get/put archive) works on created, never started containers, so most
-operations never run anything; only removals run ``rm`` in the helper image.
+operations never run anything; only renames and removals start a helper (``sh``, ``mv``, ``rm``,
+``xargs`` of the helper image). One operation shares one helper per set of mounts.
 """
 
 import errno
@@ -15,7 +16,7 @@ import threading
 import time
 from contextlib import closing, contextmanager
 
-from .archive import CHUNK, IterStream
+from .archive import CHUNK, IterStream, TarReader
 from .errors import BackupError, NotFound, Unavailable
 from .store import pid_alive
 
@@ -339,6 +340,13 @@ class DockerHelper:
                 chunks.close()
         finally:
             response.close()
+
+    def tar_members(self, container, path):
+        """``(tar, info)`` for each member of ``path`` in the container, read as Docker streams it."""
+        with self.archive_stream(container, path) as stream:
+            tar = TarReader(stream.read)
+            for info in tar:
+                yield tar, info
 
     def run(self, mounts, command, files=None):
         """Run ``command`` in a helper container, with ``files`` ({path: bytes}) put in first. A

@@ -22,7 +22,6 @@ from .archive import (
     ROOT,
     SYMLINK,
     Entry,
-    TarReader,
     entry_from_tarinfo,
     tar_stream,
 )
@@ -330,9 +329,9 @@ class DockerMountSource:
 
     def _tar_members(self, helper, path):
         try:
-            with self.docker.archive_stream(helper, path) as stream:
-                tar = TarReader(stream.read)
-                for info in tar:
+            # closed with this generator: Docker's stream must end before the helper is removed
+            with closing(self.docker.tar_members(helper, path)) as members:
+                for tar, info in members:
                     # Docker names members after the folder asked for: strip that first part
                     _, _, rest = info.name.partition("/")
                     yield tar, info, rest or ROOT
@@ -397,8 +396,9 @@ class DockerMountSource:
                     folders.append((entry, None))
                 yield entry, content
 
+        what = f"the {self.kind} {self.name!r}"
         with self.docker.container(self._mounts(read_only=False)) as helper:
-            self.docker.put_archive(helper, parent, tar_stream(staged(), root_name), f"the {self.kind} {self.name!r}")
+            self.docker.put_archive(helper, parent, tar_stream(staged(), root_name), what)
         extras = removable_extras(current, keep, protected, scope) if replace else []
         if not (renames or extras):
             return
@@ -414,4 +414,4 @@ class DockerMountSource:
         )
         # renaming and removing changed the times of the folders involved: set them again
         with self.docker.container(self._mounts(read_only=False)) as helper:
-            self.docker.put_archive(helper, parent, tar_stream(folders, root_name), f"the {self.kind} {self.name!r}")
+            self.docker.put_archive(helper, parent, tar_stream(folders, root_name), what)

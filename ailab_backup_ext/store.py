@@ -13,7 +13,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 
-from .archive import DIR, FILE, Entry, TarReader, tar_stream
+from .archive import DIR, FILE, Entry, tar_stream
 from .errors import NotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -208,10 +208,7 @@ class VolumeStore:
 
     def _members(self, helper, path):
         try:
-            with self.docker.archive_stream(helper, path) as stream:
-                tar = TarReader(stream.read)
-                for info in tar:
-                    yield tar, info
+            yield from self.docker.tar_members(helper, path)
         except NotFound:
             return
 
