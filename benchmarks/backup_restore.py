@@ -562,7 +562,7 @@ from docker.types import Mount
 mode, volume, image, label = sys.argv[1:5]
 client = docker.from_env(timeout=600)
 api = client.api
-helper = api.create_container(image, ["true"], labels={label.split("=")[0]: label.split("=")[1]},
+helper = api.create_container(image, ["true"], labels=dict([label.split("=", 1)]),
                               host_config=api.create_host_config(mounts=[Mount("/notebooks", volume, type="volume")]))
 try:
     if mode == "out":  # read the stream through and drop it

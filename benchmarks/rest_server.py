@@ -61,7 +61,9 @@ def start_server(root, store, port):
 def wait_job(base, auth, job_id):
     while True:
         job = requests.get(f"{base}/ailab/backup/jobs/{job_id}", headers=auth).json()
-        if job["state"] in ("succeeded", "failed"):
+        if job["state"] == "failed":  # figures taken around a failed backup would mean nothing
+            raise SystemExit(f"the benchmark's backup failed: {job.get('error')}")
+        if job["state"] == "succeeded":
             return job
         time.sleep(0.2)
 
@@ -95,15 +97,19 @@ def main():
         session = requests.Session()
         for _ in range(args.rounds):
             job = requests.post(base + "/ailab/backup", json={"label": "bench"}, headers=auth).json()["job"]
-            done = threading.Event()
-            waiter = threading.Thread(target=lambda job=job, done=done: (wait_job(base, auth, job["id"]), done.set()))
+            finished = []
+            waiter = threading.Thread(target=lambda job=job: finished.append(wait_job(base, auth, job["id"])))
             waiter.start()
-            while not done.is_set():
+            while waiter.is_alive():
                 start = time.perf_counter()
                 session.get(base + "/api/status", headers=auth).raise_for_status()
                 latencies.append((time.perf_counter() - start) * 1000)
                 time.sleep(0.02)
             waiter.join()
+            if not finished:
+                raise SystemExit("the benchmark's backup failed")
+            # each round's backup is deleted, so the store holds one at a time
+            requests.delete(f"{base}/ailab/backup/{finished[0]['backup_id']}", headers=auth).raise_for_status()
         latencies.sort()
         p50 = statistics.median(latencies)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]

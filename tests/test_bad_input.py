@@ -793,7 +793,7 @@ def test_metadata_naming_an_archive_outside_the_store_read(place, capsys, comman
 
 def test_metadata_naming_an_archive_outside_the_store_delete(place, capsys):
     _tamper_archive_name(place)
-    run_cli(capsys, place.args("delete", BACKUP_ID))
+    assert_refused(run_cli(capsys, place.args("delete", BACKUP_ID)), "No backup has the id")
     assert (place.root / "home" / "outside.txt").exists(), "delete removed a file outside the store"
 
 

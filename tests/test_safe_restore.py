@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import threading
+import uuid
 
 import pytest
 
@@ -188,14 +189,15 @@ def test_cli_dry_run_and_path(tmp_path, capsys):
 def image_with_entrypoint(docker_client):
     """An image like AI-Lab's: an entrypoint of its own (AI-Lab's starts a server; this one fails
     at once) and a user that is not root. Made from the helper image, without a registry."""
-    name = "ailab-backup-entrypoint:test"
+    tag = uuid.uuid4().hex[:10]  # a parallel run's image is not removed under it
+    name = f"ailab-backup-entrypoint:{tag}"
     base = docker_client.containers.create(HELPER_IMAGE, ["true"])
     try:
         exported = b"".join(base.export())
     finally:
         base.remove(force=True)
     docker_client.api.import_image_from_data(
-        exported, repository=name.split(":")[0], tag="test",
+        exported, repository="ailab-backup-entrypoint", tag=tag,
         changes=['ENTRYPOINT ["/bin/false"]', "USER 1000"])
     yield name
     docker_client.images.remove(name, force=True)
@@ -222,11 +224,11 @@ def test_one_operation_runs_each_of_its_helper_commands_in_a_volume_store(docker
     volume, store = make_volume(), make_volume("ailabstore")
     run_in_volume(docker_client, volume, "cd /v && echo one > a.txt")
     manager = BackupManager(AILabBackup(volume=volume, store=store))
-    old = [manager.create_backup()["id"] for _ in range(3)]
+    for _ in range(3):
+        manager.create_backup()
     manager.config.keep_last = 1
     manager.config.prune_after_backup = True
     newest = manager.create_backup()["id"]
     assert [b["id"] for b in manager.list_backups()] == [newest]
-    stored = run_in_volume(docker_client, store, "cd /v && ls data meta")
-    assert not any(backup_id in stored for backup_id in old)
-    assert newest in stored
+    stored = run_in_volume(docker_client, store, "find /v/data /v/meta -type f").split()
+    assert sorted(stored) == [f"/v/data/{newest}.tar.zst", f"/v/meta/{newest}.json"]

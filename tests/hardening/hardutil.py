@@ -59,10 +59,6 @@ class DockerProxy:
         self._stop = threading.Event()
         self._thread = None
 
-    @property
-    def running(self):
-        return self._listener is not None
-
     def start(self):
         assert self._listener is None, "already running"
         if os.path.exists(self.path):

@@ -6,6 +6,7 @@ before and after."""
 import hashlib
 import json
 import os
+import uuid
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_cli_refuses_it_and_changes_nothing(tmp_path, capsys, name):
 
 @pytest.fixture(scope="module")
 def corpus_volume(docker_client):
-    volume = docker_client.volumes.create("ailabtest-corpus")
+    volume = docker_client.volumes.create(f"ailabtest-corpus-{uuid.uuid4().hex[:10]}")  # not a parallel run's
     run_in_volume(docker_client, volume.name, "echo mine > /v/a.ipynb && mkdir /v/sub && echo keep > /v/sub/keep.txt")
     yield volume.name
     volume.remove(force=True)

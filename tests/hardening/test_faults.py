@@ -86,7 +86,7 @@ def test_docker_stopping_during_a_backup_keeps_nothing_and_leaves_the_volume_alo
     manager, volume, store = outage
     before = volume_snapshot(docker_client, volume)
     stop = stop_when(docker_proxy.kill, "backing up", 6 * MB)
-    with pytest.raises(Exception):
+    with pytest.raises(BackupError):
         manager.create_backup(progress=Progress(stop))
     assert stop.fired.is_set()
 
@@ -104,7 +104,7 @@ def test_docker_stopping_during_a_restore_is_undone_exactly(outage, docker_clien
     run_in_volume(docker_client, volume, "cd /v && echo v2 > sub/a.txt && echo new > b.txt && rm intro.ipynb")
     before = volume_snapshot(docker_client, volume)
     stop = stop_when(docker_proxy.kill, "restoring", 6 * MB)
-    with pytest.raises(Exception):
+    with pytest.raises(BackupError):
         manager.restore_backup(backup["id"], "replace", Progress(stop))
     assert stop.fired.is_set()
 
@@ -137,7 +137,7 @@ def test_docker_stopping_is_one_clear_line_from_the_cli(command, outage, docker_
 def test_helper_left_by_a_docker_outage_is_removed_by_the_next_operation(outage, docker_client, docker_proxy):
     manager, volume, store = outage
     stop = stop_when(docker_proxy.kill, "backing up", 6 * MB)
-    with pytest.raises(Exception):
+    with pytest.raises(BackupError):
         manager.create_backup(progress=Progress(stop))
     assert our_helpers(docker_client)  # the engine never heard of their removal
     docker_proxy.start()

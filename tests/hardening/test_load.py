@@ -12,7 +12,7 @@ from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.jobs import KEEP_FINISHED
 from hardutil import files_below, files_in_volume, our_helpers, our_spools
-from restutil import call, wait_job
+from restutil import call, server_config, wait_job
 from test_roundtrip import fill_volume
 
 MB = 1 << 20
@@ -103,11 +103,8 @@ def test_30_docker_volume_backups_and_deletes_in_a_row_leak_nothing(docker_clien
 
 @pytest.fixture
 def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"ailab_backup_ext": True}, "allow_unauthenticated_access": False},
-        # gzip: slower than zstd, so that the 100 MB backup surely runs while the clients come
-        "AILabBackup": {"store": str(tmp_path / "store"), "docker_url": "none", "compression": "gzip"},
-    }
+    # gzip: slower than zstd, so that the 100 MB backup surely runs while the clients come
+    return server_config(store=str(tmp_path / "store"), docker_url="none", compression="gzip")
 
 
 CLIENTS = 50
@@ -138,7 +135,7 @@ async def test_50_clients_list_and_download_while_a_backup_runs(jp_fetch, jp_roo
     async def client():
         _, listing, _ = await call(jp_fetch, **SLOW)
         ids = [b["id"] for b in listing["backups"]]
-        _, data, headers = await call(jp_fetch, existing, "download", **SLOW)
+        _, data, _ = await call(jp_fetch, existing, "download", **SLOW)
         _, job, _ = await call(jp_fetch, "jobs", job_id, **SLOW)
         return ids, data, job["state"]
 
