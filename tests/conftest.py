@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -9,8 +8,8 @@ from jupyter_server.auth import passwd
 import pytest
 
 from ailab_backup_ext.client import BackupClient
-from restutil import server_config, wait_for_server
-from treeutil import HELPER_IMAGE
+from restutil import free_port, server_config, wait_for_server
+from treeutil import HELPER_IMAGE, our_helpers
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -64,9 +63,8 @@ def _no_helper_left(request):
     """Every test that touched Docker must leave no helper container behind."""
     yield
     if _CLIENT is not None and "docker_client" in request.fixturenames:
-        owner = f"ailab-backup.owner={socket.gethostname()}:{os.getpid()}"  # ours, not a parallel run's
-        left = _CLIENT.containers.list(all=True, filters={"label": ["ailab-backup.helper=1", owner]})
-        assert not left, f"helper containers left behind: {[c.name for c in left]}"
+        left = our_helpers(_CLIENT)
+        assert not left, f"helper containers left behind: {[c.id[:12] for c in left]}"
 
 
 @pytest.fixture(autouse=True)
@@ -94,9 +92,7 @@ def password_only_server(tmp_path):
     """A real `jupyter server` as AI-Lab runs it: a password ('ailab'), no token."""
     (tmp_path / "nb").mkdir()
     runtime = tmp_path / "runtime"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
     env.pop("AILAB_BACKUP_TOKEN", None)
     server = subprocess.Popen(

@@ -2,12 +2,20 @@
 
 import asyncio
 import json
+import socket
 import time
 
 import requests
 from jupyter_client import BlockingKernelClient
 
 from tornado.httpclient import HTTPClientError
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on now, for a test server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for_server(process, url, timeout=120, log=lambda: ""):

@@ -8,7 +8,6 @@ CI installs Chromium from apt (scripts/test.sh); a missing browser fails this te
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from restutil import wait_for_server
+from restutil import free_port, wait_for_server
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOK = PROJECT / "notebooks" / "backup_and_restore.ipynb"
@@ -35,9 +34,7 @@ def lab(tmp_path):
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     (root / "my-work.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = tmp_path / "settings" / "@jupyterlab"
     for plugin, values in (("apputils-extension/notification", '{"fetchNews": "false", "checkForUpdates": false}'),
                            ("notebook-extension/tracker", '{"autoStartDefaultKernel": true}')):

@@ -4,7 +4,6 @@ safety and retention, on a real Docker volume and locally."""
 import hashlib
 import json
 import os
-import socket
 import threading
 import uuid
 
@@ -16,7 +15,7 @@ from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.progress import Progress
 from test_roundtrip import fill_volume, make_tree
-from treeutil import HELPER_IMAGE, run_in_volume, volume_snapshot
+from treeutil import HELPER_IMAGE, our_helpers, run_in_volume, volume_snapshot
 
 SCS = "ai_lab_secure_configuration_storage.sqlite"
 
@@ -106,8 +105,7 @@ def test_restore_killed_midway_is_undone_exactly(docker_client, make_volume, tmp
     def kill_helper_midway(progress):
         if progress.phase == "restoring" and progress.done_bytes > 10_000_000 and not killed.is_set():
             killed.set()
-            mine = f"ailab-backup.owner={socket.gethostname()}:{os.getpid()}"  # not a parallel run's
-            for helper in docker_client.containers.list(all=True, filters={"label": ["ailab-backup.helper=1", mine]}):
+            for helper in our_helpers(docker_client):
                 helper.remove(force=True)
 
     with pytest.raises(Exception):

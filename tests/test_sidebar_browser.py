@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,8 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from test_roundtrip import fill_volume, make_tree
-from restutil import wait_for_server
-from treeutil import HELPER_IMAGE, run_in_volume, volume_snapshot
+from restutil import free_port, wait_for_server
+from treeutil import HELPER_IMAGE, our_helpers, run_in_volume, volume_snapshot
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -36,12 +35,6 @@ TOKEN = "sidebar-browser-test-token"
 LABEL = "before the upgrade"
 PANEL = "#ailab-backup-panel"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(server):
@@ -93,7 +86,7 @@ def running_lab(tmp_path, docker_client, volume, store):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AILAB_BACKUP_")}
     env["AILAB_BACKUP_HELPER_IMAGE"] = HELPER_IMAGE
     env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "lab.log"
     log = open(log_path, "wb")
     server = subprocess.Popen(
@@ -111,11 +104,10 @@ def running_lab(tmp_path, docker_client, volume, store):
         _stop(server)
         log.close()
         # the server's helper containers are labelled with its pid (os.execvp keeps ours)
-        owner = f"ailab-backup.owner={socket.gethostname()}:{server.pid}"
-        left = docker_client.containers.list(all=True, filters={"label": ["ailab-backup.helper=1", owner]})
+        left = our_helpers(docker_client, server.pid)
         for container in left:
             container.remove(force=True)
-        assert not left, f"the server left helper containers behind: {[c.name for c in left]}"
+        assert not left, f"the server left helper containers behind: {[c.id[:12] for c in left]}"
 
 
 @pytest.fixture

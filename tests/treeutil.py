@@ -4,10 +4,19 @@ time and links of every entry."""
 import hashlib
 import io
 import os
+import socket
 import stat
 import tarfile
 
 HELPER_IMAGE = os.environ.get("AILAB_BACKUP_TEST_IMAGE", "ailab-backup-helper:test")
+
+
+def our_helpers(client, pid=None, host=None):
+    """Helper containers made by ``pid`` (default: this process) on ``host`` (default: this one),
+    not by a parallel run sharing the engine. Sparse: a full listing inspects each container,
+    which blocks while Docker copies out of one."""
+    owner = f"ailab-backup.owner={host or socket.gethostname()}:{pid or os.getpid()}"
+    return client.containers.list(all=True, sparse=True, filters={"label": ["ailab-backup.helper=1", owner]})
 
 
 def folder_snapshot(root, with_owner=True, skip=()):

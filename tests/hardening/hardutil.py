@@ -10,17 +10,7 @@ import threading
 import time
 
 DOCKER_SOCKET = "/var/run/docker.sock"
-HELPER = "ailab-backup.helper=1"
-
-
-def owner_label(pid=None, host=None):
-    return f"ailab-backup.owner={host or socket.gethostname()}:{pid or os.getpid()}"
-
-
-def our_helpers(client, pid=None, host=None):
-    """Helper containers labelled as made by ``pid`` (default: this process) on ``host``."""
-    # sparse: a full listing inspects each container, which blocks while Docker copies out of it
-    return client.containers.list(all=True, sparse=True, filters={"label": [HELPER, owner_label(pid, host)]})
+from treeutil import our_helpers, run_in_volume
 
 
 def our_helper_mounting(client, volume):
@@ -161,7 +151,6 @@ def wait_until(condition, timeout=30, pause=0.1):
 
 def files_in_volume(client, volume):
     """Every file (not folder) in a volume, as paths below it."""
-    from treeutil import run_in_volume
 
     out = run_in_volume(client, volume, "cd /v && find . -type f")
     return sorted(line[2:] for line in out.splitlines() if line.strip())

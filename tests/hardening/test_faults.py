@@ -35,7 +35,7 @@ from hardutil import (
     remove_our_helpers,
     wait_until,
 )
-from restutil import wait_for_server
+from restutil import free_port, wait_for_server
 from treeutil import HELPER_IMAGE, run_in_volume, volume_snapshot
 
 MB = 1 << 20
@@ -240,12 +240,6 @@ def test_helper_removed_by_someone_else_meanwhile_is_not_an_error(docker_client,
 TOKEN = uuid.uuid4().hex
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _can_unshare_uts():
     if os.geteuid() != 0 or not shutil.which("unshare"):
         return False
@@ -266,7 +260,7 @@ class JupyterServer:
 
     def start(self):
         self.runs += 1
-        port = _free_port()
+        port = free_port()
         self.base = f"http://127.0.0.1:{port}/"
         (self.tmp_path / "tmp").mkdir(exist_ok=True)
         (self.tmp_path / "root").mkdir(exist_ok=True)
@@ -464,10 +458,7 @@ def test_volume_removed_just_after_the_existence_check(listed_volume, docker_cli
         return real_mount(kind, source, target, read_only)
 
     manager.docker.mount = vanish_then_mount  # called by _mounts() right after check_exists()
-    try:
-        with pytest.raises(NotFound, match="does not exist"):
-            manager.create_backup()
-        assert manager.list_backups() == []
-    finally:
-        recreated = volume in _volume_names(docker_client)
-    assert not recreated, "Docker re-created the removed volume as a side effect"
+    with pytest.raises(NotFound, match="does not exist"):
+        manager.create_backup()
+    assert manager.list_backups() == []
+    assert volume not in _volume_names(docker_client), "Docker re-created the removed volume as a side effect"

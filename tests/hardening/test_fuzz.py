@@ -4,7 +4,6 @@ response as documented), and hypothesis throws broken and hostile archives at th
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from ailab_backup_ext.archive import Manifest, read_archive, write_archive, Entry
 from ailab_backup_ext.errors import InvalidArchive, TooLarge
 from ailab_backup_ext.handlers import OPENAPI_PATH
-from restutil import wait_for_server
+from restutil import free_port, wait_for_server
 
 with open(OPENAPI_PATH) as f:
     SCHEMA = schemathesis.openapi.from_dict(json.load(f))
@@ -33,9 +32,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
     (tmp / "nb").mkdir()
     (tmp / "nb" / "a.ipynb").write_text('{"cells": []}')
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp / 'nb'}", "--allow-root",
