@@ -25,7 +25,7 @@ setup_python() {  # venv + the extension (its labextension is built by the insta
 docker_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
 start_docker() {  # starts dockerd when none answers; returns non-zero when it cannot start
-    apt_install docker docker.io
+    apt_install dockerd docker.io   # the client alone (docker) may be there without an engine
     apt_install /bin/busybox busybox-static
     docker_up && return 0
     [ "$(id -u)" = 0 ] || { echo "setup: Docker is not running; start it (as root) to use Docker." >&2; return 1; }
@@ -38,11 +38,13 @@ start_docker() {  # starts dockerd when none answers; returns non-zero when it c
 }
 
 build_helper_image() {  # a tiny local image (busybox: sh, rm, xargs), since no registry may be reachable
-    docker image inspect "$HELPER_IMAGE_BUILT" >/dev/null 2>&1 && return 0
+    # --fresh: built again even when present, so that a cached image never hides a broken step
+    if [ "${1:-}" = --fresh ]; then docker image rm -f "$HELPER_IMAGE_BUILT" >/dev/null 2>&1 || true
+    elif docker image inspect "$HELPER_IMAGE_BUILT" >/dev/null 2>&1; then return 0; fi
     local root; root=$(mktemp -d)
     mkdir -p "$root/bin" "$root/tmp"
     cp /bin/busybox "$root/bin/"
     for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"; done
-    tar -C "$root" -c . | docker import -q - "$HELPER_IMAGE_BUILT" >/dev/null
+    tar -C "$root" -c . | docker import - "$HELPER_IMAGE_BUILT" >/dev/null  # (docker import has no -q)
     rm -rf "$root"
 }

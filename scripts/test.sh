@@ -6,7 +6,7 @@ source "$(dirname "$0")/setup.sh"
 apt_install chromium chromium
 setup_python test
 if start_docker; then
-    build_helper_image
+    build_helper_image --fresh
 else
     echo "################################################################" >&2
     echo "# NO DOCKER ENGINE: the Docker tests will be SKIPPED            #" >&2
