@@ -35,7 +35,7 @@ from .config import AILabBackup
 from .docker_helper import DockerHelper, find_covering_mount
 from .errors import BackupError, Busy, InvalidArchive, NotFound, Unavailable
 from .jobs import JobRunner
-from .plan import make_plan, normalize_paths, notebook_diff, scan, selected
+from .plan import check_chosen_paths, make_plan, normalize_paths, notebook_diff, scan, selected
 from .progress import Progress
 from .schedule import Scheduler
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
@@ -89,12 +89,10 @@ class BackupManager:
         if self._resolved is None or refresh:
             source = self._find_source()
             store = self._find_store(source)
-            if isinstance(source, LocalFolderSource) and isinstance(store, FolderStore):
-                inside = os.path.relpath(store.path, source.path)
-                if inside == ".":
-                    raise BackupError("The store cannot be the folder it backs up. Set AILabBackup.store.")
-                if not inside.startswith(".."):
-                    source.skip_paths.append(inside)  # the store is never part of a backup
+            if isinstance(store, FolderStore):
+                # by real paths, devices and inodes, not by spelling: a store reached through a
+                # symlink or a bind mount into the source would be backed up, and deleted by replace
+                source.exclude_store(store.path)
             if isinstance(source, DockerMountSource) and isinstance(store, VolumeStore):
                 if source.kind == "volume" and source.mount_name == store.volume:
                     raise BackupError("The store volume cannot be the volume it backs up. Set AILabBackup.store.")
@@ -129,7 +127,9 @@ class BackupManager:
                 if mount:
                     name = mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
                     how = f"mount of this container at {mount['Destination']}"
-                    return DockerMountSource(self.docker, mount.get("Type"), name, below, how)
+                    source = DockerMountSource(self.docker, mount.get("Type"), name, below, how)
+                    source.local_path = self.root_dir  # where this server sees it
+                    return source
         return LocalFolderSource(self.root_dir, "Jupyter root directory")
 
     def _find_store(self, source):
@@ -303,6 +303,7 @@ class BackupManager:
 
     def start_restore(self, backup_id, mode="merge", paths=None):
         _check_mode(mode)
+        check_chosen_paths(paths)  # a bad path too (a 400), not a failed job
         self.get_backup(backup_id)  # an unknown id is answered now, not as a failed job
         return self.jobs.start("restore", lambda progress: self.restore_backup(backup_id, mode, progress, paths))
 

@@ -13,19 +13,31 @@ from .sources import in_scope, is_excluded
 NOTEBOOK_DIFF_LIMIT = 20 * 1024 * 1024  # larger notebooks are compared by hash alone
 
 
-def normalize_paths(paths, known):
-    """Check the paths a user chose; each must be in the backup. Empty: everything."""
-    if not paths:
+def check_chosen_paths(paths):
+    """The chosen paths, cleaned of surrounding blanks and slashes; a spelling of the whole
+    folder ("", ".", "/", "./", "a/..") is refused: with replace, it would remove everything
+    that is not in the backup, which a user choosing one path never meant."""
+    if paths is None:
         return None
     chosen = []
     for raw in paths:
         path = str(raw).strip().strip("/")
-        if path in ("", "."):
-            return None  # the whole folder
+        if posixpath.normpath("/" + path) == "/":
+            raise BackupError(
+                f"{raw!r} names the whole notebooks folder, not a file or folder inside it. To restore "
+                "everything, choose no paths (leave out --path); otherwise name a path inside the backup."
+            )
         check_path(path)
+        chosen.append(path)
+    return chosen or None
+
+
+def normalize_paths(paths, known):
+    """Check the paths a user chose; each must be in the backup. None or empty: everything."""
+    chosen = check_chosen_paths(paths)
+    for path in chosen or ():
         if path not in known:
             raise BackupError(f"{path!r} is not in this backup. Preview the restore to see its paths.")
-        chosen.append(path)
     return chosen
 
 
