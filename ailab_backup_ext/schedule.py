@@ -17,6 +17,7 @@ from .errors import BackupError, Busy
 STATE = "schedule"
 _EVERY = re.compile(r"^every\s+(\d+)\s*(m|min|minutes?|h|hours?)$")
 _DAILY = re.compile(r"^daily\s+(\d{1,2}):(\d{2})$")
+MIN_INTERVAL, MAX_INTERVAL = 60, 365 * 86400  # a minute to a year: every date stays representable
 
 
 def parse(spec):
@@ -25,8 +26,14 @@ def parse(spec):
     if text in ("", "off", "none"):
         return None
     match = _EVERY.match(text)
-    if match and int(match.group(1)) > 0:
-        return ("interval", int(match.group(1)) * (60 if match.group(2).startswith("m") else 3600))
+    if match:
+        seconds = int(match.group(1)) * (60 if match.group(2).startswith("m") else 3600)
+        if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+            raise BackupError(
+                f"The schedule {spec!r} is out of range: the interval must be from 1 minute to "
+                f"{MAX_INTERVAL // 86400} days ('every 1m' to 'every {MAX_INTERVAL // 3600}h')."
+            )
+        return ("interval", seconds)
     match = _DAILY.match(text)
     if match and int(match.group(1)) < 24 and int(match.group(2)) < 60:
         return ("daily", (int(match.group(1)), int(match.group(2))))
@@ -34,7 +41,12 @@ def parse(spec):
 
 
 def _iso(ts):
-    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    if ts is None:
+        return None
+    try:
+        return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None  # a time no calendar holds (a state written by an older version): unknown
 
 
 def next_due(rule, last_run, now):
@@ -84,16 +96,29 @@ class Scheduler:
             self._save()
         return self.describe()
 
+    def _rule(self):
+        """The rule in force, and a warning when the stored or configured spec is not valid
+        (then no backups run): never an error, so that status always answers."""
+        try:
+            return parse(self.spec), None
+        except BackupError as exc:
+            return None, f"{exc} No scheduled backups run until it is set again."
+
     def describe(self):
         state = self.state()
-        rule = parse(self.spec)
-        last = state.get("last")
+        rule, invalid = self._rule()
+        last = state.get("last") if isinstance(state.get("last"), dict) else None
+        try:
+            upcoming = _iso(next_due(rule, state.get("last_run"), self.clock())) if rule else None
+        except (OverflowError, OSError, ValueError, TypeError):
+            upcoming = None
+        failed = f"The last scheduled backup failed: {last.get('error')}" if last and last.get("outcome") == "failed" else None
         return {
-            "spec": self.spec or "off",
+            "spec": str(self.spec or "off"),
             "enabled": rule is not None,
             "last": last,
-            "next": _iso(next_due(rule, state.get("last_run"), self.clock())) if rule else None,
-            "warning": (f"The last scheduled backup failed: {last.get('error')}" if last and last.get("outcome") == "failed" else None),
+            "next": upcoming,
+            "warning": invalid or failed,
         }
 
     # running ---------------------------------------------------------------------------------
@@ -102,7 +127,7 @@ class Scheduler:
         """Start a due run (or record how the running one ended). Returns the job started."""
         with self._lock:
             self._collect()
-            rule = parse(self.spec)
+            rule, _ = self._rule()
             if rule is None or self._job is not None:
                 return None
             now = self.clock()
