@@ -5,6 +5,8 @@ cancelled there, removing its helper container and its partial archive.
 """
 
 import asyncio
+import functools
+import inspect
 import os
 import secrets
 import threading
@@ -20,6 +22,28 @@ ENV_TOKEN, ENV_URL = "AILAB_BACKUP_TOKEN", "AILAB_BACKUP_URL"
 SCHEDULE_TICK_SECONDS = 30
 
 
+def give_kernels(kernel_manager, variables):
+    """Add ``variables`` to the environment of every kernel ``kernel_manager`` starts: jupyter_server
+    passes a kernel's environment as ``env=`` to ``start_kernel`` (sessions do, with
+    ``JPY_SESSION_NAME``), the provisioner uses os.environ when none is given, and a restart
+    reuses the first launch's arguments, so the variables stay across restarts."""
+    start_kernel = kernel_manager.start_kernel
+
+    @functools.wraps(start_kernel)
+    async def start_kernel_with_variables(*args, **kwargs):
+        env = kwargs.get("env")
+        kwargs["env"] = {**(os.environ if env is None else env), **variables}
+        started = start_kernel(*args, **kwargs)
+        return await started if inspect.isawaitable(started) else started
+
+    kernel_manager.start_kernel = start_kernel_with_variables
+
+
+def kernel_environment(serverapp):
+    """What a kernel of ``serverapp`` finds in its environment (README, "Kernel access")."""
+    return {ENV_TOKEN: serverapp.web_app.settings[SECRET_KEY], ENV_URL: serverapp.connection_url}
+
+
 class BackupExtension(ExtensionApp):
     name = "ailab_backup_ext"
     load_other_extensions = True
@@ -29,10 +53,12 @@ class BackupExtension(ExtensionApp):
         self.manager = BackupManager(AILabBackup(parent=server), root_dir=server.root_dir)
         secret = secrets.token_urlsafe(32)
         self.settings.update({SETTINGS_KEY: self.manager, SECRET_KEY: secret})
-        # kernels are children of this process and inherit its environment; the secret is never
-        # written anywhere and opens /ailab/backup only
-        os.environ[ENV_TOKEN] = secret
-        os.environ[ENV_URL] = server.connection_url
+        # the secret opens /ailab/backup only and is never written anywhere; it goes into the
+        # environment of the kernels this server starts, not into the server's own, which
+        # terminals and language servers inherit (one left by a parent goes too)
+        for name in (ENV_TOKEN, ENV_URL):
+            os.environ.pop(name, None)
+        give_kernels(server.kernel_manager, {ENV_TOKEN: secret, ENV_URL: server.connection_url})
         threading.Thread(target=self._clean_up_after_crash, daemon=True).start()
         self._stopping = threading.Event()
         threading.Thread(target=self._run_schedule, daemon=True, name="ailab-backup-schedule").start()

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from ailab_backup_ext.client import BackupClient, BackupClientError
+from ailab_backup_ext.extension import kernel_environment
 from restutil import call, run
 from restutil import run_in_new_kernel
 
@@ -193,7 +194,9 @@ async def test_refusals_and_no_server(client, notebooks, jp_serverapp, jp_http_p
         await run(BackupClient("http://127.0.0.1:1/", timeout=5).status)
     assert unreachable.value.status is None and "Cannot reach" in unreachable.value.message
 
-    # this test process is the server's, so it holds the kernel credential a kernel inherits
+    # as a kernel of this server: its environment holds the kernel credential
+    for name, value in kernel_environment(jp_serverapp).items():
+        monkeypatch.setenv(name, value)
     assert os.environ["AILAB_BACKUP_URL"].endswith(jp_base_url)
     own = BackupClient()
     assert own.base_path == jp_base_url and own.download_href("a b") == f"{jp_base_url}ailab/backup/a%20b/download"
