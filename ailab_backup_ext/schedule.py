@@ -104,12 +104,20 @@ class Scheduler:
         except BackupError as exc:
             return None, f"{exc} No scheduled backups run until it is set again."
 
+    def _last_run(self):
+        """The recorded last run; one that is no time, or later than now (a state written by an
+        older version, a clock set back), counts as none: the next run is due at once."""
+        last = self.state().get("last_run")
+        if isinstance(last, bool) or not isinstance(last, (int, float)) or not 0 <= last <= self.clock() + 60:
+            return None
+        return last
+
     def describe(self):
         state = self.state()
         rule, invalid = self._rule()
         last = state.get("last") if isinstance(state.get("last"), dict) else None
         try:
-            upcoming = _iso(next_due(rule, state.get("last_run"), self.clock())) if rule else None
+            upcoming = _iso(next_due(rule, self._last_run(), self.clock())) if rule else None
         except (OverflowError, OSError, ValueError, TypeError):
             upcoming = None
         failed = f"The last scheduled backup failed: {last.get('error')}" if last and last.get("outcome") == "failed" else None
@@ -131,7 +139,7 @@ class Scheduler:
             if rule is None or self._job is not None:
                 return None
             now = self.clock()
-            if now < next_due(rule, self.state().get("last_run"), now):
+            if now < next_due(rule, self._last_run(), now):
                 return None
             try:
                 self._job = self.manager.jobs.start(
