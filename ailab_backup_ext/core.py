@@ -455,7 +455,7 @@ class BackupManager:
             progress.start("comparing", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with source.read_entries() as entries:
                 current = scan(_counted(entries, progress), lambda p: p.endswith(".ipynb"))
-            plan = make_plan(manifest.entries, current, mode, chosen, self.config.excludes)
+            plan = make_plan(manifest.entries, current, mode, chosen, self.config.excludes, source.skip_paths)
             notebooks = {item["path"] for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
             if notebooks:
                 with open(path, "rb") as f:

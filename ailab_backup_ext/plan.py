@@ -8,7 +8,7 @@ import posixpath
 
 from .archive import CHUNK, FILE, ROOT, check_path
 from .errors import BackupError
-from .sources import in_scope, is_excluded
+from .sources import folders_holding, in_scope, is_excluded
 
 NOTEBOOK_DIFF_LIMIT = 20 * 1024 * 1024  # larger notebooks are compared by hash alone
 
@@ -85,8 +85,9 @@ def _differs(new, old):
     return new.type == "symlink" and new.target != old.target
 
 
-def make_plan(backup_entries, current, mode, chosen, protected):
-    """Sort every path into added, overwritten, removed (replace only) and unchanged."""
+def make_plan(backup_entries, current, mode, chosen, protected, skip=()):
+    """Sort every path into added, overwritten, removed (replace only) and unchanged; a folder
+    that holds a protected path or one of the ``skip`` paths (the store) is not removed."""
     plan = {"added": [], "overwritten": [], "removed": [], "unchanged": {"count": 0, "bytes": 0, "items": []}}
     in_backup = set()
     for entry in selected(backup_entries, chosen):
@@ -104,7 +105,10 @@ def make_plan(backup_entries, current, mode, chosen, protected):
             plan["unchanged"]["bytes"] += entry.size
             plan["unchanged"]["items"].append({"path": entry.path, "type": entry.type, "size": entry.size})
     if mode == "replace":
+        holding = folders_holding(current, protected, skip)
         for path, (entry, _) in sorted(current.items()):
+            if path in holding or in_scope(path, skip):
+                continue
             if path != ROOT and path not in in_backup and in_scope(path, chosen) and not is_excluded(path, protected):
                 plan["removed"].append({"path": path, "type": entry.type, "size": entry.size})
     return plan

@@ -46,18 +46,25 @@ def in_scope(path, chosen):
     return chosen is None or any(path == p or path.startswith(p + "/") for p in chosen)
 
 
+def folders_holding(current_paths, protected, skip=()):
+    """The folders above a path that stays whatever a restore does: one of ``current_paths``
+    matching a ``protected`` pattern, or one of the ``skip`` paths (the store)."""
+    holding = set()
+    for path in [p for p in current_paths if is_excluded(p, protected)] + list(skip):
+        parent = posixpath.dirname(path)
+        while parent:
+            holding.add(parent)
+            parent = posixpath.dirname(parent)
+    return holding
+
+
 def removable_extras(current_paths, keep, protected, scope=None, skip=()):
     """Paths to remove for a 'replace': present now (within ``scope``), not kept, not matching a
     ``protected`` pattern, not one of the ``skip`` paths (the store); only the top-most of each
     removed subtree. A folder that holds a protected or skipped path is never removed whole:
     what else it holds is removed one by one."""
     current = sorted(p for p in current_paths if p != ROOT)
-    holding = set()
-    for path in [p for p in current if is_excluded(p, protected)] + list(skip):
-        parent = posixpath.dirname(path)
-        while parent:
-            holding.add(parent)
-            parent = posixpath.dirname(parent)
+    holding = folders_holding(current, protected, skip)
     extras = []
     for path in current:
         if path in keep or is_excluded(path, protected) or in_scope(path, skip) or not in_scope(path, scope):

@@ -132,6 +132,24 @@ def test_local_removal_never_crosses_a_link_on_its_way_or_inside(tmp_path):
     assert sorted(os.listdir(folder)) == ["a"]
 
 
+def test_replace_never_removes_a_folder_that_holds_an_excluded_path(place):
+    """``excludes`` are kept by replace: also when the folder holding one is not in the backup."""
+    place.manager.config.excludes = ["models_cache"]
+    place.sh('echo one > "$V/a.txt"')
+    backup = place.manager.create_backup()
+    place.sh('mkdir -p "$V/proj/models_cache" && echo weights > "$V/proj/models_cache/w.bin" '
+             '&& echo mine > "$V/proj/x.txt"')
+    before = place.snapshot()
+    plan = place.manager.plan_restore(backup["id"], "replace")
+    assert [i["path"] for i in plan["removed"]] == ["proj/x.txt"]
+    place.manager.restore_backup(backup["id"], "replace")
+    after = place.snapshot()
+    assert after["proj/models_cache/w.bin"] == before["proj/models_cache/w.bin"]
+    assert "proj/x.txt" not in after
+    place.manager.undo_last_restore()
+    assert place.snapshot() == before
+
+
 # --- class: the store inside the source by another path ---------------------------------------
 
 
