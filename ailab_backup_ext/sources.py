@@ -272,6 +272,8 @@ class LocalFolderSource:
         folder_times = []
         with FolderWriter(self._open_root(), self.path) as writer:
             for entry, content in entries:
+                if self.skip_paths and in_scope(entry.path, self.skip_paths):
+                    continue  # never into the store, whatever an (uploaded) archive holds
                 if entry.path == ROOT:
                     if entry.type == DIR:
                         writer.set_folder(writer.root, entry)
@@ -714,6 +716,8 @@ class DockerMountSource:
 
         def staged():
             for entry, content in entries:
+                if self.skip_paths and in_scope(entry.path, self.skip_paths):
+                    continue  # never into the store, whatever an (uploaded) archive holds
                 if entry.type == FILE and entry.path.endswith(".sqlite"):
                     head, name = posixpath.split(entry.path)
                     temp = posixpath.join(head, f".{name}.ailab-restore")

@@ -19,7 +19,7 @@ from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.docker_helper import DockerHelper
 from ailab_backup_ext.errors import BackupError
-from ailab_backup_ext.sources import DockerMountSource, FolderWriter, LocalFolderSource
+from ailab_backup_ext.sources import DockerMountSource, FolderWriter
 from restutil import call, wait_job
 from treeutil import HELPER_IMAGE, folder_snapshot, run_in_volume, volume_snapshot
 
@@ -198,6 +198,23 @@ def test_store_inside_the_source_by_another_path_local(tmp_path, spelling):
     place = Place("local", manager, sh, lambda: folder_snapshot(folder))
     files = _store_files(folder / "backups")
     _store_survives_replace_and_undo(place, files, "backups")
+
+
+def test_a_restore_never_writes_into_the_store_inside_the_source(tmp_path):
+    """An archive (from elsewhere, uploaded) may hold the path where this store lies."""
+    folder = tmp_path / "nb"
+    (folder / "backups").mkdir(parents=True)
+    (folder / "backups" / "note.txt").write_text("from the archive")
+    (folder / "a.txt").write_text("one")
+    elsewhere = BackupManager(AILabBackup(source_dir=str(folder), store=str(tmp_path / "other"), docker_url="none"))
+    archive = elsewhere.create_backup()["archive"]
+    (folder / "backups" / "note.txt").write_text("the store's own")
+    manager = BackupManager(AILabBackup(source_dir=str(folder), store=str(folder / "backups"), docker_url="none"))
+    uploaded = manager.add_archive_file(str(tmp_path / "other" / "data" / archive))
+    assert "backups/note.txt" in backed_up_paths(manager, uploaded["id"])
+    manager.restore_backup(uploaded["id"], "replace")
+    assert (folder / "backups" / "note.txt").read_text() == "the store's own"
+    assert {m["kind"] for m in manager.list_backups()} == {"uploaded", "safety"}
 
 
 def test_store_is_the_source_by_another_path_is_refused(tmp_path):
