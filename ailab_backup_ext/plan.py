@@ -19,6 +19,9 @@ def check_chosen_paths(paths):
     that is not in the backup, which a user choosing one path never meant."""
     if paths is None:
         return None
+    if not paths:  # an empty choice (a filter that matched nothing) is not "everything"
+        raise BackupError("No path was chosen. Name at least one file or folder of the backup, or choose "
+                          "no paths at all (leave out --path or 'paths') to restore everything.")
     chosen = []
     for raw in paths:
         path = str(raw).strip().strip("/")
@@ -29,11 +32,11 @@ def check_chosen_paths(paths):
             )
         check_path(path)
         chosen.append(path)
-    return chosen or None
+    return chosen
 
 
 def normalize_paths(paths, known):
-    """Check the paths a user chose; each must be in the backup. None or empty: everything."""
+    """Check the paths a user chose; each must be in the backup. None: everything."""
     chosen = check_chosen_paths(paths)
     for path in chosen or ():
         if path not in known:

@@ -332,7 +332,8 @@ WHOLE_FOLDER_SPELLINGS = ["", " ", ".", "/", "//", "./", "/.", "./.", "a/..", "a
 def _refused(call_):
     with pytest.raises(BackupError) as refused:
         call_()
-    assert "whole notebooks folder" in str(refused.value) or "'..'" in str(refused.value), refused.value
+    message = str(refused.value)
+    assert "whole notebooks folder" in message or "'..'" in message or "No path was chosen" in message, message
 
 
 def test_whole_folder_spellings_of_a_path_are_refused(place):
@@ -342,7 +343,7 @@ def test_whole_folder_spellings_of_a_path_are_refused(place):
     before, ids = place.snapshot(), {m["id"] for m in place.manager.list_backups()}
     spellings = WHOLE_FOLDER_SPELLINGS if place.kind == "local" else [".", "//", "a/.."]
     for spelling in spellings:
-        for paths in ([spelling], ["a", spelling]):
+        for paths in ([spelling], ["a", spelling], []):
             _refused(lambda: place.manager.restore_backup(backup["id"], "replace", paths=paths))
             _refused(lambda: place.manager.plan_restore(backup["id"], "replace", paths=paths))
             _refused(lambda: place.manager.start_restore(backup["id"], "replace", paths=paths))
@@ -381,6 +382,9 @@ async def test_whole_folder_spellings_are_a_400_through_rest(jp_fetch, jp_root_d
         _, error, _ = await call(jp_fetch, job["backup_id"], "restore", method="POST", expect=400,
                                  body={"mode": "replace", "paths": [spelling], "dry_run": dry_run})
         assert "whole notebooks folder" in error["message"] or "'..'" in error["message"], error
+        _, error, _ = await call(jp_fetch, job["backup_id"], "restore", method="POST", expect=400,
+                                 body={"mode": "replace", "paths": [], "dry_run": dry_run})
+        assert "No path was chosen" in error["message"], error
     _, jobs, _ = await call(jp_fetch, "jobs")
     assert [j["kind"] for j in jobs["jobs"]] == ["backup"]
     assert folder_snapshot(jp_root_dir) == before
