@@ -26,6 +26,7 @@ STARTED_LABEL = "ailab-backup.started"  # the owner's start time: a pid can be r
 JOB_SCRIPT = "/ailab/job.sh"  # what a started helper runs: see DockerHelper.run
 FALLBACK_IMAGE = "ubuntu"
 _CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+_CONTAINER_ID_ONLY = re.compile(r"^[0-9a-f]{64}$")
 
 
 def own_container_id():
@@ -405,6 +406,18 @@ class DockerHelper:
             )
         return logs
 
+    def _container_gone(self, owner):
+        """True when ``owner`` names a container (by its id) that no longer exists."""
+        import docker
+
+        if not _CONTAINER_ID_ONLY.match(owner):
+            return False
+        try:
+            self.client.api.inspect_container(owner)
+            return False
+        except docker.errors.NotFound:
+            return True
+
     def remove_stale_helpers(self):
         """Remove helpers (and their anonymous volumes) left by processes of this host or container
         that died mid-job (e.g. SIGKILL), also when a restarted container reuses their pid."""
@@ -414,6 +427,10 @@ class DockerHelper:
         for helper in self.client.api.containers(all=True, filters={"label": HELPER_LABEL + "=1"}):
             labels = helper.get("Labels") or {}
             helper_host, _, pid = labels.get(OWNER_LABEL, "").rpartition(":")
+            if helper_host != host and self._container_gone(helper_host):
+                self._remove(helper["Id"])  # its server's container was removed (docker rm -f)
+                removed += 1
+                continue
             if helper_host != host or not pid.isdigit():
                 continue
             started = labels.get(STARTED_LABEL)

@@ -429,3 +429,7 @@ class AILabContainer:
             self.container.remove(force=True, v=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
+        for helper in self.docker.api.containers(all=True, filters={"label": "ailab-backup.helper=1"}):
+            owner = (helper.get("Labels") or {}).get("ailab-backup.owner", "").rpartition(":")[0]
+            if owner in (self.container.id, self.name):  # a job cut short by the removal
+                self.docker.api.remove_container(helper["Id"], v=True, force=True)

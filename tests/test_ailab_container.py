@@ -190,10 +190,11 @@ def test_settings_given_with_docker_run_e_reach_the_server_through_sudo(ailab_se
     server.exec("sh", "-c", f"cd {NOTEBOOKS} && mkdir models_cache && echo w > models_cache/weights.bin && "
                             "echo t > scratch.tmp && echo '{}' > keep.ipynb")
     client = server.backup_client()
+    # ... and yet they take effect, read from the container's own Config.Env (checked before any
+    # backup: without it, the backup would go to the shared default volume)
+    assert client.status()["store"] == {"type": "volume", "name": store}
     job = client.create(wait=True)
     assert job["state"] == "succeeded", job
-    # ... and yet they took effect, read from the container's own Config.Env
-    assert client.status()["store"] == {"type": "volume", "name": store}
     names = archive_names(client.download(job["backup_id"], str(tmp_path)))
     assert "notebooks/keep.ipynb" in names
     assert not {n for n in names if n.startswith("notebooks/models_cache") or n.endswith(".tmp")}, names
@@ -219,19 +220,28 @@ def test_the_server_finds_its_own_container_and_image_for_real(ailab_server, ail
                                 "found_by": f"mount of this container at {NOTEBOOKS}"}, status
 
 
-def test_a_helper_of_an_earlier_process_with_our_pid_is_stale(docker_client):
-    """After `docker start` a server may get the pid of the killed one: its helpers still go,
-    told apart by the start time of the process that made them; the live owner's stay."""
-    def helper(started):
-        labels = {HELPER_LABEL: "1", OWNER_LABEL: f"{owner_host()}:{os.getpid()}", STARTED_LABEL: started}
-        return docker_client.containers.create(HELPER_IMAGE, ["true"], labels=labels, network_disabled=True)
+def test_helpers_of_a_dead_owner_are_stale_those_of_a_live_one_stay(docker_client):
+    """After `docker start` a server may get the pid of the killed one: its helpers still go, told
+    apart by the start time of the process that made them. Helpers of a server whose container
+    was removed (`docker rm -f` mid-job) go too; those of a live owner stay."""
+    made = []
 
-    earlier, ours = helper("1"), helper(process_start(os.getpid()))
+    def helper(owner, started=""):
+        labels = {HELPER_LABEL: "1", OWNER_LABEL: owner, STARTED_LABEL: started}
+        made.append(docker_client.containers.create(HELPER_IMAGE, ["true"], labels=labels, network_disabled=True))
+        return made[-1].id
+
+    mine = f"{owner_host()}:{os.getpid()}"
+    earlier, ours = helper(mine, "1"), helper(mine, process_start(os.getpid()))
+    removed_container, live_container = helper("0" * 64 + ":8"), helper(f"{ours}:8")
     try:
         DockerHelper(helper_image=HELPER_IMAGE).remove_stale_helpers()
-        left = {c.id for c in our_helpers(docker_client)}
-        assert earlier.id not in left and ours.id in left
+        left = {c["Id"] for c in docker_client.api.containers(all=True, filters={"label": HELPER_LABEL + "=1"})}
+        assert (earlier in left, ours in left, removed_container in left, live_container in left) == (
+            False, True, False, True)
     finally:
-        for container in our_helpers(docker_client):
-            if container.id in (earlier.id, ours.id):
+        for container in made:
+            try:
                 container.remove(v=True, force=True)
+            except Exception:  # noqa: BLE001 - removed by the test
+                pass
