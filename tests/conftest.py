@@ -128,6 +128,7 @@ def ailab_image(docker_client, tmp_path_factory):
     name = f"ailabtest-image-{uuid.uuid4().hex[:10]}:latest"
     worktree = os.path.dirname(os.path.dirname(os.path.abspath(ailab_backup_ext.__file__)))
     built = build_image(docker_client, name, worktree, str(tmp_path_factory.mktemp("ailab-image")))
+    print(f"\n{name}: {built['bytes'] / 1e6:.0f} MB, built in {built['seconds']:.0f} s")
     yield types.SimpleNamespace(name=name, **built)
     try:
         docker_client.images.remove(name, force=True)
