@@ -3,8 +3,11 @@
 Every trait can be set in ``jupyter_server_config.py`` (``c.AILabBackup.store = ...``), on the
 command line of ``jupyter lab`` (``--AILabBackup.store=...``), by ``ailab-backup --store ...``, or by
 an environment variable ``AILAB_BACKUP_<TRAIT>`` which is used when nothing else sets the trait.
+Inside a Docker container, a variable missing from the process environment is taken from the
+container's own ``Config.Env``: AI-Lab starts Jupyter through ``sudo``, which drops ``docker run -e``.
 """
 
+import functools
 import os
 
 from traitlets import Bool, Enum, Int, List, Unicode, default
@@ -13,12 +16,37 @@ from traitlets.config import Configurable
 ENV_PREFIX = "AILAB_BACKUP_"
 
 
+@functools.lru_cache(maxsize=1)
+def container_environment():
+    """The ``AILAB_BACKUP_*`` variables the container this process runs in was started with
+    (``docker inspect``), or {} outside a container or when Docker cannot be reached."""
+    from .docker_helper import own_container_id
+
+    container_id = own_container_id()
+    if container_id is None:
+        return {}
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        try:
+            env = client.api.inspect_container(container_id)["Config"].get("Env") or []
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - no socket, no permission: the process environment only
+        return {}
+    pairs = (item.partition("=") for item in env)
+    return {key: value for key, _, value in pairs if key.startswith(ENV_PREFIX)}
+
+
 def _env_default(name, fallback):
     """A traitlets default that takes ``AILAB_BACKUP_<NAME>`` when it is set."""
 
     @default(name)
     def _default(self):
         raw = os.environ.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            raw = container_environment().get(ENV_PREFIX + name.upper())
         if raw is None or raw == "":
             return fallback
         trait = self.traits()[name]

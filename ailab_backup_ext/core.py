@@ -32,7 +32,7 @@ from .archive import (
     write_archive,
 )
 from .config import AILabBackup
-from .docker_helper import DockerHelper, find_covering_mount
+from .docker_helper import DockerHelper, find_covering_mount, on_container_filesystem
 from .errors import BackupError, Busy, InvalidArchive, NotFound, Unavailable
 from .jobs import JobRunner
 from .plan import check_chosen_paths, make_plan, normalize_paths, notebook_diff, scan, selected
@@ -156,6 +156,7 @@ class BackupManager:
             "docker": {"reachable": version is not None, "version": version,
                        "url": self.config.docker_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")},
             "hint": None,
+            "store_warning": None,
         }
         if self.docker is None:
             result["docker"]["url"] = "none"
@@ -169,6 +170,7 @@ class BackupManager:
         try:
             source, store = self.resolve(refresh=True)
             result.update(mode=self.mode, source=source.describe(), store=store.describe())
+            result["store_warning"] = self.store_warning()
             source.check_exists()
             if isinstance(source, DockerMountSource) or isinstance(store, VolumeStore):
                 self.docker.image()
@@ -181,6 +183,20 @@ class BackupManager:
                 "with '--volume /var/run/docker.sock:/var/run/docker.sock' to back up the volume."
             )
         return result
+
+    def store_warning(self):
+        """What the user must know when the backups are kept on this container's own filesystem
+        (not on a volume or bind mount): removing the container deletes them. None otherwise."""
+        store = self.store
+        if not isinstance(store, FolderStore) or not on_container_filesystem(store.path):
+            return None
+        return (
+            f"Backups are kept inside this container, in {store.path}, not on a volume: 'docker rm' "
+            "of the container (as AI-Lab's guide has you do when you replace the notebooks volume) "
+            "deletes them all. Download the backups you want to keep, or start AI-Lab with "
+            "'--volume /var/run/docker.sock:/var/run/docker.sock' so that backups go to the Docker "
+            f"volume '{DEFAULT_STORE_VOLUME}', which survives the container."
+        )
 
     # reading the store -----------------------------------------------------------------------
 

@@ -22,9 +22,11 @@ from .store import pid_alive
 
 HELPER_LABEL = "ailab-backup.helper"
 OWNER_LABEL = "ailab-backup.owner"
+STARTED_LABEL = "ailab-backup.started"  # the owner's start time: a pid can be reused after a restart
 JOB_SCRIPT = "/ailab/job.sh"  # what a started helper runs: see DockerHelper.run
 FALLBACK_IMAGE = "ubuntu"
 _CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+_CONTAINER_ID_ONLY = re.compile(r"^[0-9a-f]{64}$")
 
 
 def own_container_id():
@@ -35,6 +37,42 @@ def own_container_id():
     except OSError:
         return None
     return match.group(1) if match else None
+
+
+def owner_host():
+    """Who owns a helper: our container (on the host network its hostname is the host's, shared
+    with every process there), else this machine."""
+    return own_container_id() or socket.gethostname()
+
+
+def process_start(pid):
+    """The start time of process ``pid`` (clock ticks since boot), or None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22; fields after ')' start at 3
+    except (OSError, IndexError):
+        return None
+
+
+def covering_mount_point(path):
+    """The mount point of this process's mount namespace that holds ``path`` (or its nearest
+    existing parent), from /proc/self/mountinfo; None when that cannot be read."""
+    path = os.path.realpath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            points = [line.split()[4].replace("\\040", " ") for line in f if len(line.split()) > 4]
+    except OSError:
+        return None
+    inside = [p for p in points if path == p or path.startswith(p.rstrip("/") + "/")]
+    return max(inside, key=len) if inside else None
+
+
+def on_container_filesystem(path):
+    """True when ``path`` lies on the writable layer of the container this process runs in (no
+    volume or bind mount holds it): ``docker rm`` of the container deletes it."""
+    return own_container_id() is not None and covering_mount_point(path) == "/"
 
 
 def find_covering_mount(mounts, path):
@@ -247,7 +285,8 @@ class DockerHelper:
                 entrypoint=["sh"],
                 user="0:0",
                 mounts=mounts,
-                labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+                labels={HELPER_LABEL: "1", OWNER_LABEL: f"{owner_host()}:{os.getpid()}",
+                        STARTED_LABEL: process_start(os.getpid()) or ""},
                 network_disabled=True,
             )
         if helpers is not None:
@@ -260,13 +299,15 @@ class DockerHelper:
             self._remove(created.id)
 
     def _remove(self, container_id):
-        """Remove a helper; never raises, so it never hides the error that got us here. A helper
-        that cannot be removed now (Docker gone) is removed by the next operation."""
+        """Remove a helper with its anonymous volumes (the helper image may declare a VOLUME, as
+        AI-Lab's does; the volumes a helper mounts by name are never removed by this); never
+        raises, so it never hides the error that got us here. A helper that cannot be removed now
+        (Docker gone) is removed by the next operation."""
         import docker
 
         for _ in range(300):
             try:
-                self.client.api.remove_container(container_id, force=True)
+                self.client.api.remove_container(container_id, v=True, force=True)
                 return
             except docker.errors.NotFound:
                 return
@@ -365,14 +406,35 @@ class DockerHelper:
             )
         return logs
 
+    def _container_gone(self, owner):
+        """True when ``owner`` names a container (by its id) that no longer exists."""
+        import docker
+
+        if not _CONTAINER_ID_ONLY.match(owner):
+            return False
+        try:
+            self.client.api.inspect_container(owner)
+            return False
+        except docker.errors.NotFound:
+            return True
+
     def remove_stale_helpers(self):
-        """Remove helpers left by processes of this host that died mid-job (e.g. SIGKILL)."""
-        host = socket.gethostname()
+        """Remove helpers (and their anonymous volumes) left by processes of this host or container
+        that died mid-job (e.g. SIGKILL), also when a restarted container reuses their pid."""
+        host = owner_host()
         removed = 0
         # the plain listing: inspecting each container would wait on one busy copying
         for helper in self.client.api.containers(all=True, filters={"label": HELPER_LABEL + "=1"}):
-            owner_host, _, pid = (helper.get("Labels") or {}).get(OWNER_LABEL, "").rpartition(":")
-            if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
+            labels = helper.get("Labels") or {}
+            helper_host, _, pid = labels.get(OWNER_LABEL, "").rpartition(":")
+            if helper_host != host and self._container_gone(helper_host):
+                self._remove(helper["Id"])  # its server's container was removed (docker rm -f)
+                removed += 1
+                continue
+            if helper_host != host or not pid.isdigit():
+                continue
+            started = labels.get(STARTED_LABEL)
+            if not pid_alive(int(pid)) or (started and process_start(int(pid)) != started):
                 self._remove(helper["Id"])
                 removed += 1
         return removed

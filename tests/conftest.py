@@ -1,13 +1,16 @@
 import os
 import subprocess
 import sys
+import types
 import uuid
 
 from jupyter_server.auth import passwd
 
 import pytest
 
+import ailab_backup_ext
 from ailab_backup_ext.client import BackupClient
+from ailab_container import AILabContainer, build_image
 from restutil import free_port, server_config, wait_for_server
 from treeutil import HELPER_IMAGE, our_helpers
 
@@ -115,3 +118,36 @@ def client(jp_serverapp, jp_fetch, jp_http_port, jp_base_url):
     """A BackupClient of the test server (jp_fetch: its http_server_client is what makes the
     server listen on jp_http_port)."""
     return BackupClient(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", token=jp_serverapp.identity_provider.token)
+
+
+@pytest.fixture(scope="session")
+def ailab_image(docker_client, tmp_path_factory):
+    """An image like AI-Lab's Docker Edition with the package under test in its venv (see
+    tests/ailab_container.py), built once per session under a run-unique name, removed at the end.
+    ``.name``, ``.seconds`` (build time) and ``.bytes`` (size)."""
+    name = f"ailabtest-image-{uuid.uuid4().hex[:10]}:latest"
+    worktree = os.path.dirname(os.path.dirname(os.path.abspath(ailab_backup_ext.__file__)))
+    built = build_image(docker_client, name, worktree, str(tmp_path_factory.mktemp("ailab-image")))
+    print(f"\n{name}: {built['bytes'] / 1e6:.0f} MB, built in {built['seconds']:.0f} s")
+    yield types.SimpleNamespace(name=name, **built)
+    try:
+        docker_client.images.remove(name, force=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
+@pytest.fixture
+def ailab_server(docker_client, ailab_image):
+    """Starts AI-Lab-like server containers, ``ailab_server(notebooks=None or a volume name or a
+    host folder, socket=True, env={...})``, and removes them (with their anonymous volumes) after
+    the test."""
+    started = []
+
+    def start(**kwargs):
+        server = AILabContainer(docker_client, ailab_image.name, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.remove()

@@ -90,18 +90,26 @@ def run_in_kernel(connection_file, code):
         client.stop_channels()
 
 
-def run_in_new_kernel(base, runtime, password, code):
-    """Log in to a server as a browser does, start a kernel, run ``code`` in it, return what it
-    printed, and shut the kernel down."""
+def browser_login(base, password):
+    """A session logged in to a password-protected server as a browser is: the login cookie, and
+    the XSRF token sent back with every request."""
     browser = requests.Session()
     browser.get(base + "login")
     xsrf = browser.cookies["_xsrf"]
     login = browser.post(base + "login", data={"password": password, "_xsrf": xsrf}, allow_redirects=False)
     assert login.status_code == 302, login.status_code
-    kernel = browser.post(base + "api/kernels", json={}, headers={"X-XSRFToken": xsrf})
+    browser.headers["X-XSRFToken"] = xsrf
+    return browser
+
+
+def run_in_new_kernel(base, runtime, password, code):
+    """Log in to a server as a browser does, start a kernel, run ``code`` in it, return what it
+    printed, and shut the kernel down."""
+    browser = browser_login(base, password)
+    kernel = browser.post(base + "api/kernels", json={})
     assert kernel.status_code == 201, kernel.text
     kernel_id = kernel.json()["id"]
     try:
         return run_in_kernel(str(runtime / f"kernel-{kernel_id}.json"), code)
     finally:
-        browser.delete(base + f"api/kernels/{kernel_id}", headers={"X-XSRFToken": xsrf})
+        browser.delete(base + f"api/kernels/{kernel_id}")

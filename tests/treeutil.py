@@ -4,9 +4,10 @@ time and links of every entry."""
 import hashlib
 import io
 import os
-import socket
 import stat
 import tarfile
+
+from ailab_backup_ext.docker_helper import owner_host
 
 HELPER_IMAGE = os.environ.get("AILAB_BACKUP_TEST_IMAGE", "ailab-backup-helper:test")
 
@@ -15,7 +16,7 @@ def our_helpers(client, pid=None, host=None):
     """Helper containers made by ``pid`` (default: this process) on ``host`` (default: this one),
     not by a parallel run sharing the engine. Sparse: a full listing inspects each container,
     which blocks while Docker copies out of one."""
-    owner = f"ailab-backup.owner={host or socket.gethostname()}:{pid or os.getpid()}"
+    owner = f"ailab-backup.owner={host or owner_host()}:{pid or os.getpid()}"
     return client.containers.list(all=True, sparse=True, filters={"label": ["ailab-backup.helper=1", owner]})
 
 
