@@ -11,7 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ..errors import InvalidArchive
 
@@ -44,7 +44,8 @@ class Entry:
     target: str | None = None
 
     def to_json(self):
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # by hand, not dataclasses.asdict (a deep copy): this runs for every entry of a check
+        return {k: v for k in _ENTRY_FIELDS if (v := getattr(self, k)) is not None}
 
     @classmethod
     def from_json(cls, data):
@@ -54,7 +55,10 @@ class Entry:
             raise InvalidArchive(f"The manifest has a malformed entry: {exc}") from None
 
     def same_as(self, other):
-        return self.to_json() == other.to_json()
+        return all(getattr(self, k) == getattr(other, k) for k in _ENTRY_FIELDS)
+
+
+_ENTRY_FIELDS = tuple(Entry.__dataclass_fields__)
 
 
 @dataclass

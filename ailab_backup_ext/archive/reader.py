@@ -16,7 +16,7 @@ import zlib
 
 import zstandard
 
-from ..errors import InvalidArchive, TooLarge
+from ..errors import Cancelled, InvalidArchive, TooLarge
 from .format import (
     CHUNK,
     DATA_ROOT,
@@ -37,14 +37,20 @@ from .threads import FeedingReader, hash_feeder, hashing_worker
 class EntryChecker:
     """Applies the safety rules to a stream of entries: types, modes, links, duplicates, limits."""
 
-    def __init__(self, max_total_bytes=0):
+    def __init__(self, max_total_bytes=0, max_entries=0):
         self.seen = set()
         self.symlinks = set()
         self.total = 0
         self.max_total_bytes = max_total_bytes
+        self.max_entries = max_entries
 
     def check(self, entry):
         path = entry.path
+        if self.max_entries and len(self.seen) >= self.max_entries:
+            raise TooLarge(
+                f"The archive has more than {self.max_entries} entries (AILabBackup.max_entries): "
+                "refused. Raise the limit if the archive is trusted."
+            )
         check_path(path)
         if path == ROOT and entry.type != DIR:
             raise InvalidArchive(f"Refused the notebooks folder itself: it is a {entry.type}, not a folder.")
@@ -70,6 +76,8 @@ class EntryChecker:
             self.symlinks.add(path)
         if entry.size < 0 or (entry.type != FILE and entry.size):
             raise InvalidArchive(f"Refused {path!r}: impossible size {entry.size}.")
+        if not (0 <= entry.uid < 2**32 and 0 <= entry.gid < 2**32 and -(2**63) <= entry.mtime < 2**63):
+            raise InvalidArchive(f"Refused {path!r}: impossible owner or time ({entry.uid}:{entry.gid}, {entry.mtime}).")
         self.total += entry.size
         if self.max_total_bytes and self.total > self.max_total_bytes:
             raise TooLarge(
@@ -143,6 +151,10 @@ def entry_from_tarinfo(info, path):
         kind = "fifo"
     else:
         kind = f"tar member of type {info.type!r}"
+    try:
+        mtime = int(info.mtime)
+    except (ValueError, OverflowError, TypeError):  # a pax mtime of nan or inf
+        raise InvalidArchive(f"Refused {path!r}: its time {info.mtime!r} is not a time.") from None
     return Entry(
         path=path,
         type=kind,
@@ -150,7 +162,7 @@ def entry_from_tarinfo(info, path):
         mode=info.mode & 0o7777,
         uid=info.uid,
         gid=info.gid,
-        mtime=int(info.mtime),
+        mtime=mtime,
         target=info.linkname if kind in (SYMLINK, HARDLINK) else None,
     )
 
@@ -167,7 +179,20 @@ def data_path(name):
     return None
 
 
-MAX_HEADER_DATA = 1024 * 1024  # pax records or a GNU long name: far more than any real one
+MAX_HEADER_DATA = 64 * 1024  # a member's pax records and GNU long names: far more than any real one
+# At most one of each extended header before a member (pax 'x', GNU long name 'L', long link 'K',
+# Solaris 'X'): tarfile reads a chain of them by recursion, so a long chain was a RecursionError.
+_EXTENDED_TYPES = frozenset(b"xLKX")
+_MAX_EXTENDED = 3
+_TYPE_OFFSET = 156  # of the type flag in a header block
+MAX_TRAILING_ZEROS = 64 * 1024  # after the end-of-archive blocks: a tar writer's record padding
+# An upload's headers and names (what the reader holds in memory, entry by entry) may unpack to at
+# most a fifth of its ratio limit (200 times by default) the compressed bytes read so far: a sane
+# archive's are below (about 80 times for a tree of empty files with long names), a flood of
+# crafted members is not.
+METADATA_SHARE = 5
+RATIO_FLOOR = 1 << 20  # what a small upload may unpack to in any case, times the ratio
+METADATA_FLOOR = 64 * 1024
 
 
 class _Pieces:
@@ -178,6 +203,13 @@ class _Pieces:
         self._read = read
         self._buf = memoryview(b"")
         self.pos = 0
+        self.header_bytes = 0  # read by tarfile's header code, in all
+        self.begin_member()
+
+    def begin_member(self):
+        self._reads = 0  # by tarfile's header code for this member: header, data, header, ...
+        self._extended = b""
+        self._extended_bytes = 0
 
     def piece(self, limit):
         """Up to ``limit`` bytes (fewer at a piece's end); empty only at the end of the input."""
@@ -195,9 +227,36 @@ class _Pieces:
         return _read_exactly(self.piece, n)
 
     def read(self, n):
-        if n > MAX_HEADER_DATA:
-            raise InvalidArchive(f"A tar header claims {n} bytes of extended header data: refused.")
-        return self.exactly(n)
+        """tarfile's header code reads a header block, and when it is an extended header its data
+        and the next header block, and so on: bounded here, before tarfile parses any of it."""
+        is_header = self._reads % 2 == 0
+        self._reads += 1
+        if not is_header:
+            self._extended_bytes += n
+            if self._extended_bytes > MAX_HEADER_DATA:
+                raise InvalidArchive(
+                    f"A tar member has more than {MAX_HEADER_DATA} bytes of extended headers (pax "
+                    "records or long names): refused."
+                )
+        data = self.exactly(n)
+        self.header_bytes += len(data)
+        if is_header and len(data) > _TYPE_OFFSET:
+            kind = data[_TYPE_OFFSET]
+            if kind == ord("g"):
+                raise InvalidArchive(
+                    "The archive has a pax global header (applied to every later member): "
+                    "ailab-backup never writes one, so the archive is refused."
+                )
+            if kind == ord("S"):
+                raise InvalidArchive("The archive has a sparse tar member: sparse members are not supported.")
+            if kind in _EXTENDED_TYPES:
+                if kind in self._extended or len(self._extended) >= _MAX_EXTENDED:
+                    raise InvalidArchive(
+                        "A tar member is preceded by a chain of extended headers (pax records or "
+                        "GNU long names, the same kind twice): the archive is refused."
+                    )
+                self._extended += bytes((kind,))
+        return data
 
     def tell(self):
         return self.pos
@@ -245,6 +304,7 @@ class TarReader:
     def __iter__(self):
         while True:
             self.fileobj.skip_to(self.offset)  # what the consumer left unread, and the padding
+            self.fileobj.begin_member()
             try:
                 info = tarfile.TarInfo.fromtarfile(self)
             except tarfile.EOFHeaderError:
@@ -252,6 +312,10 @@ class TarReader:
                 return
             except tarfile.HeaderError as exc:
                 raise tarfile.ReadError(str(exc) or type(exc).__name__) from None
+            except (ValueError, OverflowError, UnicodeError, LookupError, RecursionError) as exc:
+                # tarfile's header code was not written for hostile input: whatever else it
+                # raises is a damaged header too, never a crash
+                raise tarfile.ReadError(f"a malformed header ({type(exc).__name__})") from None
             if info.sparse is not None:
                 raise InvalidArchive(f"Refused {info.name!r}: sparse tar members are not supported.")
             yield info
@@ -261,13 +325,19 @@ class TarReader:
         return _MemberData(self.fileobj, info.size)
 
     def require_only_zeros(self):
-        """After the end-of-archive block: refuse anything but zeros up to the end."""
+        """After the end-of-archive block: refuse anything but a few zeros up to the end (a tar
+        writer pads to its record size); nothing more is decompressed."""
+        left = MAX_TRAILING_ZEROS
         while True:
-            part = self.fileobj.piece(CHUNK)
+            part = self.fileobj.piece(left + 1)
             if not part:
                 return
-            if bytes(part).count(0) != len(part):
-                raise InvalidArchive("The archive has data after its end: it was altered or damaged.")
+            if bytes(part).count(0) != len(part) or len(part) > left:
+                raise InvalidArchive(
+                    "The archive has data after its end (more than a tar writer's padding): it was "
+                    "altered or damaged."
+                )
+            left -= len(part)
 
 
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile)
@@ -286,7 +356,40 @@ class _CountingReader:
         return data
 
 
-def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_content=True):
+def _bomb(max_ratio, where):
+    return TooLarge(
+        f"The archive would unpack to more than {max_ratio} times its size ({where}): refused as a "
+        "decompression bomb. If it is yours, raise AILabBackup.max_compression_ratio."
+    )
+
+
+class _BoundedDecompressed:
+    """The decompressed stream, counted as it is read: with ``max_ratio``, refused once it
+    unpacks to more than that many times the compressed bytes read so far, whatever the bytes are
+    (file data, headers, padding, what follows the end); and stopped when ``cancel`` is set."""
+
+    def __init__(self, stream, counted, max_ratio=0, cancel=None):
+        self.stream = stream
+        self.counted = counted
+        self.max_ratio = max_ratio
+        self.cancel = cancel
+        self.count = 0
+
+    def check_cancel(self):
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("The check was stopped: its client went away. Nothing was kept.")
+
+    def read(self, size=-1):
+        self.check_cancel()
+        data = self.stream.read(size)
+        self.count += len(data)
+        if self.max_ratio and self.count > self.max_ratio * max(self.counted.count, RATIO_FLOOR):
+            raise _bomb(self.max_ratio, f"{self.count} bytes unpacked from {self.counted.count}")
+        return data
+
+
+def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_content=True, *,
+                 max_entries=0, cancel=None):
     """Yield ``(Entry, reader)`` for each data member, checking each one; the last item is
     ``(Manifest, None)`` after checking the manifest against the data.
 
@@ -294,32 +397,43 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
     Each file is hashed (in a worker thread) and checked against the manifest, unless
     ``check_content`` is false: then only names, types, sizes, modes, owners and times are
     (for a second read of an archive already checked completely).
-    With ``max_ratio``, an archive that would unpack to more than that many times its compressed
-    size read so far (at least 1 MiB) is refused as a decompression bomb, from the headers alone.
-    Raises :class:`InvalidArchive` on anything hostile or broken.
+    With ``max_ratio`` (an upload), an archive that would unpack to more than that many times its
+    compressed size read so far (at least 1 MiB) is refused as a decompression bomb: from the
+    headers (the sizes they declare), and from what is actually unpacked; its headers and names
+    alone may unpack to a fifth of that at most (:data:`METADATA_SHARE`). ``max_entries`` bounds the
+    number of entries; ``cancel`` (an Event) stops the read with :class:`Cancelled`.
+    Every resource is bounded: what follows the end of the tar, the extended headers of a member,
+    the manifest (by the entries found). Raises :class:`InvalidArchive` on anything hostile or broken.
     """
-    checker = EntryChecker(max_total_bytes)
+    checker = EntryChecker(max_total_bytes, max_entries)
     counted = _CountingReader(raw)
     found, digests = [], []
     manifest = None
+    manifest_allowance = MANIFEST_BASE_BYTES
+    metadata_ratio = max_ratio / METADATA_SHARE
     try:
         with hashing_worker() if check_content else contextlib.nullcontext() as hasher:
-            tar = TarReader(open_decompressed(counted).read)
+            stream = _BoundedDecompressed(open_decompressed(counted), counted, max_ratio, cancel)
+            tar = TarReader(stream.read)
             for info in tar:
+                stream.check_cancel()
+                if metadata_ratio and tar.fileobj.header_bytes > metadata_ratio * max(counted.count, METADATA_FLOOR):
+                    raise InvalidArchive(
+                        f"The archive's headers and names alone unpack to more than {metadata_ratio:.0f} "
+                        "times its size: a flood of crafted members, refused. If it is yours, raise "
+                        "AILabBackup.max_compression_ratio."
+                    )
                 path = data_path(info.name)
                 if path is None:
-                    manifest = _read_manifest(tar, info, manifest)
+                    manifest = _read_manifest(tar, info, manifest, manifest_allowance, len(found))
                     continue
                 if manifest is not None:
                     raise InvalidArchive("The archive has data after its manifest: it was altered or damaged.")
                 entry = entry_from_tarinfo(info, path)
                 checker.check(entry)
-                if max_ratio and checker.total > max_ratio * max(counted.count, 1 << 20):
-                    raise TooLarge(
-                        f"The archive would unpack to more than {max_ratio} times its size (at "
-                        f"{entry.path!r}): refused as a decompression bomb. If it is yours, raise "
-                        "AILabBackup.max_compression_ratio."
-                    )
+                manifest_allowance += MANIFEST_BYTES_PER_ENTRY + 12 * (len(path) + len(entry.target or ""))
+                if max_ratio and checker.total > max_ratio * max(counted.count, RATIO_FLOOR):
+                    raise _bomb(max_ratio, f"at {entry.path!r}")
                 if entry.type == FILE:
                     feed = None
                     if hasher is not None:
@@ -353,16 +467,42 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
     yield manifest, None
 
 
-def _read_manifest(tar, info, found_before):
+# What a manifest may take: a base (its header and the list of skipped paths) and, for each entry
+# found in the data, a JSON object with its path and link target (12 bytes a character at most,
+# escaped); an object more than those is refused while parsing, so memory stays bounded.
+MANIFEST_BASE_BYTES = 4 * 1024 * 1024
+MANIFEST_BYTES_PER_ENTRY = 512
+MANIFEST_BASE_OBJECTS = 100_000
+
+
+def _read_manifest(tar, info, found_before, allowance, entry_count):
     if info.name != MANIFEST_NAME or found_before is not None:
         raise InvalidArchive(
             f"Refused member {info.name!r}: an archive holds only notebooks/ and one {MANIFEST_NAME}."
         )
-    if not info.isreg() or info.size > MAX_MANIFEST_BYTES:
+    if not info.isreg():
         raise InvalidArchive("The archive's manifest is not a plain file.")
+    limit = min(allowance, MAX_MANIFEST_BYTES)
+    if info.size > limit:
+        raise InvalidArchive(
+            f"The archive's manifest is {info.size} bytes, more than its {entry_count} entries can "
+            f"need ({limit} bytes at most): it was altered or crafted, and is refused."
+        )
+    objects = [0]
+    max_objects = MANIFEST_BASE_OBJECTS + entry_count
+
+    def counted_object(pairs):
+        objects[0] += 1
+        if objects[0] > max_objects:
+            raise InvalidArchive(
+                f"The archive's manifest holds more than {max_objects} JSON objects for "
+                f"{entry_count} entries: it was altered or crafted, and is refused."
+            )
+        return dict(pairs)
+
     try:
-        return Manifest.from_json(json.loads(tar.data(info).read()))
-    except (ValueError, UnicodeDecodeError):
+        return Manifest.from_json(json.loads(tar.data(info).read(), object_pairs_hook=counted_object))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidArchive("The archive's manifest is not valid JSON.") from None
 
 
@@ -390,9 +530,10 @@ def _match_manifest(manifest, found, check_content=True):
         )
 
 
-def read_archive(raw, max_total_bytes=0, progress=None, max_ratio=0):
-    """Check a whole archive; return its :class:`Manifest` or raise :class:`InvalidArchive`."""
+def read_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, *, max_entries=0, cancel=None):
+    """Check a whole archive; return its :class:`Manifest` or raise :class:`InvalidArchive`
+    (see :func:`iter_archive` for the limits)."""
     manifest = None
-    for item, _ in iter_archive(raw, max_total_bytes, progress, max_ratio):
+    for item, _ in iter_archive(raw, max_total_bytes, progress, max_ratio, max_entries=max_entries, cancel=cancel):
         manifest = item
     return manifest
