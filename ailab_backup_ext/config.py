@@ -122,10 +122,12 @@ class AILabBackup(Configurable):
         slot. 0 turns the check off.""",
     )
     check_threads = Int(
-        2,
+        1,
         config=True,
         help="""Threads of the server for long checks (uploads, restore previews): a pool of their
-        own, so that status, listings and the UIs stay quick while archives are checked.""",
+        own, so that status, listings and the UIs stay quick while archives are checked (more
+        are queued). A check is partly Python: each thread more takes the interpreter from the
+        server's requests, so raise this only with cores to spare.""",
     )
     keep_last = Int(
         0,
@@ -167,7 +169,7 @@ class AILabBackup(Configurable):
     _default_max_entries = _env_default("max_entries", 1_000_000)
     _default_max_concurrent_uploads = _env_default("max_concurrent_uploads", 4)
     _default_upload_stall_seconds = _env_default("upload_stall_seconds", 60)
-    _default_check_threads = _env_default("check_threads", 2)
+    _default_check_threads = _env_default("check_threads", 1)
     _default_max_compression_ratio = _env_default("max_compression_ratio", 1000)
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)
