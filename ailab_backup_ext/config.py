@@ -126,8 +126,36 @@ class AILabBackup(Configurable):
         1000,
         config=True,
         help="""An uploaded archive that would unpack to more than this many times its size is
-        refused as a decompression bomb (checked from the headers, before anything is written).
-        0: no limit. Backups made here are not limited by it.""",
+        refused as a decompression bomb (checked from the headers and as it is unpacked, before
+        anything is written), and so is one whose headers and names alone unpack to more than a
+        fifth of it. 0: no limit. Backups made here are not limited by it.""",
+    )
+    max_entries = Int(
+        1_000_000,
+        config=True,
+        help="""Most entries (files, folders, symlinks) an archive may hold; a bigger one is refused
+        before anything is written (it bounds the memory a check needs). 0 means no limit.""",
+    )
+    max_concurrent_uploads = Int(
+        4,
+        config=True,
+        help="""Most uploads received or checked at the same time; one more is answered 429 (try
+        again later). 0 means no limit.""",
+    )
+    upload_stall_seconds = Int(
+        60,
+        config=True,
+        help="""An upload whose body brings less than 64 KiB in this many seconds is cut off and its
+        partial file removed, so that a client trickling bytes in cannot hold a spool and an upload
+        slot. 0 turns the check off.""",
+    )
+    check_threads = Int(
+        1,
+        config=True,
+        help="""Threads of the server for long checks (uploads, restore previews): a pool of their
+        own, so that status, listings and the UIs stay quick while archives are checked (more
+        are queued). A check is partly Python: each thread more takes the interpreter from the
+        server's requests, so raise this only with cores to spare.""",
     )
     keep_last = Int(
         0,
@@ -166,6 +194,10 @@ class AILabBackup(Configurable):
     _default_max_archive_bytes = _env_default("max_archive_bytes", 0)
     _default_max_upload_bytes = _env_default("max_upload_bytes", 20 * 1024**3)
     _default_keep_last = _env_default("keep_last", 0)
+    _default_max_entries = _env_default("max_entries", 1_000_000)
+    _default_max_concurrent_uploads = _env_default("max_concurrent_uploads", 4)
+    _default_upload_stall_seconds = _env_default("upload_stall_seconds", 60)
+    _default_check_threads = _env_default("check_threads", 1)
     _default_max_compression_ratio = _env_default("max_compression_ratio", 1000)
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)

@@ -33,9 +33,9 @@ from .archive import (
 )
 from .config import AILabBackup
 from .docker_helper import DockerHelper, find_covering_mount, on_container_filesystem
-from .errors import BackupError, Busy, InvalidArchive, NotFound, Unavailable
+from .errors import BackupError, Busy, Cancelled, InsufficientStorage, InvalidArchive, NotFound, Unavailable
 from .jobs import JobRunner
-from .plan import check_chosen_paths, make_plan, normalize_paths, notebook_diff, scan, selected
+from .plan import NOTEBOOK_DIFF_LIMIT, check_chosen_paths, make_plan, normalize_paths, notebook_comparison, scan, selected
 from .progress import Progress
 from .schedule import Scheduler
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
@@ -215,17 +215,18 @@ class BackupManager:
         meta = self.get_backup(backup_id)
         self.store.remove(backup_id, meta["archive"])
 
-    def _checked(self, path, meta=None, progress=None, max_ratio=0):
+    def _checked(self, path, meta=None, progress=None, max_ratio=0, cancel=None):
         """Read an archive file through and check everything; return its manifest and SHA-256."""
         with open(path, "rb") as f:
-            return self._check_stream(f, meta, progress, max_ratio)
+            return self._check_stream(f, meta, progress, max_ratio, cancel)
 
-    def _check_stream(self, raw, meta=None, progress=None, max_ratio=0):
+    def _check_stream(self, raw, meta=None, progress=None, max_ratio=0, cancel=None):
         digest = hashlib.sha256()
         with hashing_worker() as hasher:  # the archive's own hash, in a thread of its own
             hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
-            manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio)
-            while hashed.read(CHUNK):  # whatever follows the compressed stream
+            manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio,
+                                    max_entries=self.config.max_entries, cancel=cancel)
+            while hashed.read(CHUNK):  # whatever follows the compressed stream (compressed: bounded)
                 pass
         digest = digest.hexdigest()
         if meta is not None and meta.get("sha256") and digest != meta["sha256"]:
@@ -472,14 +473,14 @@ class BackupManager:
             with source.read_entries() as entries:
                 current = scan(_counted(entries, progress), lambda p: p.endswith(".ipynb"))
             plan = make_plan(manifest.entries, current, mode, chosen, self.config.excludes, source.skip_paths)
-            notebooks = {item["path"] for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
+            notebooks = {item["path"]: item for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
             if notebooks:
                 with open(path, "rb") as f:
                     for entry, content in _data_only(iter_archive(f, check_content=False)):
-                        if entry.path in notebooks and current[entry.path][1] is not None:
-                            diff = notebook_diff(current[entry.path][1], content.read())
-                            item = next(i for i in plan["overwritten"] if i["path"] == entry.path)
-                            item["notebook"] = diff
+                        if entry.path in notebooks and current[entry.path][0].type == FILE:
+                            # never more than the limit of either side in memory
+                            restored = content.read(NOTEBOOK_DIFF_LIMIT + 1) if entry.size <= NOTEBOOK_DIFF_LIMIT else None
+                            notebooks[entry.path].update(notebook_comparison(current[entry.path][1], restored))
         return {"backup_id": backup_id, "mode": mode, "paths": chosen, **plan}
 
     def last_safety_backup(self):
@@ -567,21 +568,42 @@ class BackupManager:
         """A context manager giving a temporary path to receive an uploaded archive in."""
         return self.store.spool(f"upload-{uuid.uuid4().hex}")
 
-    def add_uploaded(self, path):
-        """Check an uploaded archive completely and add it to the store; return its metadata."""
+    def check_upload_space(self, length):
+        """Refuse an upload of ``length`` bytes (its Content-Length) that the place its spool is
+        written to cannot hold, before a byte of it is received."""
+        with self.upload_spool() as spool:
+            free = shutil.disk_usage(os.path.dirname(spool)).free
+        if length + UPLOAD_SPACE_MARGIN > free:
+            raise InsufficientStorage(
+                f"The upload needs {length // 2**20} MB but only {free // 2**20} MB are free where "
+                f"it is received ({os.path.dirname(spool)}). Free space or delete old backups, then "
+                "upload again."
+            )
+
+    def add_uploaded(self, path, cancel=None):
+        """Check an uploaded archive completely and add it to the store; return its metadata.
+        ``cancel`` (an Event) set by a client that went away stops the check."""
         # an upload is untrusted: it also meets the compression-ratio limit (our own backups do
         # not, so that a big file of zeros never makes a backup unrestorable)
-        manifest, digest = self._checked(path, max_ratio=self.config.max_compression_ratio)
-        slug = str(manifest.source.get("name", "")).rstrip("/").rsplit("/", 1)[-1] or "upload"
-        backup_id = self._unique_id(make_id(slug, _parse_time(manifest.created) or utc_now()))
+        manifest, digest = self._checked(path, max_ratio=self.config.max_compression_ratio, cancel=cancel)
+        source = _capped_source(manifest.source)
+        slug = source.get("name", "").rstrip("/").rsplit("/", 1)[-1] or "upload"
+        created = _utc_time(manifest.created[:64].strip()) or utc_now()
+        with _UPLOAD_COMMIT:  # checks run side by side: two of the same archive must not share an id
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("The upload's client went away before it was stored; nothing was kept.")
+            return self._store_uploaded(path, manifest, digest, source, slug, created)
+
+    def _store_uploaded(self, path, manifest, digest, source, slug, created):
+        backup_id = self._unique_id(make_id(slug, created))
         compression = _sniff_compression(path)
         archive_name = backup_id + SUFFIXES.get(compression, ".tar")
         meta = {
             "id": backup_id,
-            "created": manifest.created,
-            "label": manifest.label,
+            "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "label": manifest.label[:MAX_LABEL_CHARS],
             "kind": "uploaded",
-            "source": manifest.source,
+            "source": source,
             "size_bytes": os.path.getsize(path),
             "file_count": manifest.file_count,
             "total_bytes": manifest.total_bytes,
@@ -589,7 +611,7 @@ class BackupManager:
             "archive": archive_name,
             "sha256": digest,
             "format_version": FORMAT_VERSION,
-            "skipped": manifest.skipped,
+            "skipped": _capped_skipped(manifest.skipped),
         }
         self.store.commit(path, archive_name, meta)
         return meta
@@ -598,6 +620,36 @@ class BackupManager:
         """A context manager giving the stored archive of a backup as a readable stream."""
         meta = self.get_backup(backup_id)
         return self.store.open_archive(meta["archive"])
+
+
+# What an upload may carry into the store's metadata (read by every listing): the manifest's own
+# label, source and skipped list are the uploader's, and were copied whole.
+MAX_LABEL_CHARS = 200  # as a label given to POST /ailab/backup
+MAX_META_TEXT = 1024
+MAX_SKIPPED_KEPT = 100
+UPLOAD_SPACE_MARGIN = 64 * 1024 * 1024  # the check's own spool and the metadata
+_UPLOAD_COMMIT = threading.Lock()
+
+
+def _utc_time(text):
+    """A time given by an upload, in UTC (a time without zone is taken as UTC), or None."""
+    parsed = _parse_time(text)
+    try:
+        return parsed and parsed.replace(tzinfo=parsed.tzinfo or datetime.timezone.utc).astimezone(datetime.timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _capped_source(source):
+    return {k: str(source[k])[:MAX_META_TEXT] for k in ("type", "name", "found_by") if isinstance(source.get(k), str)}
+
+
+def _capped_skipped(skipped):
+    kept = [{"path": str(item.get("path", ""))[:MAX_META_TEXT], "reason": str(item.get("reason", ""))[:MAX_META_TEXT]}
+            for item in skipped[:MAX_SKIPPED_KEPT] if isinstance(item, dict)]
+    if len(skipped) > MAX_SKIPPED_KEPT:
+        kept.append({"path": "", "reason": f"and {len(skipped) - MAX_SKIPPED_KEPT} more, not kept with the upload"})
+    return kept
 
 
 def _check_mode(mode):

@@ -35,3 +35,17 @@ class Unavailable(BackupError):
     """Docker, the volume or the helper image cannot be reached or found."""
 
     http_status = 503
+
+
+class Cancelled(BackupError):
+    """The client that asked for the work went away; it was stopped and left nothing behind."""
+
+    http_status = 499  # nginx's "client closed request": nobody is there to read it
+
+
+class TooManyRequests(BackupError):
+    http_status = 429
+
+
+class InsufficientStorage(BackupError):
+    http_status = 507

@@ -11,6 +11,8 @@ import functools
 import hmac
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 from jupyter_server.auth.decorator import authorized
@@ -20,9 +22,12 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from .archive import CHUNK
-from .errors import BackupError, TooLarge
+from .errors import BackupError, TooLarge, TooManyRequests
 
 SETTINGS_KEY = "ailab_backup"
+CHECK_POOL_KEY = "ailab_backup_check_pool"
+UPLOADS_KEY = "ailab_backup_uploads"  # the uploads being received or checked now
+STALL_MIN_BYTES = 64 * 1024  # what an upload must bring in each upload_stall_seconds
 SECRET_KEY = "ailab_backup_kernel_secret"
 AUTH_RESOURCE = "ailab_backup"
 KERNEL_AUTH_SCHEME = "AILabBackup"
@@ -66,6 +71,18 @@ class BaseHandler(APIHandler):
         """Run blocking core work in a thread; expected errors become JSON replies."""
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
+        except BackupError as exc:
+            raise _Reply(exc) from None
+
+    async def call_long(self, fn, *args):
+        """As :meth:`call`, for long checks (uploads, previews): in a bounded pool of their own,
+        so that they never hold the threads that status and listings answer from."""
+        pool = self.settings.get(CHECK_POOL_KEY)
+        if pool is None:
+            pool = self.settings.setdefault(CHECK_POOL_KEY, ThreadPoolExecutor(
+                max(1, self.manager.config.check_threads), thread_name_prefix="ailab-backup-check"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
         except BackupError as exc:
             raise _Reply(exc) from None
 
@@ -181,7 +198,7 @@ class RestoreHandler(BaseHandler):
         if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
             raise web.HTTPError(400, "'paths' must be a list of paths inside the backup.")
         if body.get("dry_run"):
-            self.finish(await self.call(self.manager.plan_restore, backup_id, mode, paths))
+            self.finish(await self.call_long(self.manager.plan_restore, backup_id, mode, paths))
             return
         job = await self.call(self.manager.start_restore, backup_id, mode, paths)
         self.accepted(job)
@@ -239,23 +256,65 @@ class DownloadHandler(BaseHandler):
 
 @web.stream_request_body
 class UploadHandler(BaseHandler):
-    """The raw archive as the body, streamed to disk, checked completely, then stored."""
+    """The raw archive as the body, streamed to disk, checked completely, then stored. Bounded:
+    so many at once (max_concurrent_uploads), a body that stalls is cut off
+    (upload_stall_seconds), and one that cannot fit is refused before it is received."""
+
+    slot = None
+    stall_timer = None
+    checking = False  # the spool is being read: only the check's own end may remove it
 
     async def prepare(self):
         await super().prepare()
         if self.current_user is None or self.request.method != "POST":
             return  # the method's decorators answer 403 / 405
-        limit = self.manager.config.max_upload_bytes
-        length = int(self.request.headers.get("Content-Length", "0") or 0)
+        config = self.manager.config
+        limit = config.max_upload_bytes
+        try:
+            length = int(self.request.headers.get("Content-Length", "0") or 0)
+        except ValueError:
+            raise web.HTTPError(400, "The Content-Length header is not a number.") from None
         if limit and length > limit:
             raise _Reply(TooLarge(f"The upload is larger than the limit of {limit} bytes "
                                   "(AILabBackup.max_upload_bytes)."))
+        uploads = self.settings.setdefault(UPLOADS_KEY, set())
+        if config.max_concurrent_uploads and len(uploads) >= config.max_concurrent_uploads:
+            raise _Reply(TooManyRequests(
+                f"{len(uploads)} uploads are being received or checked already, the most at once "
+                "(AILabBackup.max_concurrent_uploads). Try again when one has finished."))
+        self.slot = object()
+        uploads.add(self.slot)
+        if length:
+            await self.call(self.manager.check_upload_space, length)
         self.request.connection.set_max_body_size(limit or 1 << 62)
         self.received = 0
+        self.cancel = threading.Event()  # set when the client goes away: the check stops
         self.spool = ExitStack()
         path = self.spool.enter_context(self.manager.upload_spool())
         self.spool_file = self.spool.enter_context(open(path, "wb"))
         self.spool_path = path
+        self._watch_progress()
+
+    def _watch_progress(self):
+        """Every upload_stall_seconds, see that the body brought STALL_MIN_BYTES at least."""
+        seconds = self.manager.config.upload_stall_seconds
+        if seconds > 0:
+            self.stall_timer = asyncio.get_running_loop().call_later(seconds, self._progress_seen, self.received)
+
+    def _progress_seen(self, received_before):
+        if self.received - received_before >= STALL_MIN_BYTES:
+            self._watch_progress()
+            return
+        self.stall_timer = None
+        seconds = self.manager.config.upload_stall_seconds
+        self.log.warning("ailab-backup: an upload stalled at %d bytes for %d s; cut off", self.received, seconds)
+        self._release()
+        self.set_status(408)
+        self.set_header("Content-Type", "application/json")
+        # the body is not read to its end: tornado closes the connection after this reply
+        self.finish(json.dumps({"message": (
+            f"The upload brought less than {STALL_MIN_BYTES // 1024} KiB in {seconds} s and was cut off "
+            "(AILabBackup.upload_stall_seconds); nothing was kept. Upload again over a faster connection.")}))
 
     async def data_received(self, chunk):
         if not hasattr(self, "spool_file"):
@@ -266,19 +325,44 @@ class UploadHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self):
+        self._stop_watch()  # the whole body is here
         try:
             self.spool_file.close()
             if not self.received:
                 raise web.HTTPError(400, "The upload is empty: send the archive as the request body.")
-            meta = await self.call(self.manager.add_uploaded, self.spool_path)
+            self.checking = True
+            try:
+                meta = await self.call_long(self.manager.add_uploaded, self.spool_path, self.cancel)
+            finally:
+                self.checking = False
         finally:
-            self.spool.close()
+            self._release()
         self.set_status(201)
         self.finish(_backup_json(meta))
 
-    def on_connection_close(self):
+    def _stop_watch(self):
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+
+    def _release(self):
+        """Give back the upload's slot and spool (idempotent); a check still running stops."""
+        self._stop_watch()
+        if hasattr(self, "cancel"):
+            self.cancel.set()
+        if self.checking:
+            return  # the check stops at its next read; post() then removes the spool
         if hasattr(self, "spool"):
             self.spool.close()  # an aborted upload leaves nothing behind
+        if self.slot is not None:
+            self.settings.get(UPLOADS_KEY, set()).discard(self.slot)
+            self.slot = None
+
+    def on_finish(self):
+        self._release()
+
+    def on_connection_close(self):
+        self._release()
         super().on_connection_close()
 
 

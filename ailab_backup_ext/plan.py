@@ -10,7 +10,8 @@ from .archive import CHUNK, FILE, ROOT, check_path
 from .errors import BackupError
 from .sources import folders_holding, in_scope, is_excluded
 
-NOTEBOOK_DIFF_LIMIT = 20 * 1024 * 1024  # larger notebooks are compared by hash alone
+NOTEBOOK_DIFF_LIMIT = 16 * 1024 * 1024  # larger notebooks are compared by hash alone
+NOTEBOOK_TOO_LARGE = f"too large to compare (more than {NOTEBOOK_DIFF_LIMIT // 2**20} MiB): compared by content hash only"
 
 
 def check_chosen_paths(paths):
@@ -121,6 +122,15 @@ def _cells(data):
     notebook = json.loads(data)
     return [(c.get("cell_type"), "".join(c.get("source", "")) if isinstance(c.get("source"), list)
              else str(c.get("source", ""))) for c in notebook.get("cells", [])]
+
+
+def notebook_comparison(current, restored):
+    """What a preview says of an overwritten notebook: ``{"notebook": cells}`` (see
+    :func:`notebook_diff`), or ``{"notebook_note": ...}`` when a side is larger than
+    :data:`NOTEBOOK_DIFF_LIMIT` (``None``: not read, since it is); the cell diff reads no more."""
+    if current is None or restored is None or max(len(current), len(restored)) > NOTEBOOK_DIFF_LIMIT:
+        return {"notebook_note": NOTEBOOK_TOO_LARGE}
+    return {"notebook": notebook_diff(current, restored)}
 
 
 def notebook_diff(current, restored):

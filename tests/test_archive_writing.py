@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from ailab_backup_ext import archive
+from ailab_backup_ext.archive import writer as archive_writer
 from ailab_backup_ext.archive import Entry, Manifest, read_archive, write_archive
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
@@ -33,7 +33,7 @@ class _Flipping:
         return self.raw.write(data)
 
 
-class _CorruptingCompressor(archive._Compressor):
+class _CorruptingCompressor(archive_writer._Compressor):
     """Our compressor, with its output damaged on the way out, as a faulty compressor would."""
 
     def __init__(self, raw, compression):
@@ -42,7 +42,7 @@ class _CorruptingCompressor(archive._Compressor):
 
 @pytest.fixture
 def corrupting_zstd(monkeypatch):
-    monkeypatch.setattr(archive, "_Compressor", _CorruptingCompressor)
+    monkeypatch.setattr(archive_writer, "_Compressor", _CorruptingCompressor)
 
 
 def notebook_text(n):

@@ -19,6 +19,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 from ailab_backup_ext.archive import Entry, Manifest, write_archive  # noqa: E402
 from test_bad_input import CASES, M, archive, good_members  # noqa: E402
 
+sys.path.insert(0, HERE)
+import hostile  # noqa: E402
+
 CORPUS = os.path.join(HERE, "corpus")
 
 
@@ -67,6 +70,9 @@ EXTRA = {
     "non-utf8-name.tar": (non_utf8_name, "not valid UTF-8"),
     "decompression-bomb.tar.zst": (bomb, "decompression bomb"),
     "zip-named.tar.gz": (zip_named_tar_gz, "zip file"),
+    # unbounded reading (issue 18): refused from the store too, where no ratio limit applies
+    **{f"{name}.tar.zst": (lambda build=build, n=n: build(n), fragment)
+       for name, (build, n, fragment) in hostile.CASES.items() if name != "many-long-named-entries"},
 }
 
 

@@ -1,0 +1,85 @@
+"""The archive format, its reader and its writer.
+
+``format`` holds the constants, :class:`Entry` and :class:`Manifest` and the safety rules on paths;
+``reader`` reads (and refuses) archives; ``writer`` writes them; ``threads`` is the thread plumbing
+both share. Every name other modules use is importable from here.
+"""
+
+from .format import (
+    CHUNK,
+    DATA_ROOT,
+    DIR,
+    FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    HARDLINK,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    ROOT,
+    SUFFIXES,
+    SYMLINK,
+    Entry,
+    Manifest,
+    check_path,
+    member_name,
+    symlink_escapes,
+    utc_now,
+)
+from .reader import (
+    MAX_HEADER_DATA,
+    EntryChecker,
+    TarReader,
+    data_path,
+    entry_from_tarinfo,
+    iter_archive,
+    open_decompressed,
+    read_archive,
+)
+from .threads import PARALLEL_MIN_BYTES, FeedingReader, IterStream, Worker, hash_feeder, hashing_worker
+from .writer import STORE_MIN_BYTES, file_chunks, tar_header, tar_padding, tar_stream, tarinfo_for, write_archive
+
+__all__ = [
+    "CHUNK",
+    "DATA_ROOT",
+    "DIR",
+    "FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HARDLINK",
+    "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
+    "ROOT",
+    "SUFFIXES",
+    "SYMLINK",
+    "Entry",
+    "Manifest",
+    "check_path",
+    "member_name",
+    "symlink_escapes",
+    "utc_now",
+    "MAX_HEADER_DATA",
+    "EntryChecker",
+    "TarReader",
+    "data_path",
+    "entry_from_tarinfo",
+    "iter_archive",
+    "open_decompressed",
+    "read_archive",
+    "PARALLEL_MIN_BYTES",
+    "FeedingReader",
+    "IterStream",
+    "Worker",
+    "hash_feeder",
+    "hashing_worker",
+    "STORE_MIN_BYTES",
+    "file_chunks",
+    "tar_header",
+    "tar_padding",
+    "tar_stream",
+    "tarinfo_for",
+    "write_archive",
+]
