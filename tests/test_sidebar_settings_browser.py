@@ -36,23 +36,8 @@ from test_sidebar_browser import (
     running_lab,
     shown_on_failure,
 )
+from restutil import STORE_WARNING as WARNING, store_warning_config
 from treeutil import HELPER_IMAGE
-
-WARNING = "TEST: the backups are kept inside this container; 'docker rm' deletes them. Download them."
-FORCE_WARNING = f'''
-# test only: the status says the store does not survive the container
-from ailab_backup_ext.core import BackupManager
-
-_status = BackupManager.status
-
-
-def _with_warning(self):
-    return {{**_status(self), "store_warning": {WARNING!r}}}
-
-
-BackupManager.status = _with_warning
-'''
-
 
 def utc(created):
     """How both UIs show a server time: '2026-12-01 21:30:05 UTC'."""
@@ -71,8 +56,7 @@ def other_image(docker_client):
 def setup(tmp_path, docker_client, make_volume, other_image):
     volume, store = make_volume(), make_volume("ailabstore")
     fill_volume(docker_client, volume, make_tree(str(tmp_path / "tree"), big_mb=1))
-    config = tmp_path / "force_warning.py"
-    config.write_text(FORCE_WARNING)
+    config = store_warning_config(tmp_path / "force_warning.py")
     args = (f"--config={config}", f"--AILabBackup.helper_image_choices={other_image}")
     return volume, store, args
 
