@@ -48,9 +48,11 @@ class ChangeWatch:
             manager.settings.invalidate()  # another process may have changed them
         self._last_marker = marker
         active = manager.jobs.active
-        held = [manager.revision, marker, active.id if active else None,
-                manager.scheduler._state, manager.settings._state]
-        digest = hashlib.sha256(json.dumps(held, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        held = [manager.revision, marker, active.id if active else None]
+        for owner in (manager.scheduler, manager.settings):
+            with owner._lock:  # not while it changes; one at a time, so no lock waits for another
+                held.append(json.dumps(owner._state, sort_keys=True, default=str))
+        digest = hashlib.sha256(json.dumps(held, default=str).encode()).hexdigest()[:16]
         return {"token": digest, "job": active.id if active else None}
 
     def _store_marker(self):

@@ -135,7 +135,7 @@ class Settings:
             names.append((cfg.helper_image, "configured (AILabBackup.helper_image)"))
         try:
             own = docker.own_container()
-        except BackupError:
+        except Exception:  # noqa: BLE001 - Docker unreachable: no own image to offer now
             own = None
         if own:
             names.append(((own.get("Config") or {}).get("Image") or own.get("Image"), "this server's own image"))
@@ -162,24 +162,24 @@ class Settings:
 
     def describe(self, refresh=True):
         """The effective settings, where each comes from, and the helper images offered."""
-        with self._lock:
-            state = self.load(refresh=refresh)
-            cfg = self.manager.config
-            scheduler = self.manager.scheduler
-            if refresh:
-                scheduler._state = None  # read the schedule again too: another process may have set it
-            return {
-                "helper_image": self.helper_image,
-                "excludes": self.excludes,
-                "keep_last": self.keep_last,
-                "schedule": scheduler.spec or "off",
-                "kept": sorted([k for k in KEYS if k in state and k not in self.pinned]
-                               + ([SCHEDULE] if "spec" in scheduler.state() else [])),
-                "configured": {"helper_image": cfg.helper_image, "excludes": list(cfg.excludes),
-                               "keep_last": cfg.keep_last, "schedule": cfg.schedule or "off"},
-                "helper_images": self.offered_images(),
-                "store": self.manager.store.describe(),
-            }
+        state = dict(self.load(refresh=refresh))
+        cfg = self.manager.config
+        scheduler = self.manager.scheduler
+        if refresh:
+            with scheduler._lock:  # not while the schedule thread records a run
+                scheduler._state = None  # read it again too: another process may have set it
+        return {
+            "helper_image": self.helper_image,
+            "excludes": self.excludes,
+            "keep_last": self.keep_last,
+            "schedule": scheduler.spec or "off",
+            "kept": sorted([k for k in KEYS if k in state and k not in self.pinned]
+                           + ([SCHEDULE] if "spec" in scheduler.state() else [])),
+            "configured": {"helper_image": cfg.helper_image, "excludes": list(cfg.excludes),
+                           "keep_last": cfg.keep_last, "schedule": cfg.schedule or "off"},
+            "helper_images": self.offered_images(),
+            "store": self.manager.store.describe(),
+        }
 
     # changing ------------------------------------------------------------------------------
 
