@@ -73,6 +73,13 @@ def build_parser():
             p.add_argument("--file", help="instead of --dir: add a backup archive file (.tar.zst, "
                                           ".tar.gz) to the store, checked completely first")
     command("status", "show what is backed up, where backups are kept, and whether Docker is reachable")
+    settings = command("settings", "show or change the settings kept beside the store (as the UIs do): "
+                       "helper_image, excludes, keep_last, schedule")
+    settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="changes",
+                          help="keep a setting, e.g. keep_last=10, excludes=models_cache,*.tmp, "
+                               "'schedule=daily 02:30', helper_image=ubuntu (repeatable)")
+    settings.add_argument("--reset", action="append", default=[], metavar="KEY",
+                          help="go back to the configuration's value of KEY (repeatable)")
     return parser
 
 
@@ -140,9 +147,31 @@ def print_plan(plan, out):
           f"removed, {unchanged['count']} unchanged ({plan['mode']}). Nothing was changed.", file=out)
 
 
+def _setting_changes(pairs, resets):
+    changes = {key: None for key in resets}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise BackupError(f"Write --set {key}=VALUE (e.g. --set keep_last=10).")
+        if key == "excludes":
+            changes[key] = [p for p in value.split(",") if p.strip()]
+        elif key == "keep_last":
+            try:
+                changes[key] = int(value)
+            except ValueError:
+                raise BackupError(f"keep_last must be a whole number, not {value!r}.") from None
+        else:
+            changes[key] = value
+    return changes
+
+
 def run(args, out=None):
     out = out or sys.stdout
     manager = BackupManager(make_config(args))
+    # an option given for this run wins over the settings kept beside the store
+    manager.settings.pinned = {key for key, given in (("helper_image", getattr(args, "helper_image", None)),
+                                                      ("excludes", getattr(args, "exclude", None))) if given}
     bar = _Bar()
     progress = Progress(bar)
     try:
@@ -204,6 +233,12 @@ def run(args, out=None):
             else:
                 result = manager.import_dir(args.dir, args.mode, progress)
                 print(f"Imported {result['entries']} entries from {result['directory']} ({args.mode}).", file=out)
+        elif args.command == "settings":
+            changes = _setting_changes(args.changes, args.reset)
+            manager.settings.pinned = set()  # the settings command shows and changes what is kept
+            result = manager.settings.set(changes) if changes else manager.settings.describe()
+            json.dump(result, out, indent=1)
+            out.write("\n")
         elif args.command == "status":
             json.dump(manager.status(), out, indent=1)
             out.write("\n")

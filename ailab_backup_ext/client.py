@@ -134,6 +134,23 @@ class BackupClient:
         schedule as :meth:`schedule` does."""
         return self._json("PUT", "/schedule", json={"spec": spec})
 
+    def settings(self):
+        """The settings kept beside the store (``helper_image``, ``excludes``, ``keep_last``,
+        ``schedule``), which of them are ``kept`` there (the others come from the configuration,
+        shown under ``configured``), and the ``helper_images`` the server offers."""
+        return self._json("GET", "/settings")
+
+    def set_settings(self, **changes):
+        """Change settings, e.g. ``set_settings(keep_last=10, excludes=["models_cache"])``; a value
+        of None goes back to the configuration's. The server checks everything first (a bad
+        value raises with status 400 and changes nothing). Returns :meth:`settings`' answer."""
+        return self._json("PUT", "/settings", json=changes)
+
+    def changes(self):
+        """``{"token", "job"}``: the token changes when backups, the running job, the schedule or
+        the settings may have changed. Cheap (no helper container): made for polling."""
+        return self._json("GET", "/changes")
+
     def openapi(self):
         """The OpenAPI document of this API."""
         return self._json("GET", "/openapi.json")

@@ -88,7 +88,15 @@ class AILabBackup(Configurable):
         config=True,
         help="""Docker image for the short-lived helper containers that mount the volumes. It must be
         present locally and provide sh, rm and xargs. Empty: the image of the container this server
-        runs in, else 'ubuntu'.""",
+        runs in, else 'ubuntu'. A choice made in the UIs (one of the offered images, see
+        helper_image_choices) is kept beside the store and wins over this setting.""",
+    )
+    helper_image_choices = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""More images the UIs may offer as the helper image, besides helper_image, this server's
+        own container image and 'ubuntu'. A UI can never name any other image.""",
     )
     docker_url = Unicode(
         "",
@@ -108,7 +116,8 @@ class AILabBackup(Configurable):
         default_value=[],
         config=True,
         help="""Glob patterns of paths (relative to the notebooks folder, e.g. 'models_cache' or
-        '*.tmp') left out of new backups. A pattern that matches a folder leaves out all of it.""",
+        '*.tmp') left out of new backups. A pattern that matches a folder leaves out all of it.
+        Excludes set in the UIs are kept beside the store and win over this setting.""",
     )
     max_archive_bytes = Int(
         0,
@@ -162,7 +171,8 @@ class AILabBackup(Configurable):
         config=True,
         help="""Retention: how many backups to keep; older ones are pruned (after each backup when
         prune_after_backup is on, or by 'ailab-backup prune'). The newest safety backup, taken
-        before a restore for undo, is never pruned. 0 keeps all.""",
+        before a restore for undo, is never pruned. 0 keeps all. A value set in the UIs is kept
+        beside the store and wins over this setting.""",
     )
     prune_after_backup = Bool(
         True,
@@ -191,6 +201,7 @@ class AILabBackup(Configurable):
     _default_docker_url = _env_default("docker_url", "")
     _default_compression = _env_default("compression", "zstd")
     _default_excludes = _env_default("excludes", [])
+    _default_helper_image_choices = _env_default("helper_image_choices", [])
     _default_max_archive_bytes = _env_default("max_archive_bytes", 0)
     _default_max_upload_bytes = _env_default("max_upload_bytes", 20 * 1024**3)
     _default_keep_last = _env_default("keep_last", 0)

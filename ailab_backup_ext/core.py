@@ -38,6 +38,8 @@ from .jobs import JobRunner
 from .plan import NOTEBOOK_DIFF_LIMIT, check_chosen_paths, make_plan, normalize_paths, notebook_comparison, scan, selected
 from .progress import Progress
 from .schedule import Scheduler
+from .settings import Settings
+from .changes import ChangeWatch
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
 
@@ -72,6 +74,12 @@ class BackupManager:
         self._busy = threading.Lock()
         self.jobs = JobRunner()
         self.scheduler = Scheduler(self)
+        self.settings = Settings(self)  # the UIs' settings, kept beside the store
+        self.revision = 0  # bumped on every change of the store made here
+        self.changes = ChangeWatch(self)  # a token that tells UIs when to read again, cheaply
+
+    def note_change(self):
+        self.revision += 1
 
     # resolution ------------------------------------------------------------------------------
 
@@ -96,7 +104,10 @@ class BackupManager:
             if isinstance(source, DockerMountSource) and isinstance(store, VolumeStore):
                 if source.kind == "volume" and source.mount_name == store.volume:
                     raise BackupError("The store volume cannot be the volume it backs up. Set AILabBackup.store.")
+            first = self._resolved is None
             self._resolved = (source, store)
+            if first:
+                self.settings.load()  # its helper image serves every helper from now on
         return self._resolved
 
     @property
@@ -214,6 +225,7 @@ class BackupManager:
     def delete_backup(self, backup_id):
         meta = self.get_backup(backup_id)
         self.store.remove(backup_id, meta["archive"])
+        self.note_change()
 
     def _checked(self, path, meta=None, progress=None, max_ratio=0, cancel=None):
         """Read an archive file through and check everything; return its manifest and SHA-256."""
@@ -310,8 +322,8 @@ class BackupManager:
             meta = self._create(label, kind, progress or Progress(), skip_unchanged)
             if meta.get("skipped"):
                 return meta
-            if self.config.prune_after_backup and self.config.keep_last:
-                self._prune(self.config.keep_last)
+            if self.config.prune_after_backup and self.settings.keep_last:
+                self._prune(self.settings.keep_last)
             return meta
 
     def start_backup(self, label=""):
@@ -364,7 +376,7 @@ class BackupManager:
         with store.spool(archive_name) as spool:
             progress.start("backing up", total_bytes, total_files)
             with open(spool, "wb") as out, source.read_entries() as entries:
-                safe = self._safe_entries(entries, manifest.skipped, self.config.excludes)
+                safe = self._safe_entries(entries, manifest.skipped, self.settings.excludes)
                 size, digest = write_archive(out, safe, manifest, self.config.compression, progress,
                                              sync=isinstance(store, FolderStore))  # it fsyncs on commit
             paths = {e.path for e in manifest.entries}
@@ -392,6 +404,7 @@ class BackupManager:
             }
             progress.start("storing", size, 1)
             store.commit(spool, archive_name, meta)
+            self.note_change()
         progress.complete(manifest.total_bytes, manifest.file_count)
         return meta
 
@@ -438,7 +451,7 @@ class BackupManager:
                         ((e, c) for e, c in _data_only(items) if e.path in wanted),
                         replace=(mode == "replace"),
                         keep={e.path: e for e in restored},
-                        protected=self.config.excludes,
+                        protected=self.settings.excludes,
                         scope=chosen,
                     )
         files = [e for e in restored if e.type == FILE]
@@ -472,7 +485,7 @@ class BackupManager:
             progress.start("comparing", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with source.read_entries() as entries:
                 current = scan(_counted(entries, progress), lambda p: p.endswith(".ipynb"))
-            plan = make_plan(manifest.entries, current, mode, chosen, self.config.excludes, source.skip_paths)
+            plan = make_plan(manifest.entries, current, mode, chosen, self.settings.excludes, source.skip_paths)
             notebooks = {item["path"]: item for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
             if notebooks:
                 with open(path, "rb") as f:
@@ -500,7 +513,7 @@ class BackupManager:
         """Delete all but the ``keep`` newest backups (default: keep_last); the newest safety
         backup always stays. Returns the ids deleted."""
         with self._busy_guard():
-            return self._prune(self.config.keep_last if keep is None else keep)
+            return self._prune(self.settings.keep_last if keep is None else keep)
 
     def _prune(self, keep):
         if keep <= 0:
@@ -510,6 +523,7 @@ class BackupManager:
         doomed = [m for m in backups[keep:] if m["id"] != newest_safety]
         for meta in doomed:
             self.store.remove(meta["id"], meta["archive"])
+            self.note_change()
         return [m["id"] for m in doomed]
 
     # plain folders, as the seed recipes -------------------------------------------------------
@@ -550,7 +564,7 @@ class BackupManager:
                 owned = ((keep.get(e.path, e), c) for e, c in entries)
                 source.write_entries(
                     _counted(owned, progress), replace=(mode == "replace"), keep=keep,
-                    protected=self.config.excludes,
+                    protected=self.settings.excludes,
                 )
         return {"directory": folder.path, "mode": mode, "entries": len(keep)}
 
@@ -614,6 +628,7 @@ class BackupManager:
             "skipped": _capped_skipped(manifest.skipped),
         }
         self.store.commit(path, archive_name, meta)
+        self.note_change()
         return meta
 
     def open_archive(self, backup_id):

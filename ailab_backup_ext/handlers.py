@@ -219,6 +219,27 @@ class ScheduleHandler(BaseHandler):
         self.finish(await self.call(self.manager.scheduler.set, spec))
 
 
+class SettingsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.finish(await self.call(self.manager.settings.describe))
+
+    @web.authenticated
+    @authorized
+    async def put(self):
+        self.finish(await self.call(self.manager.settings.set, self.body_json()))
+
+
+class ChangesHandler(BaseHandler):
+    """Polled by the sidebar: no helper container, so it is cheap to ask often."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.finish(await self.call(self.manager.changes.token))
+
+
 class UndoHandler(BaseHandler):
     @web.authenticated
     @authorized
@@ -385,6 +406,8 @@ ROUTES = [
     (r"/upload", UploadHandler),
     (r"/undo", UndoHandler),
     (r"/schedule", ScheduleHandler),
+    (r"/settings", SettingsHandler),
+    (r"/changes", ChangesHandler),
     (rf"/{_ID}/download", DownloadHandler),
     (rf"/{_ID}/restore", RestoreHandler),
     (rf"/{_ID}", BackupHandler),

@@ -259,14 +259,30 @@ class BackupPanel(widgets.VBox):
         self.schedule_value = widgets.Text(layout=widgets.Layout(width="90px", visibility="hidden"))
         self.schedule_button = _button("Save", "save", "Save the schedule (the server checks it)")
 
+        self.store_warning = widgets.HTML(layout=widgets.Layout(padding="0 10px", display="none"))
+        self.settings = None
+        self._loaded_settings = None
+        self.settings_text = widgets.HTML(layout=widgets.Layout(padding="0 10px"))
+        self.helper_image = widgets.Dropdown(description="Helper image", options=[("(loading)", "")],
+                                             style={"description_width": "110px"},
+                                             layout=widgets.Layout(width="470px"))
+        self.excludes = widgets.Textarea(description="Leave out", placeholder="one pattern a line, e.g. models_cache",
+                                         rows=3, style={"description_width": "110px"},
+                                         layout=widgets.Layout(width="470px"))
+        self.keep_last = widgets.BoundedIntText(description="Keep newest", min=0, max=100_000,
+                                                style={"description_width": "110px"},
+                                                layout=widgets.Layout(width="200px"))
+        self.settings_button = _button("Save settings", "save", "Save the settings (the server checks them)",
+                                       width="140px")
+
         self._icons = {b.description: b.icon for b in (self.backup_button, self.restore_button, self.undo_button,
                                                         self.delete_button, self.refresh_button,
-                                                        self.schedule_button)}
+                                                        self.schedule_button, self.settings_button)}
         for widget in (self.confirm, self.progress_row, self.choose, self.preview):
             _show(widget, False)
 
         self.children = [
-            _group([_header("AI-Lab Backup"), self.status, self.warning]),
+            _group([_header("AI-Lab Backup"), self.status, self.store_warning, self.warning]),
             _group([_header("Backups"), _row(columns, width=WIDTH, justify_content="flex-start"), self.rows]),
             _group([
                 _header("Actions"),
@@ -279,6 +295,14 @@ class BackupPanel(widgets.VBox):
                 _header("Automatic backups"),
                 self.schedule_text, self.schedule_warning,
                 _row([self.schedule_choice, self.schedule_value, self.schedule_button]),
+            ]),
+            _group([
+                _header("Settings"),
+                self.settings_text,
+                _row([self.helper_image], width=WIDTH),
+                _row([self.excludes], width=WIDTH),
+                _row([self.keep_last, widgets.HTML('<span style="color: gray">backups (0: all)</span>'),
+                      self.settings_button], width=WIDTH),
             ]),
         ]
         self.restore_button.layout.margin = "0 0 0 25px"  # under "Back up now"
@@ -294,6 +318,7 @@ class BackupPanel(widgets.VBox):
         self.mode.observe(lambda change: self._mode_changed(), "value")
         self.schedule_choice.observe(lambda change: self._schedule_choice_changed(change["old"]), "value")
         self.schedule_button.on_click(lambda b: self._start(self._save_schedule))
+        self.settings_button.on_click(lambda b: self._start(self._save_settings))
 
         try:
             self.client = client or BackupClient()
@@ -303,7 +328,8 @@ class BackupPanel(widgets.VBox):
             self.schedule_text.value = "<b>INACCESSIBLE</b>"
             self._warn(str(exc))
             self._set_busy(True)
-            for widget in (self.refresh_button, self.schedule_button, self.schedule_choice, self.schedule_value):
+            for widget in (self.refresh_button, self.schedule_button, self.schedule_choice, self.schedule_value,
+                           self.settings_button, self.helper_image, self.excludes, self.keep_last):
                 widget.disabled = True
             return
         self._show_selection()
@@ -341,6 +367,7 @@ class BackupPanel(widgets.VBox):
         status = self.client.status()
         self._show_status(status)
         self._show_backups(self.client.list())
+        self._show_settings(self.client.settings())
         job = status.get("job")
         if follow_running_job and job and job["state"] not in ("succeeded", "failed"):
             self._set_busy(True)  # a job started elsewhere (another panel, the sidebar, a script)
@@ -367,6 +394,10 @@ class BackupPanel(widgets.VBox):
         self.status.value = self._block(f"Backs up {source}<br>into {store}<br>"
                                         f"Mode: <b>{html.escape(str(mode))}</b> · Docker: {reach}")
         self._warn(status.get("hint"))
+        # where the backups are and what deletes them: stays, in red, also after a backup
+        warning = status.get("store_warning")
+        self.store_warning.value = self._red(warning) if warning else ""
+        _show(self.store_warning, bool(warning))
         self._show_schedule(status["schedule"] if "schedule" in status else self.client.schedule())
 
     def _warn(self, text):
@@ -492,6 +523,50 @@ class BackupPanel(widgets.VBox):
         self._show_schedule(schedule)
         self.schedule_button.icon = "check"
         self.message.value = f"Schedule saved: {_spec_words(schedule.get('spec'))}."
+
+    # the settings -----------------------------------------------------------------------------
+
+    def _settings_form(self):
+        return (self.helper_image.value, [p.strip() for p in self.excludes.value.splitlines() if p.strip()],
+                self.keep_last.value)
+
+    def _show_settings(self, settings):
+        """Show the server's settings; the form follows them unless the user is editing it."""
+        self.settings = settings
+        kept = settings.get("kept") or []
+        where = html.escape(str((settings.get("store") or {}).get("name", "the store")))
+        self.settings_text.value = self._block(
+            f"Kept beside the store ({where}), so they survive restarts: "
+            f"<b>{html.escape(', '.join(kept)) if kept else 'none yet'}</b>; the others come from "
+            "the configuration (<code>~/.jupyter/jupyter_server_config.py</code>).")
+        options = []
+        for image in settings.get("helper_images") or []:
+            name = image["name"]
+            text = f"{name or '(automatic)'} — {image.get('why', '')}" + ("" if image.get("present") else
+                                                                            " (not present)")
+            options.append((text, name))
+        if self._loaded_settings is None or self._settings_form() == self._loaded_settings:
+            self.helper_image.options = options or [("(automatic)", "")]
+            current = settings.get("helper_image") or ""
+            self.helper_image.value = current if current in {v for _, v in options} else options[0][1] if options else ""
+            self.excludes.value = "\n".join(settings.get("excludes") or [])
+            self.keep_last.value = int(settings.get("keep_last") or 0)
+            self._loaded_settings = self._settings_form()
+
+    def _save_settings(self):
+        self.error.value = self.message.value = ""
+        self.settings_button.icon = self._icons[self.settings_button.description]
+        form, loaded = self._settings_form(), self._loaded_settings or (None, None, None)
+        changes = {key: new for key, new, old in zip(("helper_image", "excludes", "keep_last"), form, loaded)
+                   if new != old}  # only what was changed here becomes kept beside the store
+        if not changes:
+            self.message.value = "Nothing changed in the settings."
+            return
+        settings = self.client.set_settings(**changes)
+        self._loaded_settings = None  # show what the server keeps
+        self._show_settings(settings)
+        self.settings_button.icon = "check"
+        self.message.value = "Settings saved beside the store."
 
     # actions ----------------------------------------------------------------------------------
 

@@ -113,3 +113,18 @@ def run_in_new_kernel(base, runtime, password, code):
         return run_in_kernel(str(runtime / f"kernel-{kernel_id}.json"), code)
     finally:
         browser.delete(base + f"api/kernels/{kernel_id}")
+
+
+STORE_WARNING = "TEST: the backups are kept inside this container; 'docker rm' deletes them. Download them."
+
+
+def store_warning_config(path, warning=STORE_WARNING):
+    """Write a test-only server config (for ``--config=path``) whose status says ``warning`` as
+    its store_warning, as a server whose store would not survive its container does."""
+    path.write_text(f"""
+from ailab_backup_ext.core import BackupManager
+
+_status = BackupManager.status
+BackupManager.status = lambda self: {{**_status(self), "store_warning": {warning!r}}}
+""")
+    return path

@@ -352,3 +352,50 @@ async def test_a_failed_scheduled_run_shows_a_red_warning(client, notebooks, man
     assert not shown(panel.schedule_warning) and "<b>succeeded</b>" in panel.schedule_text.value
     [backup] = await run(client.list)
     assert backup["kind"] == "scheduled" and ">scheduled<" in panel.rows.children[0].children[2].value
+
+
+async def test_settings_set_from_the_panel(client, notebooks):
+    panel = await make_panel(client)
+    assert "none yet" in panel.settings_text.value and panel.excludes.value == "" and panel.keep_last.value == 0
+    assert [value for _, value in panel.helper_image.options] == [""]  # no Docker here: nothing to choose
+
+    panel.excludes.value = "models_cache\n*.tmp\n"
+    panel.keep_last.value = 3
+    await click(panel, panel.settings_button)
+    assert panel.error.value == "" and panel.settings_button.icon == "check"
+    settings = await run(client.settings)
+    assert (settings["excludes"], settings["keep_last"], settings["kept"]) == (
+        ["models_cache", "*.tmp"], 3, ["excludes", "keep_last"])
+    assert "excludes, keep_last" in panel.settings_text.value
+
+    # a bad pattern: the server's message in red, nothing kept
+    panel.excludes.value = "/etc"
+    await click(panel, panel.settings_button)
+    assert "color: red" in panel.error.value and "not a relative pattern" in panel.error.value
+    assert (await run(client.settings))["excludes"] == ["models_cache", "*.tmp"]
+
+    # set elsewhere: shown on refresh, the form follows (once it is no longer being edited)
+    panel.excludes.value = "models_cache\n*.tmp"
+    await run(client.set_settings, keep_last=7)
+    await click(panel, panel.refresh_button)
+    assert panel.keep_last.value == 7
+
+
+WARNING = "The backups are kept inside this container: 'docker rm' deletes them. Download them."
+
+
+async def test_the_store_warning_stays_red_after_a_backup(client, notebooks, monkeypatch):
+    from ailab_backup_ext.core import BackupManager
+
+    status = BackupManager.status
+    monkeypatch.setattr(BackupManager, "status", lambda self: {**status(self), "store_warning": WARNING})
+    panel = await make_panel(client)
+    assert shown(panel.store_warning) and "color: red" in panel.store_warning.value
+    assert "docker rm&#x27; deletes them" in panel.store_warning.value
+    await click(panel, panel.backup_button)
+    assert "Backed up as" in panel.message.value
+    assert shown(panel.store_warning) and "docker rm&#x27; deletes them" in panel.store_warning.value
+
+    monkeypatch.setattr(BackupManager, "status", status)  # the store is safe: the warning goes
+    await click(panel, panel.refresh_button)
+    assert not shown(panel.store_warning)

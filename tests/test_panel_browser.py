@@ -6,6 +6,7 @@ screenshot of the panel, with that preview open, goes to tests/artifacts/panel.p
 CI installs Chromium from apt (scripts/test.sh); a missing browser fails this test on purpose.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from restutil import free_port, wait_for_server
+from restutil import STORE_WARNING as WARNING, free_port, store_warning_config, wait_for_server
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOK = PROJECT / "notebooks" / "backup_and_restore.ipynb"
@@ -27,8 +28,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TOKEN = "browser-test-token"
 
 
-@pytest.fixture
-def lab(tmp_path):
+@contextlib.contextmanager
+def running_lab(tmp_path, extra_args=()):
     """A real JupyterLab (token auth, local mode) whose root holds a copy of the demo notebook."""
     root = tmp_path / "root"
     root.mkdir()
@@ -48,7 +49,7 @@ def lab(tmp_path):
          f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root}",
          f"--AILabBackup.store={tmp_path / 'store'}", "--AILabBackup.docker_url=none",
          f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *extra_args],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/"
     try:
@@ -62,6 +63,12 @@ def lab(tmp_path):
             server.kill()
             server.wait(10)
         log.close()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with running_lab(tmp_path) as lab:
+        yield lab
 
 
 def backups(base):
@@ -142,6 +149,49 @@ def test_demo_notebook_backs_up_from_the_browser(lab):
             assert len(backups(base)) == 1  # nothing was restored
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "panel-failure.png"))  # what the browser showed
+            raise
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def warned_lab(tmp_path):
+    """The lab, its status saying (forced by a test-only server config) that the store does not
+    survive the container."""
+    config = store_warning_config(tmp_path / "force_warning.py")
+    with running_lab(tmp_path, (f"--config={config}",)) as lab:
+        yield lab
+
+
+def test_panel_store_warning_stays_red_and_times_are_utc(warned_lab):
+    base, tmp_path = warned_lab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1700}, timezone_id="America/New_York")
+        try:
+            page.set_default_timeout(90_000)
+            page.goto(f"{base}lab/tree/{NOTEBOOK.name}?token={TOKEN}")
+            page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for()
+            expect(page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")).to_be_visible(
+                timeout=90_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            panel = page.locator(".ailab-backup-panel")
+            expect(panel).to_contain_text("AI-Lab Backup", timeout=90_000)
+            warning = panel.locator("p", has_text=WARNING)
+            expect(warning).to_be_visible()
+            assert warning.evaluate("e => getComputedStyle(e).color") == "rgb(255, 0, 0)"
+
+            panel.locator("button", has_text="Back up now").click()
+            expect(panel).to_contain_text("Backed up as", timeout=120_000)
+            expect(warning).to_be_visible()  # still there right after the backup
+            [backup] = backups(base)
+            # UTC, as the column says, whatever the browser's zone
+            expect(panel).to_contain_text("Created (UTC)")
+            expect(panel.locator(f"button[title='{backup['id']}']")).to_have_text(
+                backup["created"][:19].replace("T", " "))
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "panel-warning-failure.png"))
             raise
         finally:
             browser.close()

@@ -74,9 +74,9 @@ def lab(tmp_path, docker_client, make_volume):
 
 
 @contextlib.contextmanager
-def running_lab(tmp_path, docker_client, volume, store):
-    """Start `jupyter lab` (token auth) on a free port for the volume and the store; stop it after,
-    and check that it left no helper container behind."""
+def running_lab(tmp_path, docker_client, volume, store, extra_args=()):
+    """Start `jupyter lab` (token auth) on a free port for the volume and the store (and
+    ``extra_args``); stop it after, and check that it left no helper container behind."""
     root = tmp_path / "root"
     root.mkdir()
     settings = tmp_path / "settings" / "@jupyterlab"
@@ -94,12 +94,14 @@ def running_lab(tmp_path, docker_client, volume, store):
          f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root}",
          f"--AILabBackup.volume={volume}", f"--AILabBackup.store={store}",
          f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *extra_args],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}/"
     try:
         wait_for_server(server, base + "api/status", 180, lambda: log_path.read_text(errors="replace")[-3000:])
-        yield Lab(base, volume, store, tmp_path)
+        lab = Lab(base, volume, store, tmp_path)
+        lab.pid = server.pid  # its helpers are labelled with it
+        yield lab
     finally:
         _stop(server)
         log.close()

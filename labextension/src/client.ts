@@ -69,6 +69,51 @@ export interface IStatus {
   job: IJob | null;
   /** The backup schedule (missing on older servers, null when unreadable). */
   schedule?: ISchedule | null;
+  /**
+   * Set when the backups are kept where they do not survive (e.g. the
+   * container's own filesystem): where they are and what deletes them.
+   */
+  store_warning?: string | null;
+}
+
+/** The settings keys a UI can change. */
+export type SettingKey = 'helper_image' | 'excludes' | 'keep_last' | 'schedule';
+
+/** An image the server offers for helper containers. */
+export interface IHelperImage {
+  /** '' means: the configuration's choice. */
+  name: string;
+  /** Present in Docker: only present images can be chosen. */
+  present: boolean;
+  why?: string;
+}
+
+/** The settings in effect (GET/PUT /settings). */
+export interface ISettings {
+  helper_image: string;
+  excludes: string[];
+  keep_last: number;
+  schedule: string;
+  /** The keys set from a UI or the CLI, kept beside the store. */
+  kept: SettingKey[];
+  /** The values of the configuration (AILabBackup). */
+  configured: Partial<Record<SettingKey, unknown>>;
+  helper_images: IHelperImage[];
+  store?: IStore;
+}
+
+/** What to change; null goes back to the configuration's value. */
+export type SettingsChange = Partial<{
+  helper_image: string | null;
+  excludes: string[] | null;
+  keep_last: number | null;
+  schedule: string | null;
+}>;
+
+/** The cheap change token (GET /changes). */
+export interface IChanges {
+  token: string;
+  job: string | null;
 }
 
 export type RestoreMode = 'merge' | 'replace';
@@ -307,6 +352,23 @@ export class BackupClient {
       method: 'PUT',
       body: JSON.stringify({ spec })
     });
+  }
+
+  getSettings(): Promise<ISettings> {
+    return this.request<ISettings>(['settings']);
+  }
+
+  /** Change settings; 400 (ApiError with the server's message) if refused. */
+  setSettings(changes: SettingsChange): Promise<ISettings> {
+    return this.request<ISettings>(['settings'], {
+      method: 'PUT',
+      body: JSON.stringify(changes)
+    });
+  }
+
+  /** The change token: cheap to poll (the server makes no helper container). */
+  getChanges(): Promise<IChanges> {
+    return this.request<IChanges>(['changes']);
   }
 
   async deleteBackup(id: string): Promise<void> {

@@ -11,15 +11,24 @@ import {
   IBackup,
   IJob,
   ISchedule,
+  ISettings,
   IStatus,
   RestoreMode,
+  SettingsChange,
   describeError,
   isFinished
 } from './client';
-import { describeSpec } from './schedule';
+import { describeSpec, formatTime } from './schedule';
 
 /** How often a running job is polled. */
 export const POLL_INTERVAL_MS = 500;
+
+/**
+ * How often the sidebar asks whether anything changed elsewhere (the notebook
+ * panel, REST, the CLI, the schedule). The answer costs the server no helper
+ * container; only a change makes the sidebar read the list again.
+ */
+export const WATCH_INTERVAL_MS = 3000;
 
 /**
  * Notification options: a toast that stays until dismissed. (Without
@@ -61,6 +70,10 @@ export class BackupModel {
   schedule: ISchedule | null = null;
   /** A schedule is being saved. */
   savingSchedule = false;
+  /** The settings kept beside the store (null: not read yet, or unreadable). */
+  settings: ISettings | null = null;
+  /** Settings are being saved. */
+  savingSettings = false;
 
   get changed(): ISignal<this, void> {
     return this._changed;
@@ -93,10 +106,14 @@ export class BackupModel {
     this._setActivity('loading');
     try {
       // Independent: a failing list must not hide the status, and back.
-      const [status, backups] = await Promise.all([
+      const [status, backups, settings] = await Promise.all([
         settle(this.client.status()),
-        settle(this.client.listBackups())
+        settle(this.client.listBackups()),
+        settle(this.client.getSettings())
       ]);
+      if (settings.ok) {
+        this.settings = settings.value;
+      }
       const errors: string[] = [];
       if (status.ok) {
         this.status = status.value;
@@ -186,6 +203,69 @@ export class BackupModel {
     }
   }
 
+  /**
+   * Change settings. Resolves with the server's message when it refuses them
+   * (shown at the form; nothing was changed), else with null.
+   */
+  async saveSettings(changes: SettingsChange): Promise<string | null> {
+    this.savingSettings = true;
+    this._changed.emit();
+    try {
+      this.settings = await this.client.setSettings(changes);
+      this.schedule = this.schedule
+        ? { ...this.schedule, spec: this.settings.schedule }
+        : this.schedule;
+      Notification.success('Settings saved beside the store.', {
+        autoClose: 4000
+      });
+      return null;
+    } catch (error) {
+      return describeError(error);
+    } finally {
+      this.savingSettings = false;
+      this._changed.emit();
+    }
+  }
+
+  /**
+   * Watch for changes made elsewhere while the sidebar is shown: poll the
+   * cheap change token, read everything again only when it changed.
+   */
+  startWatching(): void {
+    if (this._watch === null) {
+      this._watch = window.setInterval(
+        () => void this._lookForChanges(),
+        WATCH_INTERVAL_MS
+      );
+    }
+  }
+
+  stopWatching(): void {
+    if (this._watch !== null) {
+      window.clearInterval(this._watch);
+      this._watch = null;
+    }
+  }
+
+  private async _lookForChanges(): Promise<void> {
+    if (this._looking || this.activity === 'loading') {
+      return;
+    }
+    this._looking = true;
+    try {
+      const { token } = await this.client.getChanges();
+      const seen = this._token;
+      this._token = token;
+      if (seen !== null && seen !== token) {
+        await this.refresh();
+      }
+    } catch {
+      // The server is away for a moment; the next look tries again.
+    } finally {
+      this._looking = false;
+    }
+  }
+
   async remove(backup: IBackup): Promise<void> {
     this._setActivity('deleting');
     try {
@@ -235,6 +315,7 @@ export class BackupModel {
 
   dispose(): void {
     this._stopPolling();
+    this.stopWatching();
     Signal.clearData(this);
   }
 
@@ -369,6 +450,9 @@ export class BackupModel {
   private _timer: number | null = null;
   private _pollFailures = 0;
   private _refreshAgain = false;
+  private _watch: number | null = null;
+  private _looking = false;
+  private _token: string | null = null;
 }
 
 /** A promise's outcome, without rejecting. */
@@ -382,9 +466,7 @@ async function settle<T>(
   }
 }
 
-/** Short name of a backup for messages: its label, else its date. */
+/** Short name of a backup for messages: its label, else its time (UTC). */
 export function title(backup: IBackup): string {
-  return backup.label
-    ? `"${backup.label}"`
-    : new Date(backup.created).toLocaleString();
+  return backup.label ? `"${backup.label}"` : formatTime(backup.created);
 }

@@ -15,7 +15,15 @@ import {
 } from '@jupyterlab/ui-components';
 import React, { useEffect, useRef, useState } from 'react';
 
-import { IBackup, IJob, ISchedule, IStatus, formatBytes } from './client';
+import {
+  IBackup,
+  IJob,
+  ISchedule,
+  ISettings,
+  IStatus,
+  SettingsChange,
+  formatBytes
+} from './client';
 import { backupIcon } from './icon';
 import { BackupModel, title } from './model';
 import { confirmRestore } from './restore';
@@ -44,6 +52,11 @@ export class BackupPanel extends ReactWidget {
 
   protected onAfterShow(): void {
     void this.model.refresh();
+    this.model.startWatching();
+  }
+
+  protected onAfterHide(): void {
+    this.model.stopWatching();
   }
 
   /** Focus the label input (used by the "Open backups" command). */
@@ -95,6 +108,7 @@ function BackupView({ model }: { model: BackupModel }): JSX.Element {
       <BackupForm model={model} />
       <JobView model={model} />
       <ScheduleView model={model} />
+      <SettingsView model={model} />
       <UploadZone model={model} over={drop.over} />
       <BackupList model={model} />
     </div>
@@ -154,6 +168,15 @@ function StatusView({
               : 'not reachable (not needed)'}
         </dd>
       </dl>
+      {status.store_warning && (
+        <div
+          className="jp-AILabBackup-error jp-AILabBackup-storeWarning"
+          role="alert"
+          aria-label="Where the backups are"
+        >
+          {status.store_warning}
+        </div>
+      )}
       {(status.hint || (status.mode === 'docker' && !docker.reachable)) && (
         <div className="jp-AILabBackup-warning" role="alert">
           {status.hint ?? 'Docker is not reachable.'}
@@ -497,7 +520,6 @@ function BackupItem({
   model: BackupModel;
 }): JSX.Element {
   const name = backup.label || 'Unlabelled backup';
-  const created = new Date(backup.created);
   return (
     <li className="jp-AILabBackup-item">
       <div className="jp-AILabBackup-itemHead">
@@ -508,7 +530,7 @@ function BackupItem({
           <KindTag kind={backup.kind} />
         </span>
         <time dateTime={backup.created} title={backup.created}>
-          {isNaN(created.getTime()) ? backup.created : created.toLocaleString()}
+          {formatTime(backup.created)}
         </time>
       </div>
       <div className="jp-AILabBackup-muted">
@@ -748,6 +770,179 @@ function ScheduleForm({
   );
 }
 
+/** The form's values, as the server would keep them. */
+interface ISettingsForm {
+  helperImage: string;
+  /** One pattern a line. */
+  excludes: string;
+  keepLast: string;
+}
+
+function settingsForm(settings: ISettings): ISettingsForm {
+  return {
+    helperImage: settings.helper_image,
+    excludes: settings.excludes.join('\n'),
+    keepLast: String(settings.keep_last)
+  };
+}
+
+function patterns(text: string): string[] {
+  return text
+    .split('\n')
+    .map(line => line.trim())
+    .filter(line => line);
+}
+
+/** What the form changes; only those become kept beside the store. */
+function settingsChanges(
+  form: ISettingsForm,
+  settings: ISettings
+): SettingsChange {
+  const changes: SettingsChange = {};
+  if (form.helperImage !== settings.helper_image) {
+    changes.helper_image = form.helperImage;
+  }
+  if (patterns(form.excludes).join('\n') !== settings.excludes.join('\n')) {
+    changes.excludes = patterns(form.excludes);
+  }
+  if (Number(form.keepLast) !== settings.keep_last) {
+    changes.keep_last = Number(form.keepLast);
+  }
+  return changes;
+}
+
+const SETTING_NAMES: Record<string, string> = {
+  helper_image: 'helper image',
+  excludes: 'left out',
+  keep_last: 'retention',
+  schedule: 'schedule'
+};
+
+/**
+ * The settings an AI-Lab user needs (environment variables do not reach the
+ * server there): kept beside the store, checked by the server.
+ */
+function SettingsView({ model }: { model: BackupModel }): JSX.Element | null {
+  const settings = model.settings;
+  if (!settings) {
+    return null;
+  }
+  return <SettingsForm model={model} settings={settings} />;
+}
+
+function SettingsForm({
+  model,
+  settings
+}: {
+  model: BackupModel;
+  settings: ISettings;
+}): JSX.Element {
+  const [form, setForm] = useState<ISettingsForm>(() => settingsForm(settings));
+  const [error, setError] = useState<string | null>(null);
+  const key = JSON.stringify(settingsForm(settings));
+  // New settings from the server (another UI, the CLI, a save) reset the form.
+  useEffect(() => {
+    setForm(settingsForm(settings));
+    setError(null);
+  }, [key]);
+  const changes = settingsChanges(form, settings);
+  const unchanged = Object.keys(changes).length === 0;
+  const keepValid = /^\d+$/.test(form.keepLast.trim());
+  const images = settings.helper_images;
+  const kept = Object.keys(SETTING_NAMES)
+    .filter(k => (settings.kept as string[]).includes(k))
+    .map(k => SETTING_NAMES[k]);
+  const edit = (change: Partial<ISettingsForm>): void => {
+    setError(null);
+    setForm({ ...form, ...change });
+  };
+  return (
+    <section
+      className="jp-AILabBackup-section jp-AILabBackup-settings"
+      aria-label="Settings"
+    >
+      <h3 className="jp-AILabBackup-subtitle">Settings</h3>
+      <form
+        className="jp-AILabBackup-form"
+        aria-label="Change the settings"
+        onSubmit={event => {
+          event.preventDefault();
+          if (!unchanged && keepValid) {
+            setError(null);
+            void model.saveSettings(changes).then(message => setError(message));
+          }
+        }}
+      >
+        <label htmlFor="jp-AILabBackup-helperImage">Helper image</label>
+        <HTMLSelect
+          id="jp-AILabBackup-helperImage"
+          name="helperImage"
+          value={form.helperImage}
+          disabled={images.length < 2}
+          onChange={event => edit({ helperImage: event.currentTarget.value })}
+        >
+          {images.map(image => (
+            <option
+              key={image.name}
+              value={image.name}
+              disabled={!image.present}
+              title={image.why ?? ''}
+            >
+              {(image.name || 'automatic') +
+                (image.present ? '' : ' (not present)')}
+            </option>
+          ))}
+        </HTMLSelect>
+        <label htmlFor="jp-AILabBackup-excludes">
+          Leave out of backups (one pattern a line)
+        </label>
+        <textarea
+          id="jp-AILabBackup-excludes"
+          name="excludes"
+          className="jp-AILabBackup-input jp-AILabBackup-textarea"
+          rows={3}
+          placeholder="models_cache"
+          value={form.excludes}
+          onChange={event => edit({ excludes: event.currentTarget.value })}
+        />
+        <label htmlFor="jp-AILabBackup-keepLast">
+          Keep the newest backups (0: all)
+        </label>
+        <div className="jp-AILabBackup-row">
+          <input
+            id="jp-AILabBackup-keepLast"
+            name="keepLast"
+            type="number"
+            min={0}
+            className="jp-AILabBackup-input"
+            value={form.keepLast}
+            onChange={event => edit({ keepLast: event.currentTarget.value })}
+          />
+          <Button
+            type="submit"
+            small
+            className="jp-mod-styled jp-mod-accept"
+            disabled={unchanged || !keepValid || model.savingSettings}
+          >
+            Save settings
+          </Button>
+        </div>
+        <span className="jp-AILabBackup-muted">
+          Kept beside the store
+          {settings.store ? ` (${settings.store.name})` : ''}:{' '}
+          {kept.length ? kept.join(', ') : 'none yet'}. The others come from
+          ~/.jupyter/jupyter_server_config.py.
+        </span>
+        {error && (
+          <div className="jp-AILabBackup-error" role="alert">
+            {error}
+          </div>
+        )}
+      </form>
+    </section>
+  );
+}
+
 function utcNow(): string {
   return new Date().toISOString().slice(11, 16);
 }
@@ -759,7 +954,7 @@ function utcNow(): string {
 export async function confirmUndo(model: BackupModel): Promise<void> {
   const safety = model.newestSafetyBackup;
   const from = safety
-    ? ` from the safety backup of ${new Date(safety.created).toLocaleString()}`
+    ? ` from the safety backup of ${formatTime(safety.created)}`
     : '';
   const result = await showDialog({
     title: 'Undo last restore',
@@ -783,7 +978,7 @@ async function confirmDelete(
     title: 'Delete backup',
     body:
       `Delete the backup ${title(backup)} from ` +
-      `${new Date(backup.created).toLocaleString()}? This cannot be undone.`,
+      `${formatTime(backup.created)}? This cannot be undone.`,
     buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
   });
   if (result.button.accept) {

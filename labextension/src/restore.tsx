@@ -27,6 +27,7 @@ import {
   cellSummary,
   planKey
 } from './selection';
+import { formatTime } from './schedule';
 
 /** Wait this long after a change of the selection before asking the server. */
 export const PREVIEW_DELAY_MS = 400;
@@ -318,9 +319,8 @@ function RestoreView({ chooser }: { chooser: RestoreChooser }): JSX.Element {
   return (
     <div>
       <p>
-        Restore {title(b)} from {new Date(b.created).toLocaleString()} (
-        {b.file_count} files, {formatBytes(b.total_bytes || b.size_bytes)}) into
-        the notebooks folder.
+        Restore {title(b)} from {formatTime(b.created)} ({b.file_count} files,{' '}
+        {formatBytes(b.total_bytes || b.size_bytes)}) into the notebooks folder.
       </p>
       <fieldset className="jp-AILabBackup-fieldset">
         <legend>How</legend>

@@ -88,13 +88,20 @@ export function describeSpec(spec: string | null | undefined): string {
   return spec ?? '';
 }
 
-/** A local date and time for an ISO time of the server; '–' for none. */
+/**
+ * An ISO time of the server as both UIs show times: in UTC, labelled,
+ * '2026-12-01 21:30:05 UTC' (the schedule is in UTC, and the notebook panel's
+ * kernel cannot know the browser's zone); '–' for none.
+ */
 export function formatTime(iso: string | null | undefined): string {
   if (!iso) {
     return '–';
   }
   const date = new Date(iso);
-  return isNaN(date.getTime()) ? iso : date.toLocaleString();
+  if (isNaN(date.getTime())) {
+    return iso;
+  }
+  return `${date.toISOString().slice(0, 19).replace('T', ' ')} UTC`;
 }
 
 function pad(hours: string): string {

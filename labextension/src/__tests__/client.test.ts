@@ -158,6 +158,18 @@ describe('BackupClient against a fake server', () => {
     warning: 'The last scheduled backup failed: disk full'
   };
   const lastBody = () => JSON.parse(seen[seen.length - 1].body.toString());
+  let settings: Record<string, unknown> = {
+    helper_image: '',
+    excludes: [],
+    keep_last: 0,
+    schedule: 'off',
+    kept: [],
+    configured: {},
+    helper_images: [
+      { name: '', present: true },
+      { name: 'ubuntu', present: true }
+    ]
+  };
 
   before(async () => {
     server = http.createServer((req, res) => {
@@ -248,6 +260,20 @@ describe('BackupClient against a fake server', () => {
             };
             return send(200, schedule);
           }
+          case 'GET /base/ailab/backup/settings':
+            return send(200, settings);
+          case 'PUT /base/ailab/backup/settings': {
+            const body = JSON.parse(Buffer.concat(chunks).toString() || '{}');
+            if ('helper_image' in body && body.helper_image !== 'ubuntu') {
+              return send(400, {
+                message: `The image '${body.helper_image}' is not offered.`
+              });
+            }
+            settings = { ...settings, ...body, kept: Object.keys(body) };
+            return send(200, settings);
+          }
+          case 'GET /base/ailab/backup/changes':
+            return send(200, { token: `t${seen.length}`, job: null });
           case 'GET /base/ailab/backup/jobs/j2':
             return send(200, {
               id: 'j2',
@@ -432,6 +458,34 @@ describe('BackupClient against a fake server', () => {
       return true;
     });
     assert.equal((await client.getSchedule()).spec, 'every 6h');
+  });
+
+  test('settings: get, set only what changed, refusal, change token', async () => {
+    assert.deepEqual((await client.getSettings()).kept, []);
+    const set = await client.setSettings({
+      excludes: ['models_cache'],
+      keep_last: 5
+    });
+    const req = seen[seen.length - 1];
+    assert.equal(req.method, 'PUT');
+    assert.equal(req.url, '/base/ailab/backup/settings');
+    assert.deepEqual(lastBody(), { excludes: ['models_cache'], keep_last: 5 });
+    assert.deepEqual(set.kept, ['excludes', 'keep_last']);
+    assert.equal(set.keep_last, 5);
+    await assert.rejects(
+      client.setSettings({ helper_image: 'evil/image' }),
+      (e: unknown) => {
+        assert.ok(e instanceof ApiError);
+        assert.equal(e.status, 400);
+        assert.equal(e.message, "The image 'evil/image' is not offered.");
+        return true;
+      }
+    );
+    assert.equal((await client.getSettings()).keep_last, 5);
+    const changes = await client.getChanges();
+    assert.equal(seen[seen.length - 1].url, '/base/ailab/backup/changes');
+    assert.match(changes.token, /^t\d+$/);
+    assert.equal(changes.job, null);
   });
 
   test('delete accepts 204', async () => {
