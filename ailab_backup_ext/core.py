@@ -186,7 +186,7 @@ class BackupManager:
 
     def list_backups(self):
         found = [m for m in self.store.read_all_meta() if meta_is_sound(m)]
-        return sorted(found, key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
+        return sorted(found, key=lambda m: (m.get("created", ""), _number_in_second(m["id"]), m["id"]), reverse=True)
 
     def get_backup(self, backup_id):
         check_id(backup_id)
@@ -378,12 +378,11 @@ class BackupManager:
         return meta
 
     def _unique_id(self, base, backups=None):
-        taken = {m.get("id") for m in (self.list_backups() if backups is None else backups)}
-        candidate, n = base, 1
-        while candidate in taken:
-            n += 1
-            candidate = f"{base}-{n}"
-        return candidate
+        # base, base-2, base-3 ... for backups of one second; never below one still there, so a
+        # newer backup never sorts (and is pruned) as older
+        numbers = [_number_in_second(i) for m in (self.list_backups() if backups is None else backups)
+                   if (i := str(m.get("id"))) == base or i.rpartition("-")[0] == base]
+        return f"{base}-{max(numbers) + 1}" if numbers else base
 
     # restoring -------------------------------------------------------------------------------
 
@@ -581,6 +580,12 @@ class BackupManager:
         """A context manager giving the stored archive of a backup as a readable stream."""
         meta = self.get_backup(backup_id)
         return self.store.open_archive(meta["archive"])
+
+
+def _number_in_second(backup_id):
+    """n of an id ``...T120000Z-n`` (backups made in one second); 1 for the first (no suffix)."""
+    head, _, tail = backup_id.rpartition("-")
+    return int(tail) if tail.isdigit() and head.endswith("Z") else 1
 
 
 def _check_mode(mode):
