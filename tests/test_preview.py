@@ -13,8 +13,8 @@ from ailab_backup_ext.errors import BackupError, InvalidArchive
 from treeutil import folder_snapshot
 
 
-def notebook(*sources):
-    return json.dumps({"cells": [{"cell_type": "code", "source": s} for s in sources], "nbformat": 4})
+def notebook(*sources, cell_type="code"):
+    return json.dumps({"cells": [{"cell_type": cell_type, "source": s} for s in sources], "nbformat": 4})
 
 
 def write(root, rel, data):
@@ -90,6 +90,7 @@ def test_preview_of_a_chosen_folder_stays_inside_it(changed):
     # the folders above a chosen file come along (made with their owner and mode if missing)
     assert [i["path"] for i in deep["unchanged"]["items"]] == ["sub", "sub/deep", "sub/deep/y.txt"]
     assert manager.plan_restore(backup_id, "merge", [" . "])["paths"] is None  # '.': everything
+    assert manager.plan_restore(backup_id, "merge", ["/"])["paths"] is None  # '/': everything too
 
 
 def test_chosen_paths_must_be_in_the_backup_and_inside_the_folder(changed):
@@ -112,3 +113,61 @@ def test_selective_restore_brings_back_only_the_chosen_folder(changed):
     assert not (source / "sub" / "new.txt").exists()
     assert (source / "extra.txt").read_text() == "extra!" and (source / "was_dir").read_text() == "now a file"
     assert (source / "sub" / "deep" / "y.txt").read_text() == "yy"
+
+
+@pytest.mark.parametrize("now, then, cells", [
+    (notebook("a", "b"), notebook("a", "b"), (0, 0, 0)),
+    (notebook("a"), notebook("a", "b", "c"), (2, 0, 0)),  # only added back
+    (notebook("a", "x", "y", "z"), notebook("a"), (0, 3, 0)),  # only removed
+    (notebook("x"), notebook("p", "q", "r"), (2, 0, 1)),  # replaced by more
+    (notebook("x", "y", "z"), notebook("p"), (0, 2, 1)),  # replaced by fewer
+    (notebook("a", "x", "y", "z"), notebook("a", "p"), (0, 2, 1)),  # the same, further down
+    (notebook("a", "x"), notebook("a", "p", "q", "r"), (2, 0, 1)),
+    (notebook("a", "b"), notebook("a", "b", cell_type="markdown"), (0, 0, 2)),  # the type counts
+    (json.dumps({"cells": [{"cell_type": "code", "source": ["a\n", "b"]}]}),
+     json.dumps({"cells": [{"cell_type": "code", "source": "a\nb"}]}), (0, 0, 0)),  # lines or text: same
+    (json.dumps({"cells": [{"cell_type": "code"}]}), notebook(""), (0, 0, 0)),  # no source: empty
+    ("not json", notebook("a"), None),  # not a notebook: no cell summary
+    (json.dumps({"nbformat": 4}), notebook("a"), (1, 0, 0)),  # no cells at all
+    (notebook("r1", "a", "d1", "b", "r2", "c", "d2"), notebook("R1", "a", "b", "R2", "c"), (0, 2, 2)),  # each twice
+    (notebook("a", "b"), notebook("i1", "a", "i2", "b"), (2, 0, 0)),
+    (notebook("a", "x"), notebook("i", "a", "p", "q"), (2, 0, 1)),  # added by an insert, then a replace
+    (notebook(*[str(i % 3) for i in range(300)]), notebook("new", *[str(i % 3) for i in range(300)]),
+     (1, 0, 0)),  # repeated cells in a long notebook are not junk (difflib's autojunk)
+])
+def test_cell_summary_of_a_notebook(tmp_path, now, then, cells):
+    source = tmp_path / "nb"
+    write(source, "n.ipynb", then)
+    manager = BackupManager(AILabBackup(source_dir=str(source), store=str(tmp_path / "store"), docker_url="none"))
+    backup_id = manager.create_backup()["id"]
+    write(source, "n.ipynb", now + " " * (now == then))  # a byte more: overwritten, whatever the cells
+    [item] = manager.plan_restore(backup_id)["overwritten"]
+    expected = None if cells is None else dict(zip(("cells_added", "cells_removed", "cells_changed"), cells))
+    assert item.get("notebook") == expected
+
+
+def test_names_at_the_edges_of_a_chosen_path_are_kept(tmp_path):
+    source = tmp_path / "nb"
+    write(source, "Xmas/plan.txtX", "x")
+    manager = BackupManager(AILabBackup(source_dir=str(source), store=str(tmp_path / "store"), docker_url="none"))
+    backup_id = manager.create_backup()["id"]
+    assert manager.plan_restore(backup_id, "merge", ["/Xmas/plan.txtX/"])["paths"] == ["Xmas/plan.txtX"]
+
+
+def test_large_notebooks_are_compared_by_hash_alone(tmp_path, monkeypatch):
+    """Up to NOTEBOOK_DIFF_LIMIT bytes a notebook gets a cell summary (also when it is read in
+    several chunks); above it, none."""
+    from ailab_backup_ext import archive, plan
+
+    monkeypatch.setattr(plan, "NOTEBOOK_DIFF_LIMIT", 3 * archive.CHUNK)
+    source = tmp_path / "nb"
+    big = " " * (3 * archive.CHUNK - len(notebook("a", "")))  # a cell across the chunks
+    write(source, "at.ipynb", notebook("a", big, "c"))
+    write(source, "over.ipynb", notebook("a", big + " ", "c"))
+    manager = BackupManager(AILabBackup(source_dir=str(source), store=str(tmp_path / "store"), docker_url="none"))
+    backup_id = manager.create_backup()["id"]
+    write(source, "at.ipynb", notebook("a", big))  # exactly at the limit
+    write(source, "over.ipynb", notebook("a", big + " "))
+    assert (source / "at.ipynb").stat().st_size == 3 * archive.CHUNK
+    items = {i["path"]: i.get("notebook") for i in manager.plan_restore(backup_id)["overwritten"]}
+    assert items == {"at.ipynb": {"cells_added": 1, "cells_removed": 0, "cells_changed": 0}, "over.ipynb": None}

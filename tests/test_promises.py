@@ -300,6 +300,36 @@ def test_status_says_what_is_backed_up_and_where(tmp_path, capsys):
     assert status["docker"] == {"reachable": False, "version": None, "url": "none"} and status["hint"] is None
 
 
+def test_a_backup_cut_short_while_it_is_stored_is_never_listed(tmp_path, monkeypatch):
+    """The archive is synced and in place before its metadata is written: the server dying
+    (here: an error) at the archive's rename leaves no listed backup; the one before stays."""
+    from ailab_backup_ext import store as store_module
+
+    source, manager = local_manager(tmp_path)
+    (source / "a.txt").write_text("1")
+    first = manager.create_backup()
+    synced, real_replace = [], os.replace
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def dying_replace(src, dst):
+        if "/data/" in str(dst):
+            assert any(p == str(src) for p in synced), "the archive was not synced before it was put in place"
+            raise OSError(5, "the machine went down")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    monkeypatch.setattr(store_module.os, "replace", dying_replace)
+    (source / "a.txt").write_text("2")
+    with pytest.raises(OSError, match="went down"):
+        manager.create_backup()
+    assert [b["id"] for b in manager.list_backups()] == [first["id"]]
+    assert sorted(os.listdir(tmp_path / "store" / "meta")) == [first["id"] + ".json"]
+
+
 # --- the schedule -------------------------------------------------------------------------------
 
 
@@ -436,3 +466,18 @@ def test_the_readme_counts_the_corpus_right():
         [count] = re.findall(r"`tests/hardening/corpus` holds (\d+) such archives", f.read())
     with open(os.path.join(root, "tests", "hardening", "corpus", "index.json")) as f:
         assert int(count) == len(json.load(f))
+
+
+def test_hardlinks_in_a_volume_become_plain_copies(docker_client, make_volume):
+    """Docker's archive sends the second name of a hardlinked file as a link to the first; the
+    backup holds two plain files, and a restore writes two files."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, "mkdir /v/d && echo same > /v/d/a.txt && ln /v/d/a.txt /v/b.txt")
+    before = volume_snapshot(docker_client, volume)
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    meta = manager.create_backup()
+    assert meta["file_count"] == 2 and meta["total_bytes"] == 10
+    run_in_volume(docker_client, volume, "rm /v/b.txt /v/d/a.txt")
+    manager.restore_backup(meta["id"], "replace")
+    assert volume_snapshot(docker_client, volume) == before
+    assert run_in_volume(docker_client, volume, "stat -c %h /v/b.txt /v/d/a.txt").split() == ["1", "1"]

@@ -70,12 +70,29 @@ def test_when_runs_are_due():
     assert next_due(daily, T - 2 * 24 * HOUR, T) == T - 2 * 24 * HOUR + 18.5 * HOUR  # missed: due once
 
 
+def test_daily_slots_are_utc_and_on_the_minute(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")  # the server's local zone must not matter
+    time.tzset()
+    try:
+        assert next_due(("daily", (2, 30)), None, T + 17.25) == T + 18.5 * HOUR  # 02:30:00.0, not :17.25
+        assert next_due(("daily", (2, 30)), T + 17, T + 20) == T + 18.5 * HOUR
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def test_what_the_uis_show_after_each_kind_of_run(scheduled):
     manager, scheduler, clock, source = scheduled
     assert scheduler.describe() == {"spec": "every 2h", "enabled": True, "last": None,
                                     "next": "2027-01-15T08:00:00Z", "warning": None}
 
-    backup = run(scheduler).result
+    job = run(scheduler)
+    backup = job.result
+    assert job.to_json()["kind"] == "backup"  # shown like any backup job, with its progress
+    assert job.to_json()["progress"]["done_files"] == 1 and job.to_json()["progress"]["done_bytes"] == 1
+    assert (backup["label"], backup["kind"]) == ("Scheduled backup", "scheduled")
     assert scheduler.describe() == {
         "spec": "every 2h", "enabled": True, "next": "2027-01-15T10:00:00Z", "warning": None,
         "last": {"outcome": "succeeded", "backup_id": backup["id"], "time": "2027-01-15T08:00:00Z"}}
@@ -114,3 +131,26 @@ def test_set_from_a_ui_wins_and_persists_and_off_stops(scheduled):
     assert off == {"spec": "off", "enabled": False, "last": None, "next": None, "warning": None}
     clock.now += 48 * HOUR
     assert Scheduler(manager, clock).tick() is None and manager.list_backups() == []
+
+
+def test_no_schedule_configured_is_off(tmp_path):
+    manager = BackupManager(AILabBackup(source_dir=str(tmp_path), store=str(tmp_path / "s"), docker_url="none"))
+    assert Scheduler(manager, Clock()).describe() == {"spec": "off", "enabled": False, "last": None, "next": None,
+                                                      "warning": None}
+
+
+def test_waiting_for_a_scheduled_run_gives_up_after_its_timeout(scheduled, monkeypatch):
+    import threading
+    import time
+
+    manager, scheduler, _, _ = scheduled
+    release = threading.Event()
+    monkeypatch.setattr(manager, "create_backup", lambda *a, **k: release.wait(30) and {})
+    job = scheduler.tick()
+    started = time.monotonic()
+    scheduler.wait(0.2)  # the run still goes on: wait returns, nothing recorded yet
+    assert time.monotonic() - started < 5 and not job.done.is_set()
+    assert scheduler.describe()["last"] is None
+    release.set()
+    scheduler.wait(10)
+    assert scheduler.describe()["last"]["outcome"] == "succeeded"
