@@ -193,6 +193,13 @@ class AILabBackup(Configurable):
         (UTC) or '' / 'off' (the default). A schedule set from the UI is kept beside the store and
         wins over this setting. Unchanged content is not backed up again (recorded as skipped).""",
     )
+    schedule_tick_seconds = Int(
+        30,
+        min=1,
+        config=True,
+        help="""How often, in seconds, the server looks whether a scheduled backup is due (cheap when
+        none is). A run starts at most this long after it is due.""",
+    )
 
     _default_volume = _env_default("volume", "")
     _default_source_dir = _env_default("source_dir", "")
@@ -213,3 +220,4 @@ class AILabBackup(Configurable):
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)
     _default_schedule = _env_default("schedule", "")
+    _default_schedule_tick_seconds = _env_default("schedule_tick_seconds", 30)

@@ -213,7 +213,7 @@ class BackupManager:
 
     def list_backups(self):
         found = [m for m in self.store.read_all_meta() if meta_is_sound(m)]
-        return sorted(found, key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
+        return sorted(found, key=lambda m: (m.get("created", ""), _number_in_second(m["id"]), m["id"]), reverse=True)
 
     def get_backup(self, backup_id):
         check_id(backup_id)
@@ -409,12 +409,11 @@ class BackupManager:
         return meta
 
     def _unique_id(self, base, backups=None):
-        taken = {m.get("id") for m in (self.list_backups() if backups is None else backups)}
-        candidate, n = base, 1
-        while candidate in taken:
-            n += 1
-            candidate = f"{base}-{n}"
-        return candidate
+        # base, base-2, base-3 ... for backups of one second; never below one still there, so a
+        # newer backup never sorts (and is pruned) as older
+        numbers = [_number_in_second(i) for m in (self.list_backups() if backups is None else backups)
+                   if (i := str(m.get("id"))) == base or i.rpartition("-")[0] == base]
+        return f"{base}-{max(numbers) + 1}" if numbers else base
 
     # restoring -------------------------------------------------------------------------------
 
@@ -665,6 +664,12 @@ def _capped_skipped(skipped):
     if len(skipped) > MAX_SKIPPED_KEPT:
         kept.append({"path": "", "reason": f"and {len(skipped) - MAX_SKIPPED_KEPT} more, not kept with the upload"})
     return kept
+
+
+def _number_in_second(backup_id):
+    """n of an id ``...T120000Z-n`` (backups made in one second); 1 for the first (no suffix)."""
+    head, _, tail = backup_id.rpartition("-")
+    return int(tail) if tail.isdigit() and head.endswith("Z") else 1
 
 
 def _check_mode(mode):

@@ -19,7 +19,6 @@ from .handlers import SECRET_KEY, SETTINGS_KEY, setup_handlers
 
 # what a kernel started by this server finds in its environment (see README, "Kernel access")
 ENV_TOKEN, ENV_URL = "AILAB_BACKUP_TOKEN", "AILAB_BACKUP_URL"
-SCHEDULE_TICK_SECONDS = 30
 
 
 def give_kernels(kernel_manager, variables):
@@ -82,8 +81,8 @@ class BackupExtension(ExtensionApp):
                 self.log.warning("ailab_backup_ext: could not look for stale helper containers: %s", exc)
 
     def _run_schedule(self):
-        """Look every half minute whether a scheduled backup is due (cheap when none is)."""
-        while not self._stopping.wait(SCHEDULE_TICK_SECONDS):
+        """Look now and then (AILabBackup.schedule_tick_seconds) whether a scheduled backup is due."""
+        while not self._stopping.wait(self.manager.config.schedule_tick_seconds):
             try:
                 self.manager.scheduler.tick()
             except Exception as exc:  # noqa: BLE001 - a bad tick must not end the schedule

@@ -1,5 +1,6 @@
 """Finding the source inside AI-Lab, configuration from every place, and the CLI's manners."""
 
+import json
 import os
 
 import pytest
@@ -88,9 +89,10 @@ def test_options_before_or_after_the_subcommand(tmp_path, capsys):
     assert main(["--source-dir", str(tmp_path / "nb"), "create", "--store", str(tmp_path / "s"),
                  "--compression", "gzip"]) == 0
     backup_id = capsys.readouterr().out.strip().splitlines()[-1]
-    assert (tmp_path / "s" / "data" / f"{backup_id}.tar.gz").exists()
+    with open(tmp_path / "s" / "data" / f"{backup_id}.tar.gz", "rb") as f:
+        assert f.read(2) == b"\x1f\x8b"  # gzip indeed, not just the name
     assert main(["list", "--json", "--store", str(tmp_path / "s"), "--source-dir", str(tmp_path / "nb")]) == 0
-    assert backup_id in capsys.readouterr().out
+    assert [b["id"] for b in json.loads(capsys.readouterr().out)] == [backup_id]
 
 
 def test_seed_variables_are_the_defaults(docker_client, make_volume, tmp_path, capsys, monkeypatch):

@@ -1,7 +1,6 @@
 """Property-based round trips over generated trees, in local mode."""
 
 import os
-import shutil
 import tempfile
 
 from hypothesis import HealthCheck, given, settings
@@ -58,10 +57,9 @@ def test_backup_then_replace_into_an_empty_folder_gives_the_same_tree(tree, comp
         build(source, tree)
         config = AILabBackup(source_dir=source, store=store, compression=compression, docker_url="none")
         before = folder_snapshot(source)
-        manager = BackupManager(config)
-        meta = manager.create_backup()
-        shutil.rmtree(source)
-        os.makedirs(source)
+        meta = BackupManager(config).create_backup()
         os.makedirs(target)
-        manager.restore_backup(meta["id"], "replace")
-        assert folder_snapshot(source) == before
+        into_target = BackupManager(AILabBackup(source_dir=target, store=store, docker_url="none"))
+        into_target.restore_backup(meta["id"], "replace")
+        assert folder_snapshot(target) == before
+        assert folder_snapshot(source) == before  # backing up changed nothing

@@ -152,6 +152,7 @@ async def test_openapi_document_covers_every_route(jp_fetch):
 async def test_dry_run_selective_restore_and_undo(jp_fetch, notebooks):
     await call(jp_fetch, "undo", method="POST", body={}, expect=404)  # nothing to undo yet
     job = await backup_now(jp_fetch)
+    backed_up = (notebooks / "sub" / "data.csv").read_bytes()
     (notebooks / "intro.ipynb").write_text("changed")
     (notebooks / "sub" / "data.csv").write_text("changed too")
     (notebooks / "stray.txt").write_text("new")
@@ -168,7 +169,7 @@ async def test_dry_run_selective_restore_and_undo(jp_fetch, notebooks):
                             body={"mode": "replace", "paths": ["sub"]}, expect=202)
     done = await wait_job(jp_fetch, body["job"]["id"])
     assert done["state"] == "succeeded" and done["result"]["safety_backup_id"]
-    assert (notebooks / "sub" / "data.csv").read_bytes() != b"changed too"
+    assert (notebooks / "sub" / "data.csv").read_bytes() == backed_up
     assert (notebooks / "intro.ipynb").read_text() == "changed" and (notebooks / "stray.txt").exists()
     await call(jp_fetch, job["backup_id"], "restore", method="POST", body={"paths": "sub"}, expect=400)
 

@@ -104,9 +104,9 @@ def test_docker_merge_keeps_other_files(docker_client, make_volume, tree, capsys
 
 def test_local_round_trips(tree, tmp_path, capsys):
     source = tmp_path / "notebooks"
-    shutil.copytree(tree, source, symlinks=True)
-    shutil.copystat(tree, source)
+    subprocess.check_call(["cp", "-a", tree, str(source)])  # keeps owners, unlike shutil.copytree
     before = folder_snapshot(source)
+    assert before["private/secret.txt"][1:4] == (0o600, 1000, 1000)  # so owners are checked
     store = tmp_path / "store"
     backup_id = cli(capsys, "--source-dir", source, "--store", store, "create")[-1]
 
