@@ -115,3 +115,22 @@ def client(jp_serverapp, jp_fetch, jp_http_port, jp_base_url):
     """A BackupClient of the test server (jp_fetch: its http_server_client is what makes the
     server listen on jp_http_port)."""
     return BackupClient(f"http://127.0.0.1:{jp_http_port}{jp_base_url}", token=jp_serverapp.identity_provider.token)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (rclone serve s3) for the whole run; tests take a bucket each."""
+    from s3util import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3") / "root")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A new, empty bucket of the session's S3 server, with its keys in the environment."""
+    from s3util import s3_env
+
+    s3_env(monkeypatch, s3_server)
+    return s3_server.bucket()
