@@ -179,7 +179,18 @@ class BackupManager:
         if backup_ids is not None:
             backup_ids = [check_id(i) for i in backup_ids]
         with self._busy_guard():
-            return self._mirror().copy_missing(backup_ids)
+            result = self._mirror().copy_missing(backup_ids)
+        if result["error"]:
+            raise Unavailable(f"Copied {len(result['copied'])} backups; {len(result['pending'])} are pending "
+                              f"(retried later): {result['error']}")
+        return result
+
+    def start_copy(self, backup_ids=None):
+        self._mirror()  # no second store is answered now, not as a failed job
+        if backup_ids is not None:
+            for backup_id in backup_ids:
+                self.get_backup(backup_id)
+        return self.jobs.start("copy", lambda progress: self.copy_backups(backup_ids))
 
     def retry_copies(self):
         """Copy the pending backups, unless a backup or restore runs (then: at the next try)."""

@@ -110,7 +110,11 @@ class _Reply(web.HTTPError):
 
 def _backup_json(meta):
     keys = ("id", "created", "label", "kind", "source", "size_bytes", "file_count", "total_bytes", "compression")
-    return {k: meta.get(k) for k in keys}
+    found = {k: meta.get(k) for k in keys}
+    for key in ("where", "copy", "encrypted"):  # s3: where it is kept (see stores/mirror.py)
+        if key in meta:
+            found[key] = meta[key]
+    return found
 
 
 class BackupsHandler(BaseHandler):
@@ -167,7 +171,7 @@ class BackupHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def delete(self, backup_id):
-        await self.call(self.manager.delete_backup, backup_id)
+        await self.call(self.manager.delete_backup, backup_id, self.get_query_argument("where", None))
         self.set_status(204)
         self.finish()
 
@@ -200,6 +204,26 @@ class ScheduleHandler(BaseHandler):
         if not isinstance(spec, str):
             raise web.HTTPError(400, "Send {\"spec\": \"every 6h\" | \"daily 02:30\" | \"off\"}.")
         self.finish(await self.call(self.manager.scheduler.set, spec))
+
+
+class CopyHandler(BaseHandler):
+    """s3: copy a backup (or, at /copies, every one not there yet) to AILabBackup.copy_to."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, backup_id=None):
+        job = await self.call(self.manager.start_copy, None if backup_id is None else [backup_id])
+        self.accepted(job)
+
+
+class KeyHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        key = await self.call(self.manager.generate_key)
+        self.set_status(201)
+        self.set_header("Cache-Control", "no-store")  # the private key is shown this once
+        self.finish(key)
 
 
 class UndoHandler(BaseHandler):
@@ -301,6 +325,9 @@ ROUTES = [
     (r"/upload", UploadHandler),
     (r"/undo", UndoHandler),
     (r"/schedule", ScheduleHandler),
+    (r"/copies", CopyHandler),
+    (r"/key", KeyHandler),
+    (rf"/{_ID}/copy", CopyHandler),
     (rf"/{_ID}/download", DownloadHandler),
     (rf"/{_ID}/restore", RestoreHandler),
     (rf"/{_ID}", BackupHandler),
