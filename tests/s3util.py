@@ -52,9 +52,16 @@ class S3Server:
                 assert time.monotonic() < deadline, "rclone serve s3 did not answer in 20 s"
                 time.sleep(0.1)
 
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.keys[0],
+                            aws_secret_access_key=self.keys[1], region_name="us-east-1")
+
     def bucket(self):
+        """A new bucket, made through S3 (the server caches its folder listing)."""
         name = f"b-{uuid.uuid4().hex[:12]}"
-        os.makedirs(os.path.join(self.root, name))
+        self.client().create_bucket(Bucket=name)
         return name
 
     def objects(self, bucket):

@@ -28,8 +28,8 @@ class MirroredStore:
         self.primary, self.second = primary, second
         self._lock = threading.Lock()  # one copying at a time (after a backup, at a tick, on request)
         self.last_error = None
-        self._pending = None  # whether copies are pending (None: not read yet), so a tick is free
-        self._retry_after = 0.0
+        self._cached_state = None  # read once per object, so that a tick costs nothing
+        self.retry_pause = RETRY_PAUSE
 
     @property
     def name(self):
@@ -47,21 +47,23 @@ class MirroredStore:
     # state -----------------------------------------------------------------------------------
 
     def _state(self):
-        return self.primary.read_state(STATE) or {}
+        if self._cached_state is None:
+            self._cached_state = self.primary.read_state(STATE) or {}
+        return self._cached_state
 
     def _set_pending(self, add=(), drop=(), error=None):
         state = self._state()
         pending = [i for i in state.get("pending", []) if i not in drop]
         pending += [i for i in add if i not in pending]
-        self.primary.write_state(STATE, {"pending": pending, "error": error if pending else None})
-        self._pending = bool(pending)
-        self._retry_after = time.monotonic() + RETRY_PAUSE if error else 0.0
+        state = {"pending": pending, "error": error if pending else None,
+                 "failed_at": time.time() if error else None}
+        self.primary.write_state(STATE, state)
+        self._cached_state = state
 
     def retry_due(self):
         """Whether copies are pending and the pause after the last failure is over."""
-        if self._pending is None:
-            self._pending = bool(self._state().get("pending"))
-        return self._pending and time.monotonic() >= self._retry_after
+        state = self._state()
+        return bool(state.get("pending")) and time.time() >= (state.get("failed_at") or 0) + self.retry_pause
 
     # reading ---------------------------------------------------------------------------------
 

@@ -133,10 +133,11 @@ class S3Store:
                                "incomplete was kept; try again when the S3 server is reachable "
                                "(AILabBackup.s3_timeout sets the wait).")
         if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ConnectionError,
-                            bx.HTTPClientError, ConnectionError, OSError)):
+                            bx.HTTPClientError, bx.IncompleteReadError, bx.ResponseStreamingError,
+                            ConnectionError, OSError)):
             return Unavailable(f"{where} cannot be reached or broke off while {doing} "
-                               f"({type(exc).__name__}). Nothing incomplete was kept; check the network and "
-                               "AILabBackup.s3_endpoint_url, then try again.")
+                               f"({type(exc).__name__}). Nothing incomplete was kept and nothing was changed; "
+                               "check the network and AILabBackup.s3_endpoint_url, then try again.")
         if isinstance(exc, bx.BotoCoreError):
             return Unavailable(f"S3 ({where}) failed while {doing}: {self._scrub(str(exc))[:200]}")
         return None
