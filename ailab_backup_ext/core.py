@@ -186,10 +186,11 @@ class BackupManager:
         return result
 
     def start_copy(self, backup_ids=None):
-        self._mirror()  # no second store is answered now, not as a failed job
-        if backup_ids is not None:
-            for backup_id in backup_ids:
-                self.get_backup(backup_id)
+        mirror = self._mirror()  # no second store, an unknown id: answered now, not as a failed job
+        for backup_id in backup_ids or ():
+            if not mirror.held_by_primary(self.get_backup(backup_id)):
+                raise NotFound(f"{backup_id} is not held in {mirror.primary.name} (only there is a copy "
+                               "made from). It is kept off the machine already.")
         return self.jobs.start("copy", lambda progress: self.copy_backups(backup_ids))
 
     def retry_copies(self):

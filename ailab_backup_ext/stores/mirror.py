@@ -67,10 +67,18 @@ class MirroredStore:
 
     # reading ---------------------------------------------------------------------------------
 
-    def read_all_meta(self):
+    def labels(self):
+        """What listings call the primary store and the second one."""
         here_label, off_label = location_of(self.primary), location_of(self.second)
         if here_label == off_label:  # two stores of one kind: name them
-            here_label, off_label = self.primary.name, self.second.name
+            return self.primary.name, self.second.name
+        return here_label, off_label
+
+    def held_by_primary(self, meta):
+        return self.labels()[0] in meta.get("locations", [])
+
+    def read_all_meta(self):
+        here_label, off_label = self.labels()
         merged = {}
         for meta in self.primary.read_all_meta():
             if isinstance(meta, dict) and isinstance(meta.get("id"), str):
