@@ -235,7 +235,7 @@ class BackupManager:
             source, store = self.resolve(refresh=True)
             result.update(mode=self.mode, source=source.describe(), store=store.describe())
             source.check_exists()
-            if isinstance(source, DockerMountSource) or isinstance(store, VolumeStore):
+            if isinstance(source, DockerMountSource) or isinstance(getattr(store, "primary", store), VolumeStore):
                 self.docker.image()
         except BackupError as exc:
             result["hint"] = str(exc)

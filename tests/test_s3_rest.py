@@ -1,12 +1,13 @@
 """The second copy in S3 through the REST API of the real Jupyter server: locally, and with the
 notebooks and the store in real Docker volumes."""
 
-import os
+import logging
 import shutil
 
 import pytest
 
 from restutil import call, server_config, wait_job
+from s3util import ACCESS_KEY, SECRET_KEY
 from test_roundtrip import fill_volume, make_tree
 from treeutil import folder_snapshot, run_in_volume, volume_snapshot
 
@@ -34,7 +35,9 @@ class TestLocal:
         return server_config(store=str(tmp_path / "store"), docker_url="none", safety_backup=False,
                              **copy_to_s3(s3_server, s3_bucket, tmp_path))
 
-    async def test_key_copy_where_and_restore_from_the_copy(self, jp_fetch, jp_root_dir, s3_server, s3_bucket, tmp_path):
+    async def test_key_copy_where_and_restore_from_the_copy(self, jp_fetch, jp_root_dir, s3_server, s3_bucket,
+                                                            tmp_path, caplog):
+        caplog.set_level(logging.DEBUG)  # even a server logging everything never logs the keys
         make_tree(str(jp_root_dir), big_mb=3)
         before = folder_snapshot(str(jp_root_dir))
         _, key, headers = await call(jp_fetch, "key", method="POST", body={}, expect=201)
@@ -62,6 +65,7 @@ class TestLocal:
         await call(jp_fetch, second, method="DELETE", params={"where": "off"}, expect=204)
         await run_job(jp_fetch, "copies")
         assert (await where(jp_fetch))[second] == ("both", None)
+        assert caplog.records and not any(k in caplog.text for k in (ACCESS_KEY, SECRET_KEY, key["private_key"]))
 
 
 class TestDocker:

@@ -15,6 +15,7 @@ the server's answer is scrubbed of the key values before it is quoted.
 import datetime
 import functools
 import json
+import logging
 import os
 import re
 import tempfile
@@ -94,6 +95,7 @@ class S3Store:
                 s3={"addressing_style": "path"} if self.endpoint_url else {},
                 request_checksum_calculation="when_required", response_checksum_validation="when_required",
             )  # checksums: the archive carries its own (zstd frames, SHA-256); not all S3 servers know these
+            _quiet_sdk_logs()
             session = boto3.session.Session()
             self._client = session.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
             self._secrets = _secrets_of(session)
@@ -381,6 +383,15 @@ class _RawSink:
 
     def flush(self):
         pass
+
+
+def _quiet_sdk_logs():
+    """boto3's debug log holds the access key id (in the signed headers): never below INFO, so a
+    server run with debug logging cannot write it."""
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
 
 
 def _secrets_of(session):
