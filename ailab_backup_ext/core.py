@@ -151,7 +151,8 @@ class BackupManager:
 
     def encryption(self):
         cfg = self.config
-        return Encryption(cfg.encryption, cfg.age_identity_file, cfg.age_recipients, forbidden_dir=self.root_dir)
+        return Encryption(cfg.encryption, cfg.age_identity_file, cfg.age_recipients,
+                          forbidden_dir=cfg.source_dir or self.root_dir)  # never inside the notebooks
 
     def _s3_store(self, spec):
         cfg = self.config

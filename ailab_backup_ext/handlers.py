@@ -111,9 +111,11 @@ class _Reply(web.HTTPError):
 def _backup_json(meta):
     keys = ("id", "created", "label", "kind", "source", "size_bytes", "file_count", "total_bytes", "compression")
     found = {k: meta.get(k) for k in keys}
-    for key in ("where", "copy", "encrypted"):  # s3: where it is kept (see stores/mirror.py)
+    for key in ("where", "copy"):  # s3: where it is kept (see stores/mirror.py)
         if key in meta:
             found[key] = meta[key]
+    if "encrypted" in meta or "encrypted_copy" in meta:
+        found["encrypted"] = bool(meta.get("encrypted") or meta.get("encrypted_copy"))
     return found
 
 

@@ -265,10 +265,13 @@ class KillAt(Progress):
             self.action()
 
 
-def test_server_killed_during_upload_nothing_listed(tmp_path, own_s3):
+@pytest.mark.parametrize("encryption", ["off", "on"])
+def test_server_killed_during_upload_nothing_listed(tmp_path, own_s3, encryption):
     server, bucket = own_s3
     make_tree(str(tmp_path / "nb"), big_mb=60)
-    manager = s3_manager(tmp_path, server, bucket)
+    manager = s3_manager(tmp_path, server, bucket, encryption=encryption)
+    if encryption == "on":
+        manager.generate_key()
     with pytest.raises(BackupError) as failure:
         manager.create_backup(progress=KillAt("backing up", 30 * 1024 * 1024, server.kill))
     assert "cannot be reached" in str(failure.value) or "did not answer" in str(failure.value)
@@ -400,3 +403,31 @@ class _Entered:
 
     def __exit__(self, *exc):
         return self.ctx.__exit__(*exc)
+
+
+def test_cli_keygen_copy_all_and_list_where(tmp_path, s3_server, s3_bucket, monkeypatch, capsys):
+    from ailab_backup_ext.cli import main
+
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    (nb / "a.ipynb").write_text("{}")
+    monkeypatch.setenv("AILAB_BACKUP_AGE_IDENTITY_FILE", str(tmp_path / "keys" / "age.key"))
+    monkeypatch.setenv("AILAB_BACKUP_S3_ENDPOINT_URL", s3_server.url)
+    base = ["--docker-url", "none", "--source-dir", str(nb), "--store", str(tmp_path / "store")]
+    assert main(base + ["create"]) == 0
+    backup_id = capsys.readouterr().out.strip()
+    mirrored = base + ["--copy-to", f"s3://{s3_bucket}/cli"]
+    assert main(mirrored + ["keygen"]) == 0
+    out = capsys.readouterr().out
+    assert "without it, nothing encrypted with it can be restored" in out and "AGE-SECRET-KEY-1" in out
+    assert main(mirrored + ["list"]) == 0
+    assert f"{backup_id}" in (listing := capsys.readouterr().out) and "here " in listing and "both" not in listing
+    assert main(mirrored + ["copy"]) == 1  # neither an id nor --all
+    assert "Say which" in capsys.readouterr().err
+    assert main(mirrored + ["copy", "--all"]) == 0
+    assert "Copied 1 backups" in capsys.readouterr().out
+    assert main(mirrored + ["list"]) == 0
+    assert "both" in capsys.readouterr().out
+    assert main(base + ["copy", "--all"]) == 1  # no second store set
+    assert "copy_to" in capsys.readouterr().err
+    assert f"cli/data/{backup_id}.tar.zst.age" in s3_server.objects(s3_bucket)

@@ -102,6 +102,7 @@ class EncryptingWriter:
 
         self.pipe = Pipe()
         self.error = None
+        self.out = out
 
         def run():
             try:
@@ -141,8 +142,9 @@ class EncryptingWriter:
         self.thread.join(30)
 
     def _failure(self):
-        if isinstance(self.error, BackupError):
-            return self.error
+        for error in (getattr(self.out, "error", None), self.error):  # the store's own error first
+            if isinstance(error, BackupError):
+                return error
         return BackupError(f"Encrypting the backup failed ({type(self.error).__name__}: {self.error}); it was not kept.")
 
 

@@ -19,6 +19,8 @@ from .base import HERE, OFF, location_of, open_writer
 STATE = "copies"
 BOTH = "both"
 RETRY_PAUSE = 300  # seconds between retries of a failing second store (each may wait for a timeout)
+LIST_PAUSE = 60  # after a failed listing of the second store, list the primary alone this long
+_listing_failed_at = {}  # second store's name -> time (module-wide: stores are made anew often)
 
 
 class MirroredStore:
@@ -83,11 +85,14 @@ class MirroredStore:
         for meta in self.primary.read_all_meta():
             if isinstance(meta, dict) and isinstance(meta.get("id"), str):
                 merged[meta["id"]] = dict(meta, locations=[here_label])
-        try:
-            second = self.second.read_all_meta()
-        except BackupError as exc:
-            self.last_error = str(exc)
-            second = []
+        second = []
+        if time.monotonic() >= _listing_failed_at.get(self.second.name, -LIST_PAUSE) + LIST_PAUSE:
+            try:  # unreachable, it would make every listing wait for its timeout: paused a while
+                second = self.second.read_all_meta()
+                _listing_failed_at.pop(self.second.name, None)
+            except BackupError as exc:
+                self.last_error = str(exc)
+                _listing_failed_at[self.second.name] = time.monotonic()
         for meta in second:
             if not (isinstance(meta, dict) and isinstance(meta.get("id"), str)):
                 continue
@@ -186,6 +191,8 @@ class MirroredStore:
                 error = str(exc)
                 failed.append(meta["id"])
         self.last_error = error
+        if copied and error is None:
+            _listing_failed_at.pop(self.second.name, None)  # it answers again: list it again
         self._set_pending(add=failed, drop=copied + gone, error=error)
         return {"copied": copied, "pending": failed, "error": error}
 

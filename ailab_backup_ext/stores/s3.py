@@ -182,13 +182,13 @@ class S3Store:
             return None
 
     def read_all_meta(self):
-        found = []
-        for key in self._keys("meta/", "listing the backups"):
-            if key.endswith(".json"):
-                meta = self._get_json(key, "reading a backup's metadata")
-                if meta is not None:
-                    found.append(meta)
-        return found
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = [k for k in self._keys("meta/", "listing the backups") if k.endswith(".json")]
+        self.client  # made once, before the threads share it (boto3 clients are thread-safe)
+        with ThreadPoolExecutor(8) as pool:  # one GET per backup: a few at a time
+            found = pool.map(functools.partial(self._get_json, doing="reading a backup's metadata"), keys)
+            return [meta for meta in found if meta is not None]
 
     def read_state(self, name):
         return self._get_json(f"{self.prefix}{name}.json", f"reading {name}.json")
@@ -297,7 +297,8 @@ class _MultipartWriter(ArchiveWriter):
         self.store, self.key, self.archive_name = store, key, archive_name
         self.encrypted = bool(recipients)
         self.committed = False
-        self.parts, self.buffer, self.part_bytes, self.stored_bytes = [], bytearray(), PART_BYTES, 0
+        self.parts, self.part_bytes, self.stored_bytes = [], PART_BYTES, 0
+        self.pending, self.pending_bytes = [], 0  # the next part's pieces (joined once: one copy)
         self.upload_id = store._call(f"starting the upload of {archive_name}", "create_multipart_upload",
                                      Key=key)["UploadId"]
         self.uploader = Worker("ailab-backup-s3-upload", depth=PARTS_IN_FLIGHT)
@@ -307,10 +308,15 @@ class _MultipartWriter(ArchiveWriter):
         return self.sink.write(data)
 
     def _take(self, data):  # the stored (maybe encrypted) bytes, in the order written
-        self.buffer += data
-        while len(self.buffer) >= self.part_bytes:
-            self._send(bytes(self.buffer[: self.part_bytes]))
-            del self.buffer[: self.part_bytes]
+        self.pending.append(bytes(data))  # (data may be a view of a buffer its writer reuses)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= self.part_bytes:
+            self._flush_part()
+
+    def _flush_part(self):
+        data = b"".join(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        self._send(data)
 
     def _send(self, data):
         number = len(self.parts) + 1
@@ -328,9 +334,8 @@ class _MultipartWriter(ArchiveWriter):
     def commit(self, meta):
         if self.encrypted:
             self.sink.close()
-        if self.buffer or not self.parts:
-            self._send(bytes(self.buffer))
-            self.buffer.clear()
+        if self.pending or not self.parts:
+            self._flush_part()
         self.uploader.close()
         self.store._call(f"finishing the upload of {self.archive_name}", "complete_multipart_upload",
                          Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
@@ -374,11 +379,19 @@ class _MultipartWriter(ArchiveWriter):
 
 
 class _RawSink:
+    """Where the (encrypted) bytes go; keeps the store's error, which the encryption thread only
+    sees wrapped."""
+
     def __init__(self, writer):
         self.writer = writer
+        self.error = None
 
     def write(self, data):
-        self.writer._take(data)
+        try:
+            self.writer._take(data)
+        except BackupError as exc:
+            self.error = exc
+            raise
         return len(data)
 
     def flush(self):
