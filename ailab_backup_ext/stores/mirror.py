@@ -201,7 +201,9 @@ class MirroredStore:
         there: it must give the same SHA-256 (decrypted, when the copy is encrypted)."""
         archive = meta["archive"]
         digest = hashlib.sha256()
-        clean = {k: v for k, v in meta.items() if k not in ("locations", "where", "copy", "encrypted_copy")}
+        # what the listing added, and what the source store said of its own copy
+        clean = {k: v for k, v in meta.items()
+                 if k not in ("locations", "where", "copy", "encrypted_copy", "encrypted", "stored_bytes")}
         with self.primary.open_archive(archive) as src, open_writer(self.second, archive) as out:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
