@@ -34,8 +34,11 @@ class Pipe:
     """A bounded queue of byte chunks between one writing and one reading thread. Either side
     can fail or give up; the other then sees the error instead of waiting for ever."""
 
+    BATCH = 256 * 1024  # pyrage writes 64 KiB pieces: handed over in batches, a queue call each
+
     def __init__(self, depth=8):
         self.chunks = queue.Queue(depth)
+        self.batch, self.batch_bytes = [], 0
         self.pending = memoryview(b"")
         self.error = None  # raised to the reader after the chunks before it
         self.abandoned = False  # the reader is gone: the writer stops
@@ -44,13 +47,23 @@ class Pipe:
     def write(self, data):
         if not data:
             return 0
-        self._put(bytes(data))
+        self.batch.append(bytes(data))
+        self.batch_bytes += len(data)
+        if self.batch_bytes >= self.BATCH:
+            self._put_batch()
         return len(data)
+
+    def _put_batch(self):
+        data = b"".join(self.batch)
+        self.batch, self.batch_bytes = [], 0
+        self._put(data)
 
     def flush(self):
         pass
 
     def close_write(self, error=None):
+        if self.batch and error is None:
+            self._put_batch()
         self.error = error
         self._put(_EOF)
 
