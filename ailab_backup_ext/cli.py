@@ -18,10 +18,13 @@ from .progress import Progress
 OPTIONS = {
     "--volume": ("volume", "Docker volume to back up (default: $AILAB_BACKUP_VOLUME, then $VOLUME)"),
     "--source-dir": ("source_dir", "folder to back up instead of a volume"),
-    "--store": ("store", "where backups are kept: a volume name, or a folder path"),
+    "--store": ("store", "where backups are kept: a volume name, a folder path, or s3://BUCKET/PREFIX"),
     "--helper-image": ("helper_image", "image for the helper containers"),
     "--docker-url": ("docker_url", "Docker engine URL, or 'none' for no Docker"),
     "--compression": ("compression", "zstd or gzip, for new backups"),
+    "--copy-to": ("copy_to", "a second store for a copy of each backup, e.g. s3://BUCKET/PREFIX"),
+    "--s3-endpoint-url": ("s3_endpoint_url", "endpoint of an S3-compatible service (default: AWS S3)"),
+    "--s3-region": ("s3_region", "region of the S3 bucket"),
 }
 
 
@@ -63,7 +66,14 @@ def build_parser():
     command("undo", "undo the last restore (restore the safety backup taken before it)")
     command("prune", "delete old backups, keeping the newest N (the newest safety backup stays)"
             ).add_argument("--keep", type=int, help="how many to keep (default: AILabBackup.keep_last)")
-    command("delete", "delete a backup").add_argument("id")
+    delete = command("delete", "delete a backup")
+    delete.add_argument("id")
+    delete.add_argument("--only", choices=["here", "off"],
+                        help="with --copy-to: delete only the copy here, or only the one off the machine")
+    copy = command("copy", "copy backups to the second store (--copy-to) and read them back there")
+    copy.add_argument("id", nargs="?", help="the backup to copy")
+    copy.add_argument("--all", action="store_true", help="every backup not there yet")
+    command("keygen", "make the age key that encrypts backups kept in S3 (printed once: save it)")
     for name, text in (("export", "copy the source to DIR/notebooks, as the seed recipe's docker cp"),
                        ("import", "copy DIR/notebooks into the source, as the seed recipe's docker cp")):
         p = command(name, text)
@@ -189,10 +199,13 @@ def run(args, out=None):
                 json.dump(backups, out, indent=1)
                 out.write("\n")
             else:
-                print(f"{'ID':<44} {'CREATED':<21} {'SIZE':>9} {'FILES':>6}  LABEL", file=out)
+                where = any("where" in b for b in backups)
+                print(f"{'ID':<44} {'CREATED':<21} {'SIZE':>9} {'FILES':>6}  " + ("WHERE            " if where else "")
+                      + "LABEL", file=out)
                 for b in backups:
+                    place = (b.get("where", "") + (" (copy pending)" if b.get("copy") else "")).ljust(17) if where else ""
                     print(f"{b['id']:<44} {b['created']:<21} {_size(b['size_bytes']):>9} "
-                          f"{b['file_count']:>6}  {b.get('label', '')}", file=out)
+                          f"{b['file_count']:>6}  {place}{b.get('label', '')}", file=out)
         elif args.command == "show":
             json.dump(manager.get_backup(args.id), out, indent=1)
             out.write("\n")
@@ -219,8 +232,18 @@ def run(args, out=None):
             deleted = manager.prune(args.keep)
             print(f"Deleted {len(deleted)} backups" + (": " + ", ".join(deleted) if deleted else "."), file=out)
         elif args.command == "delete":
-            manager.delete_backup(args.id)
-            print(f"Deleted {args.id}.", file=out)
+            manager.delete_backup(args.id, args.only)
+            print(f"Deleted {args.id}" + (f" ({args.only})." if args.only else "."), file=out)
+        elif args.command == "copy":
+            if bool(args.id) == bool(args.all):
+                raise BackupError("Say which: 'ailab-backup copy ID' or 'ailab-backup copy --all'.")
+            result = manager.copy_backups(None if args.all else [args.id])
+            print(f"Copied {len(result['copied'])} backups to {manager.config.copy_to}"
+                  + (f"; {len(result['already'])} were there already." if result["already"] else "."), file=out)
+        elif args.command == "keygen":
+            key = manager.generate_key()
+            print(f"{key['message']}\n\n    {key['private_key']}\n\nIt is kept in {key['key_file']} (mode 0600); "
+                  f"its public key is {key['public_key']}. From now on backups kept in S3 are encrypted.", file=out)
         elif args.command == "import" and args.file:
             meta = manager.add_archive_file(args.file)
             print(f"Added {meta['id']} ({meta['file_count']} files) to {manager.store.name}.", file=out)

@@ -79,9 +79,59 @@ class AILabBackup(Configurable):
     store = Unicode(
         "",
         config=True,
-        help="""Where backups are kept: a Docker volume name (no '/'), or a folder path. Empty: the
-        volume 'ailab-backups' when a Docker volume is backed up, else the folder 'ailab-backups' in
-        the Jupyter data directory.""",
+        help="""Where backups are kept: a Docker volume name (no '/'), a folder path, or an S3 bucket
+        prefix 's3://BUCKET/PREFIX' ('{username}' in it is filled from JUPYTERHUB_USER, else the OS
+        user). Empty: the volume 'ailab-backups' when a Docker volume is backed up, else the folder
+        'ailab-backups' in the Jupyter data directory.""",
+    )
+    copy_to = Unicode(
+        "",
+        config=True,
+        help="""A second store (same forms as 'store', typically 's3://BUCKET/PREFIX'): each new backup
+        is copied there and read back after it is made; when it cannot be reached the backup still
+        succeeds and the copy stays pending, retried after the next backup and by the schedule.
+        Restores read whichever copy exists. Empty: no second copy.""",
+    )
+    s3_endpoint_url = Unicode(
+        "",
+        config=True,
+        help="""Endpoint of an S3-compatible service (MinIO, Ceph RGW, SeaweedFS), e.g.
+        'https://minio.example.com:9000'. Empty: AWS S3. Credentials always come from the standard
+        AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws, an instance
+        role); they are never written or shown.""",
+    )
+    s3_region = Unicode(
+        "",
+        config=True,
+        help="""Region of the S3 bucket, e.g. 'eu-central-1'. Empty: AWS_REGION / the profile's, else
+        us-east-1.""",
+    )
+    s3_timeout = Int(
+        60,
+        config=True,
+        help="""Seconds to wait for the S3 service to connect or answer before giving up (with retries).""",
+    )
+    encryption = Enum(
+        ["auto", "on", "off"],
+        default_value="auto",
+        config=True,
+        help="""Encryption of backups kept in S3 (age format, X25519): 'auto' encrypts when a key exists
+        (age_identity_file, or age_recipients), 'on' refuses to store anything in S3 unencrypted,
+        'off' never encrypts. Local stores are never encrypted.""",
+    )
+    age_identity_file = Unicode(
+        "",
+        config=True,
+        help="""File (mode 0600) holding the age private key that opens encrypted backups; 'ailab-backup
+        keygen' makes it. Never inside the notebooks folder. Empty: 'ailab-backup-age.key' in the
+        Jupyter data directory.""",
+    )
+    age_recipients = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""Further age public keys (age1...) that new encrypted backups are also encrypted for,
+        e.g. an administrator's recovery key whose private half is kept elsewhere.""",
     )
     helper_image = Unicode(
         "",
@@ -221,3 +271,10 @@ class AILabBackup(Configurable):
     _default_safety_backup = _env_default("safety_backup", True)
     _default_schedule = _env_default("schedule", "")
     _default_schedule_tick_seconds = _env_default("schedule_tick_seconds", 30)
+    _default_copy_to = _env_default("copy_to", "")
+    _default_s3_endpoint_url = _env_default("s3_endpoint_url", "")
+    _default_s3_region = _env_default("s3_region", "")
+    _default_s3_timeout = _env_default("s3_timeout", 60)
+    _default_encryption = _env_default("encryption", "auto")
+    _default_age_identity_file = _env_default("age_identity_file", "")
+    _default_age_recipients = _env_default("age_recipients", [])

@@ -42,6 +42,8 @@ from .settings import Settings
 from .changes import ChangeWatch
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
+from .stores import MirroredStore, S3Store, is_s3_url, local_path, open_writer  # s3: stores/ hooks
+from .stores.age import Encryption
 
 DEFAULT_STORE_VOLUME = "ailab-backups"
 JOURNAL_ATTEMPTS, JOURNAL_PAUSE = 4, 0.5
@@ -104,8 +106,9 @@ class BackupManager:
             if isinstance(source, DockerMountSource) and isinstance(store, VolumeStore):
                 if source.kind == "volume" and source.mount_name == store.volume:
                     raise BackupError("The store volume cannot be the volume it backs up. Set AILabBackup.store.")
+            second = self._second_store()  # s3: AILabBackup.copy_to
             first = self._resolved is None
-            self._resolved = (source, store)
+            self._resolved = (source, MirroredStore(store, second) if second else store)
             if first:
                 self.settings.load()  # its helper image serves every helper from now on
         return self._resolved
@@ -145,6 +148,8 @@ class BackupManager:
 
     def _find_store(self, source):
         spec = self.config.store
+        if is_s3_url(spec):
+            return self._s3_store(spec)
         if spec and store_is_folder(spec):
             return FolderStore(spec)
         if spec:
@@ -152,6 +157,67 @@ class BackupManager:
         if isinstance(source, DockerMountSource):
             return VolumeStore(source.docker, DEFAULT_STORE_VOLUME)
         return FolderStore(default_local_store())
+
+    # s3: the second store and encryption (see stores/) -----------------------------------------
+
+    def encryption(self):
+        cfg = self.config
+        return Encryption(cfg.encryption, cfg.age_identity_file, cfg.age_recipients,
+                          forbidden_dir=cfg.source_dir or self.root_dir)  # never inside the notebooks
+
+    def _s3_store(self, spec):
+        cfg = self.config
+        return S3Store(spec, cfg.s3_endpoint_url, cfg.s3_region, cfg.s3_timeout, self.encryption())
+
+    def _second_store(self):
+        spec = self.config.copy_to
+        if not spec:
+            return None
+        if is_s3_url(spec):
+            return self._s3_store(spec)
+        if store_is_folder(spec):
+            return FolderStore(spec)
+        return VolumeStore(self._require_docker(f"The copy_to volume {spec!r}"), spec)
+
+    def _mirror(self):
+        store = self.store
+        if not isinstance(store, MirroredStore):
+            raise BackupError("There is no second store to copy to: set AILabBackup.copy_to (e.g. "
+                              "'s3://BUCKET/PREFIX').")
+        return store
+
+    def copy_backups(self, backup_ids=None):
+        """Copy backups held here to the second store (all not there yet, when None)."""
+        if backup_ids is not None:
+            backup_ids = [check_id(i) for i in backup_ids]
+        with self._busy_guard():
+            result = self._mirror().copy_missing(backup_ids)
+        if result["error"]:
+            raise Unavailable(f"Copied {len(result['copied'])} backups; {len(result['pending'])} are pending "
+                              f"(retried later): {result['error']}")
+        return result
+
+    def start_copy(self, backup_ids=None):
+        mirror = self._mirror()  # no second store, an unknown id: answered now, not as a failed job
+        for backup_id in backup_ids or ():
+            if not mirror.held_by_primary(self.get_backup(backup_id)):
+                raise NotFound(f"{backup_id} is not held in {mirror.primary.name} (only there is a copy "
+                               "made from). It is kept off the machine already.")
+        return self.jobs.start("copy", lambda progress: self.copy_backups(backup_ids))
+
+    def retry_copies(self):
+        """Copy the pending backups, unless a backup or restore runs (then: at the next try)."""
+        if not isinstance(self.store, MirroredStore) or not self._busy.acquire(blocking=False):
+            return None
+        try:
+            with self._one_operation():
+                return self.store.copy_pending() if self.store.retry_due() else None
+        finally:
+            self._busy.release()
+
+    def generate_key(self):
+        """Make the age key that encrypts S3 copies; the answer holds the private key, once."""
+        return self.encryption().generate()
 
     @property
     def mode(self):
@@ -183,7 +249,7 @@ class BackupManager:
             result.update(mode=self.mode, source=source.describe(), store=store.describe())
             result["store_warning"] = self.store_warning()
             source.check_exists()
-            if isinstance(source, DockerMountSource) or isinstance(store, VolumeStore):
+            if isinstance(source, DockerMountSource) or isinstance(getattr(store, "primary", store), VolumeStore):
                 self.docker.image()
         except BackupError as exc:
             result["hint"] = str(exc)
@@ -212,8 +278,7 @@ class BackupManager:
     # reading the store -----------------------------------------------------------------------
 
     def list_backups(self):
-        found = [m for m in self.store.read_all_meta() if meta_is_sound(m)]
-        return sorted(found, key=lambda m: (m.get("created", ""), _number_in_second(m["id"]), m["id"]), reverse=True)
+        return _newest_first(self.store.read_all_meta())
 
     def get_backup(self, backup_id):
         check_id(backup_id)
@@ -222,9 +287,16 @@ class BackupManager:
                 return meta
         raise NotFound(f"No backup has the id {backup_id!r}. List the backups to see their ids.")
 
-    def delete_backup(self, backup_id):
+    def delete_backup(self, backup_id, where=None):
+        """Delete a backup; with a second store, ``where`` ('here' or 'off the machine') deletes
+        only that copy."""
         meta = self.get_backup(backup_id)
-        self.store.remove(backup_id, meta["archive"])
+        if where is None:
+            self.store.remove(backup_id, meta["archive"])
+        elif where not in ("here", "off the machine", "off") or not isinstance(self.store, MirroredStore):
+            raise BackupError(f"Unknown place {where!r}: 'here' or 'off' (with AILabBackup.copy_to set).")
+        else:
+            self.store.remove(backup_id, meta["archive"], "off the machine" if where == "off" else where)
         self.note_change()
 
     def _checked(self, path, meta=None, progress=None, max_ratio=0, cancel=None):
@@ -252,9 +324,9 @@ class BackupManager:
     def _checked_copy(self, meta, progress=None):
         """The stored archive as a file of this machine, checked completely on the way, in one
         pass: the stored file itself in a folder store; from a volume, a copy made while checking."""
-        if isinstance(self.store, FolderStore):
-            with self.store.local_copy(meta["archive"]) as path:
-                yield path, self._checked(path, meta, progress)[0]
+        path = local_path(self.store, meta["archive"])
+        if path:
+            yield path, self._checked(path, meta, progress)[0]
             return
         with self.store.spool(meta["archive"]) as spool:
             with open(spool, "wb") as out, self.store.open_archive(meta["archive"]) as src, \
@@ -373,12 +445,12 @@ class BackupManager:
         manifest = Manifest(created=created.isoformat().replace("+00:00", "Z"), source=source.describe(), label=label)
         archive_name = backup_id + SUFFIXES[self.config.compression]
         total_bytes, total_files = self._estimate(newest)
-        with store.spool(archive_name) as spool:
+        with open_writer(store, archive_name) as out:  # s3: a stream into the store (S3: no spool)
             progress.start("backing up", total_bytes, total_files)
-            with open(spool, "wb") as out, source.read_entries() as entries:
+            with source.read_entries() as entries:
                 safe = self._safe_entries(entries, manifest.skipped, self.settings.excludes)
                 size, digest = write_archive(out, safe, manifest, self.config.compression, progress,
-                                             sync=isinstance(store, FolderStore))  # it fsyncs on commit
+                                             sync=out.sync)  # a folder store's file: fsynced on commit
             paths = {e.path for e in manifest.entries}
             if any(p.endswith("-journal") and p[: -len("-journal")] in paths for p in paths):
                 return None  # a database was mid-write: try again
@@ -403,7 +475,7 @@ class BackupManager:
                 "content_digest": digest_of_content,
             }
             progress.start("storing", size, 1)
-            store.commit(spool, archive_name, meta)
+            out.commit(meta)
             self.note_change()
         progress.complete(manifest.total_bytes, manifest.file_count)
         return meta
@@ -517,13 +589,17 @@ class BackupManager:
     def _prune(self, keep):
         if keep <= 0:
             return []
-        backups = self.list_backups()
-        newest_safety = next((m["id"] for m in backups if m.get("kind") == "safety"), None)
-        doomed = [m for m in backups[keep:] if m["id"] != newest_safety]
-        for meta in doomed:
-            self.store.remove(meta["id"], meta["archive"])
+        doomed = []
+        for store in getattr(self.store, "stores", [self.store]):  # s3: retention in each store
+            backups = _newest_first(store.read_all_meta())
+            newest_safety = next((m["id"] for m in backups if m.get("kind") == "safety"), None)
+            for meta in backups[keep:]:
+                if meta["id"] != newest_safety:
+                    store.remove(meta["id"], meta["archive"])
+                    doomed.append(meta["id"])
+        if doomed:
             self.note_change()
-        return [m["id"] for m in doomed]
+        return list(dict.fromkeys(doomed))
 
     # plain folders, as the seed recipes -------------------------------------------------------
 
@@ -670,6 +746,10 @@ def _number_in_second(backup_id):
     """n of an id ``...T120000Z-n`` (backups made in one second); 1 for the first (no suffix)."""
     head, _, tail = backup_id.rpartition("-")
     return int(tail) if tail.isdigit() and head.endswith("Z") else 1
+
+
+def _newest_first(metas):
+    return sorted((m for m in metas if meta_is_sound(m)), key=lambda m: (m.get("created", ""), _number_in_second(m["id"]), m["id"]), reverse=True)
 
 
 def _check_mode(mode):

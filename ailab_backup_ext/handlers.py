@@ -127,7 +127,13 @@ class _Reply(web.HTTPError):
 
 def _backup_json(meta):
     keys = ("id", "created", "label", "kind", "source", "size_bytes", "file_count", "total_bytes", "compression")
-    return {k: meta.get(k) for k in keys}
+    found = {k: meta.get(k) for k in keys}
+    for key in ("where", "copy"):  # s3: where it is kept (see stores/mirror.py)
+        if key in meta:
+            found[key] = meta[key]
+    if "encrypted" in meta or "encrypted_copy" in meta:
+        found["encrypted"] = bool(meta.get("encrypted") or meta.get("encrypted_copy"))
+    return found
 
 
 class BackupsHandler(BaseHandler):
@@ -184,7 +190,7 @@ class BackupHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def delete(self, backup_id):
-        await self.call(self.manager.delete_backup, backup_id)
+        await self.call(self.manager.delete_backup, backup_id, self.get_query_argument("where", None))
         self.set_status(204)
         self.finish()
 
@@ -238,6 +244,26 @@ class ChangesHandler(BaseHandler):
     @authorized
     async def get(self):
         self.finish(await self.call(self.manager.changes.token))
+
+
+class CopyHandler(BaseHandler):
+    """s3: copy a backup (or, at /copies, every one not there yet) to AILabBackup.copy_to."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, backup_id=None):
+        job = await self.call(self.manager.start_copy, None if backup_id is None else [backup_id])
+        self.accepted(job)
+
+
+class KeyHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        key = await self.call(self.manager.generate_key)
+        self.set_status(201)
+        self.set_header("Cache-Control", "no-store")  # the private key is shown this once
+        self.finish(key)
 
 
 class UndoHandler(BaseHandler):
@@ -408,6 +434,9 @@ ROUTES = [
     (r"/schedule", ScheduleHandler),
     (r"/settings", SettingsHandler),
     (r"/changes", ChangesHandler),
+    (r"/copies", CopyHandler),
+    (r"/key", KeyHandler),
+    (rf"/{_ID}/copy", CopyHandler),
     (rf"/{_ID}/download", DownloadHandler),
     (rf"/{_ID}/restore", RestoreHandler),
     (rf"/{_ID}", BackupHandler),

@@ -136,6 +136,8 @@ class Scheduler:
         with self._lock:
             self._collect()
             rule, _ = self._rule()
+            if self._job is None:
+                self.manager.retry_copies()  # copies to AILabBackup.copy_to left pending
             if rule is None or self._job is not None:
                 return None
             now = self.clock()

@@ -151,3 +151,22 @@ def ailab_server(docker_client, ailab_image):
     yield start
     for server in started:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (rclone serve s3) for the whole run; tests take a bucket each."""
+    from s3util import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3") / "root")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A new, empty bucket of the session's S3 server, with its keys in the environment."""
+    from s3util import s3_env
+
+    s3_env(monkeypatch, s3_server)
+    return s3_server.bucket()
