@@ -40,9 +40,13 @@ from .progress import Progress
 from .schedule import Scheduler
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
+from .worker.runner import NotRouted, WorkerRunner
 
 DEFAULT_STORE_VOLUME = "ailab-backups"
 JOURNAL_ATTEMPTS, JOURNAL_PAUSE = 4, 0.5
+# the settings a worker container needs (the rest is where things are, which it is told apart)
+WORKER_SETTINGS = ("compression", "excludes", "max_archive_bytes", "max_upload_bytes", "max_compression_ratio",
+                   "safety_backup")
 RESTART_HINT = (
     "Restart the kernels of open notebooks that use the Secure Configuration Storage, so that "
     "they read the restored file."
@@ -68,6 +72,7 @@ class BackupManager:
         self.docker = None
         if self.config.docker_url.lower() != "none":
             self.docker = DockerHelper(self.config.docker_url, self.config.helper_image)
+        self.worker = WorkerRunner(self.docker) if self.docker else None
         self._resolved = None
         self._busy = threading.Lock()
         self.jobs = JobRunner()
@@ -142,6 +147,26 @@ class BackupManager:
             return VolumeStore(source.docker, DEFAULT_STORE_VOLUME)
         return FolderStore(default_local_store())
 
+    # the worker: operations run next to the data (see worker.runner) ---------------------------
+
+    def worker_status(self):
+        """{"in_use": bool, "why": ...}: whether backups and restores run in a worker container."""
+        if self.worker is None:
+            return {"in_use": False, "why": "Docker is not used (AILabBackup.docker_url is 'none')"}
+        try:
+            source, store = self.resolve()
+            return self.worker.describe(source, store)
+        except BackupError as exc:
+            return {"in_use": False, "why": str(exc)}
+
+    def _in_worker(self, op, progress, write_source=False, **params):
+        """Run ``op`` in a worker container; raises NotRouted when none can run it here."""
+        if self.worker is None:
+            raise NotRouted("no Docker")
+        source, store = self.resolve()
+        config = {name: getattr(self.config, name) for name in WORKER_SETTINGS}
+        return self.worker.run(op, source, store, config, progress, params, write_source=write_source)
+
     @property
     def mode(self):
         return "docker" if isinstance(self.source, DockerMountSource) else "local"
@@ -161,6 +186,7 @@ class BackupManager:
             result["docker"]["url"] = "none"
         active = self.jobs.active
         result["job"] = active.to_json() if active else None
+        result["worker"] = None
         try:
             result["schedule"] = self.scheduler.describe()
         except BackupError as exc:
@@ -172,6 +198,7 @@ class BackupManager:
             source.check_exists()
             if isinstance(source, DockerMountSource) or isinstance(store, VolumeStore):
                 self.docker.image()
+            result["worker"] = self.worker_status()
         except BackupError as exc:
             result["hint"] = str(exc)
         if result["hint"] is None and version is None and self.docker is not None:
@@ -239,6 +266,10 @@ class BackupManager:
         with self._one_operation():
             meta = self.get_backup(backup_id)
             progress = progress or Progress()
+            try:
+                return self._in_worker("verify", progress, backup_id=backup_id)
+            except NotRouted:
+                pass
             progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with self._checked_copy(meta, progress) as (_, manifest):
                 pass
@@ -313,6 +344,10 @@ class BackupManager:
     def _create(self, label, kind, progress, skip_unchanged=False):
         """A backup that never holds a torn SQLite copy: if a database was caught mid-write
         (its ``-journal`` beside it), the backup is taken again, a few times at most."""
+        try:
+            return self._in_worker("backup", progress, label=label, kind=kind, skip_unchanged=skip_unchanged)
+        except NotRouted:
+            pass
         for attempt in range(JOURNAL_ATTEMPTS):
             try:
                 meta = self._create_once(label, kind, progress, skip_unchanged)
@@ -401,6 +436,11 @@ class BackupManager:
         meta = self.get_backup(backup_id)
         progress = progress or Progress()
         with self._busy_guard():
+            try:
+                return self._in_worker("restore", progress, write_source=True, backup_id=backup_id, mode=mode,
+                                       paths=paths)
+            except NotRouted:
+                pass
             source = self.source
             source.check_exists()
             progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
@@ -446,6 +486,10 @@ class BackupManager:
     def _plan(self, backup_id, mode, paths, progress):
         meta = self.get_backup(backup_id)
         progress = progress or Progress()
+        try:
+            return self._in_worker("plan", progress, backup_id=backup_id, mode=mode, paths=paths)
+        except NotRouted:
+            pass
         source = self.source
         source.check_exists()
         with self._checked_copy(meta, progress) as (path, manifest):

@@ -354,7 +354,8 @@ class DockerHelper:
         files = {**(files or {}), JOB_SCRIPT: ("exec " + shlex.join(command) + "\n").encode()}
         with self.container(mounts) as helper, self.answering("run a helper command"):
             for path, data in files.items():
-                helper.put_archive(os.path.dirname(path), single_file_tar(os.path.basename(path), data))
+                # from / with the whole path: a helper with no mounts has no /ailab yet
+                helper.put_archive("/", single_file_tar(path.lstrip("/"), data))
             helper.start()
             status = helper.wait()
             logs = helper.logs(stdout=True, stderr=True)

@@ -83,7 +83,8 @@ class FolderStore:
         return _spool(self._dir("data"), name)
 
     def remove_stale_spools(self):
-        return _remove_stale_spools(os.path.join(self.path, "data"))
+        directory = os.path.join(self.path, "data")
+        return _remove_stale_spools(directory) + remove_unlocked_worker_spools(directory)
 
     def commit(self, spool_path, archive_name, meta):
         with open(spool_path, "rb") as f:
@@ -168,6 +169,41 @@ def _remove_stale_spools(directory):
                 removed += 1
             except OSError:
                 pass
+    return removed
+
+
+WORKER_SPOOL_TAG = ".worker-"  # .NAME.worker-<job id>.ailab-partial, locked while its worker runs
+
+
+def remove_unlocked_worker_spools(directory):
+    """Remove the partial archives of workers that are gone. A worker (in a container: its pid
+    means nothing here) holds an exclusive flock on its partial file while it runs; the kernel
+    drops the lock when the worker dies, however it dies."""
+    import fcntl
+
+    removed = 0
+    try:
+        names = [n for n in os.listdir(directory) if WORKER_SPOOL_TAG in n and n.endswith(SPOOL_SUFFIX)]
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its worker still runs
+        else:
+            try:
+                os.unlink(path)
+                removed += 1
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
     return removed
 
 
