@@ -27,6 +27,8 @@ class BackupExtension(ExtensionApp):
     def initialize_settings(self):
         server = self.serverapp
         self.manager = BackupManager(AILabBackup(parent=server), root_dir=server.root_dir)
+        if self.manager.docker is not None:
+            self.manager.docker.keep_helpers = True  # listing a store volume reuses one helper
         secret = secrets.token_urlsafe(32)
         self.settings.update({SETTINGS_KEY: self.manager, SECRET_KEY: secret})
         # kernels are children of this process and inherit its environment; the secret is never
@@ -66,3 +68,5 @@ class BackupExtension(ExtensionApp):
     async def stop_extension(self):
         self._stopping.set()
         await asyncio.to_thread(self.manager.jobs.shutdown)
+        if self.manager.docker is not None:
+            await asyncio.to_thread(self.manager.docker.close)

@@ -248,16 +248,26 @@ class VolumeStore:
         except NotFound:
             return
 
-    def read_all_meta(self):
+    def _read_meta(self, helper):
         found = []
-        with self.docker.container(self._mounts()) as helper:
-            for tar, info in self._members(helper, f"{self.MOUNT_POINT}/meta"):
-                if info.isreg() and info.name.endswith(".json"):
-                    try:
-                        found.append(json.loads(tar.data(info).read()))
-                    except ValueError:
-                        continue
+        for tar, info in self._members(helper, f"{self.MOUNT_POINT}/meta"):
+            if info.isreg() and info.name.endswith(".json"):
+                try:
+                    found.append(json.loads(tar.data(info).read()))
+                except ValueError:
+                    continue
         return found
+
+    def read_all_meta(self):
+        if self.docker.keep_helpers:  # a server: one kept helper, and the listing cached
+            return self.docker.cached_read(("listing", self.volume), self._mounts(), f"{self.MOUNT_POINT}/meta",
+                                           self._read_meta)
+        with self.docker.container(self._mounts()) as helper:
+            return self._read_meta(helper)
+
+    def invalidate(self):
+        """Our own write: the next listing reads the store again."""
+        self.docker.invalidate(("listing", self.volume))
 
     def read_state(self, name):
         with self.docker.container(self._mounts()) as helper:
@@ -292,6 +302,7 @@ class VolumeStore:
             data = _meta_bytes(meta)
             self.docker.put_archive(
                 helper, self.MOUNT_POINT, _file_tar(f"meta/{meta['id']}.json", io.BytesIO(data), len(data)), what)
+        self.invalidate()
 
     @contextmanager
     def open_archive(self, archive_name):
@@ -303,10 +314,13 @@ class VolumeStore:
 
 
     def remove(self, backup_id, archive_name):
-        self.docker.run(
-            self._mounts(),
-            ["rm", "-f", f"{self.MOUNT_POINT}/meta/{backup_id}.json", f"{self.MOUNT_POINT}/data/{archive_name}"],
-        )
+        try:
+            self.docker.run(
+                self._mounts(),
+                ["rm", "-f", f"{self.MOUNT_POINT}/meta/{backup_id}.json", f"{self.MOUNT_POINT}/data/{archive_name}"],
+            )
+        finally:
+            self.invalidate()
 
 
 def _file_tar(name, fileobj, size):

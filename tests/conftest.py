@@ -40,6 +40,30 @@ def docker_client():
     return _CLIENT
 
 
+@pytest.fixture(scope="session")
+def python_image(docker_client):
+    """A helper image with this machine's Python (stdlib only: no package of ours, no zstandard),
+    built from nothing for this session under a unique name, removed at its end."""
+    import pythonimage
+
+    name = pythonimage.build_image(docker_client)
+    yield name
+    pythonimage.remove_image(docker_client, name)
+
+
+@pytest.fixture(scope="session")
+def ailab_like_image(docker_client):
+    """Built like AI-Lab's image: the Python at the server's own interpreter path, an entrypoint
+    that starts a server, user 1000 by default, our package not in it."""
+    import pythonimage
+
+    name = pythonimage.build_image(
+        docker_client, "ailab-backup-ailablike", python_at=sys.executable,
+        changes=[f'ENTRYPOINT ["{sys.executable}", "-m", "http.server", "8888"]', "USER 1000"])
+    yield name
+    pythonimage.remove_image(docker_client, name)
+
+
 @pytest.fixture
 def make_volume(docker_client):
     """Creates Docker volumes with unique names and removes them after the test."""
