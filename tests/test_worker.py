@@ -204,3 +204,24 @@ def test_streaming_and_worker_backups_restore_each_other(docker_client, make_vol
         run_in_volume(docker_client, volume, "cd /v && rm -rf ./* ./.[!.]* && echo x > stray.txt")
         manager_for(volume, store, image).restore_backup(backup["id"], "replace")
         assert volume_snapshot(docker_client, volume) == original
+
+
+def test_a_worker_commit_never_overwrites_a_backup_committed_meanwhile(tmp_path):
+    """Two workers that chose the same id (same source, same second): the second gets the next
+    free id, and the first one's archive and metadata stay as they were."""
+    from ailab_backup_ext.worker.main import MountedStore
+
+    first, second = (MountedStore(str(tmp_path), job, {"type": "volume", "name": "s"}) for job in ("a1", "b2"))
+    metas = []
+    for store, content in ((first, b"first"), (second, b"second")):
+        meta = {"id": "nb-20261201T000000Z", "archive": "nb-20261201T000000Z.tar.zst"}
+        with store.spool(meta["archive"]) as spool:
+            with open(spool, "wb") as f:
+                f.write(content)
+            store.commit(spool, meta["archive"], meta)
+        metas.append(meta)
+    assert [m["id"] for m in metas] == ["nb-20261201T000000Z", "nb-20261201T000000Z-2"]
+    assert (tmp_path / "data" / "nb-20261201T000000Z.tar.zst").read_bytes() == b"first"
+    assert (tmp_path / "data" / "nb-20261201T000000Z-2.tar.zst").read_bytes() == b"second"
+    assert sorted(m["id"] for m in first.read_all_meta()) == [m["id"] for m in metas]
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.endswith(".ailab-partial")]
