@@ -264,12 +264,12 @@ class BackupManager:
     def verify_backup(self, backup_id, progress=None):
         """Re-read a stored backup and check every entry against its manifest."""
         with self._one_operation():
-            meta = self.get_backup(backup_id)
             progress = progress or Progress()
-            try:
+            try:  # the worker lists the store itself: no listing here first
                 return self._in_worker("verify", progress, backup_id=backup_id)
             except NotRouted:
                 pass
+            meta = self.get_backup(backup_id)
             progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with self._checked_copy(meta, progress) as (_, manifest):
                 pass
@@ -433,14 +433,15 @@ class BackupManager:
             return self._restore(backup_id, mode, progress, paths)
 
     def _restore(self, backup_id, mode, progress, paths):
-        meta = self.get_backup(backup_id)
         progress = progress or Progress()
-        with self._busy_guard():
-            try:
+        try:  # the worker lists the store itself: no listing here first
+            with self._busy_guard():
                 return self._in_worker("restore", progress, write_source=True, backup_id=backup_id, mode=mode,
                                        paths=paths)
-            except NotRouted:
-                pass
+        except NotRouted:
+            pass
+        meta = self.get_backup(backup_id)
+        with self._busy_guard():
             source = self.source
             source.check_exists()
             progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
@@ -484,12 +485,12 @@ class BackupManager:
             return self._plan(backup_id, mode, paths, progress)
 
     def _plan(self, backup_id, mode, paths, progress):
-        meta = self.get_backup(backup_id)
         progress = progress or Progress()
-        try:
+        try:  # the worker lists the store itself: no listing here first
             return self._in_worker("plan", progress, backup_id=backup_id, mode=mode, paths=paths)
         except NotRouted:
             pass
+        meta = self.get_backup(backup_id)
         source = self.source
         source.check_exists()
         with self._checked_copy(meta, progress) as (path, manifest):

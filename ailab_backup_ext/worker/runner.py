@@ -52,6 +52,34 @@ class NotRouted(Exception):
     """The worker cannot run this operation here; the caller takes the streaming path."""
 
 
+def _probe_cache_path():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ailab-backup", "worker-probes.json")
+
+
+def _read_probe_cache():
+    """What earlier processes learnt about images (by image id: an image's content never
+    changes), so that a command line does not probe again each time."""
+    try:
+        with open(_probe_cache_path(), encoding="utf-8") as f:
+            cached = json.load(f)
+        return cached if isinstance(cached, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_probe_cache(probes):
+    path = _probe_cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = f"{path}.{os.getpid()}.partial"
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(probes, f)
+        os.replace(temp, path)
+    except OSError:
+        pass  # a cache only: probed again next time
+
+
 def _this_python():
     import platform
 
@@ -83,28 +111,35 @@ class WorkerRunner:
         except docker.errors.DockerException as exc:
             raise Unavailable(f"Docker could not inspect the helper image {name!r}: {exc}") from None
         with self._lock:
-            if image_id in self._probes:
-                return self._probes[image_id]
-        candidates = [sys.executable, "python3"]
+            if image_id not in self._probes:
+                self._probes.update(_read_probe_cache())
+            candidates = [sys.executable, "python3"]
+            known = self._probes.get(image_id)
+            if known and known.get("server") == _this_python() and known.get("asked") == candidates:
+                return {**known, "image": name}
         command = ["env", f"PROBE={_PROBE}", "sh", "-c", _PROBE_SCRIPT, "sh", *candidates]
+        none_found = {"python": None, "why": f"the helper image {name!r} has no Python {MIN_PYTHON[0]}."
+                      f"{MIN_PYTHON[1]} or later (looked for the server's own interpreter and python3)"}
         self.containers_created += 1
         try:
             out = self.docker.run([], command).decode(errors="replace").strip().splitlines()
             found = json.loads(out[-1])
-        except Unavailable:
-            raise  # Docker is gone: nothing learnt about the image
-        except (BackupError, ValueError, IndexError):
-            found = {"python": None, "why": f"the helper image {name!r} has no Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} "
-                     "or later (looked for the server's own interpreter and python3)"}
+        except BackupError as exc:
+            if "helper command failed" not in str(exc):
+                raise  # Docker failed, not the probe: nothing learnt about the image
+            found = none_found
+        except (ValueError, IndexError):
+            found = none_found
         else:
             if not found.get("zstandard") and {k: found.get(k) for k in _this_python()} != _this_python():
                 found = {"python": None, "why": f"the Python {'.'.join(map(str, found['version']))} of the "
                          f"helper image {name!r} has no zstandard, and this server's compiled zstandard does "
                          "not fit it"}
             found["inject_zstandard"] = not found.get("zstandard")
-        found["image"] = name
+        found["image"], found["server"], found["asked"] = name, _this_python(), candidates
         with self._lock:
             self._probes[image_id] = found
+            _write_probe_cache(self._probes)
         return found
 
     def _store_place(self, store):
