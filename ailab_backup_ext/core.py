@@ -156,8 +156,8 @@ class BackupManager:
         try:
             source, store = self.resolve()
             return self.worker.describe(source, store)
-        except BackupError as exc:
-            return {"in_use": False, "why": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - status answers whatever Docker does
+            return {"in_use": False, "why": f"undecided: {exc}"}
 
     def _in_worker(self, op, progress, write_source=False, **params):
         """Run ``op`` in a worker container; raises NotRouted when none can run it here."""

@@ -29,6 +29,7 @@ from ..sources import LocalFolderSource
 from ..store import SPOOL_SUFFIX, WORKER_SPOOL_TAG, FolderStore, remove_unlocked_worker_spools
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress lines: the server relays each one
+HEARTBEAT_SECONDS = 20  # well below the Docker client's read timeout (120 s)
 NOT_SAME_FOLDER = "NotSameFolder"  # the store mounted here is not the server's folder store
 
 
@@ -148,6 +149,13 @@ class Reporter:
             self.out.write(line)
             self.out.flush()
 
+    def heartbeat(self):
+        """A line now and then, so that the server's read of the log stream never times out
+        while a phase reports nothing for long (walking a huge tree)."""
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            self.emit({"alive": True})
+
     def progress(self, progress):
         now = time.monotonic()
         snapshot = progress.snapshot()
@@ -207,6 +215,7 @@ def main(argv=None):
         raise Stopped("The worker was stopped; nothing partial was kept.")
 
     signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=reporter.heartbeat, daemon=True, name="ailab-backup-heartbeat").start()
     try:
         result = run(job, Progress(on_change=reporter.progress))
     except BaseException as exc:  # noqa: BLE001 - every failure is reported as one line

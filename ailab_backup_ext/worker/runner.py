@@ -324,7 +324,7 @@ class WorkerRunner:
                         continue  # not ours (an image's own output): ignored
                     if "progress" in message:
                         relay(message["progress"])
-                    else:
+                    elif "result" in message or "error" in message:
                         outcome = message
             status = container.wait().get("StatusCode")
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
