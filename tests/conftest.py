@@ -87,6 +87,17 @@ def _no_helper_left(request):
     """Every test that touched Docker must leave no helper container behind."""
     yield
     if _CLIENT is not None and "docker_client" in request.fixturenames:
+        if "jp_serverapp" in request.fixturenames:
+            # the in-process server keeps a listing helper until it stops, and pytest-jupyter
+            # stops it only after this check: remove it as the server's stop does
+            from jupyter_server.serverapp import ServerApp
+
+            from ailab_backup_ext.handlers import SETTINGS_KEY
+
+            web_app = getattr(ServerApp.instance(), "web_app", None)
+            manager = web_app.settings.get(SETTINGS_KEY) if web_app is not None else None
+            if manager is not None and manager.docker is not None:
+                manager.docker.close()
         left = our_helpers(_CLIENT)
         assert not left, f"helper containers left behind: {[c.id[:12] for c in left]}"
 
