@@ -25,10 +25,10 @@ MB = 1 << 20
 
 
 @pytest.fixture
-def volume_60mb(docker_client, make_volume):
+def volume_120mb(docker_client, make_volume):
     volume = make_volume()
     run_in_volume(docker_client, volume, "cd /v && for i in 1 2 3; do dd if=/dev/urandom of=big$i.bin bs=1M "
-                                         "count=20 2>/dev/null; done && echo a > a.txt")
+                                         "count=40 2>/dev/null; done && echo a > a.txt")
     return volume
 
 
@@ -50,12 +50,12 @@ def our_worker(client):
 
 
 def test_worker_killed_midway_lists_nothing_and_its_partial_file_goes_with_the_next_operation(
-        docker_client, make_volume, volume_60mb, python_image):
+        docker_client, make_volume, volume_120mb, python_image):
     store = make_volume("ailabstore")
-    manager = BackupManager(AILabBackup(volume=volume_60mb, store=store, helper_image=python_image))
+    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image))
     killed = []
-    stop = stop_when(lambda: threading.Thread(target=lambda: killed.append(our_worker(docker_client).kill())).start(),
-                     "backing up", 4 * MB)
+    # killed at once from the thread that follows the worker: a kill does not wait for anything
+    stop = stop_when(lambda: killed.append(our_worker(docker_client).kill()), "backing up", 1 * MB)
     with pytest.raises(BackupError, match="stopped before it finished"):
         manager.create_backup(progress=Progress(stop))
     assert stop.fired.is_set() and killed
@@ -69,9 +69,9 @@ def test_worker_killed_midway_lists_nothing_and_its_partial_file_goes_with_the_n
 
 @pytest.mark.parametrize("then", ["restarted at once", "worker left to finish"])
 def test_process_killed_midway_leaves_a_complete_verified_backup_or_none(
-        docker_client, make_volume, volume_60mb, python_image, then):
+        docker_client, make_volume, volume_120mb, python_image, then):
     store = make_volume("ailabstore")
-    cli = subprocess.Popen([sys.executable, "-m", "ailab_backup_ext.cli", "--volume", volume_60mb, "--store", store,
+    cli = subprocess.Popen([sys.executable, "-m", "ailab_backup_ext.cli", "--volume", volume_120mb, "--store", store,
                             "--helper-image", python_image, "create"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -86,7 +86,7 @@ def test_process_killed_midway_leaves_a_complete_verified_backup_or_none(
             assert DockerHelper().remove_stale_helpers() >= 1  # what a server does when it starts
         else:
             assert wait_until(lambda: not our_helpers(docker_client, cli.pid), 120, 0.5)
-        manager = BackupManager(AILabBackup(volume=volume_60mb, store=store, helper_image=python_image))
+        manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image))
         listed = manager.list_backups()
         for meta in listed:
             assert manager.verify_backup(meta["id"])["ok"]  # the next operation, too
@@ -101,9 +101,9 @@ def test_process_killed_midway_leaves_a_complete_verified_backup_or_none(
 
 
 def test_docker_lost_midway_is_a_clear_error_and_the_next_operation_cleans_up(
-        docker_client, make_volume, volume_60mb, python_image, docker_proxy):
+        docker_client, make_volume, volume_120mb, python_image, docker_proxy):
     store = make_volume("ailabstore")
-    manager = BackupManager(AILabBackup(volume=volume_60mb, store=store, helper_image=python_image,
+    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image,
                                         docker_url=docker_proxy.url))
     stop = stop_when(docker_proxy.kill, "backing up", 4 * MB)
     with pytest.raises(Unavailable, match="Docker stopped answering"):
@@ -120,11 +120,11 @@ def test_docker_lost_midway_is_a_clear_error_and_the_next_operation_cleans_up(
         assert manager.verify_backup(meta["id"])["ok"]
 
 
-def test_two_operations_at_once_never_share_a_workers_files(docker_client, make_volume, volume_60mb, python_image):
+def test_two_operations_at_once_never_share_a_workers_files(docker_client, make_volume, volume_120mb, python_image):
     """Two processes back up the same volume into the same store at once: two complete backups
     with their own ids, each verified (the id taken meanwhile: test_worker's commit test)."""
     store = make_volume("ailabstore")
-    managers = [BackupManager(AILabBackup(volume=volume_60mb, store=store, helper_image=python_image))
+    managers = [BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image))
                 for _ in range(2)]
     for manager in managers:
         manager.worker.probe()  # both ready, so that their workers run at the same time
