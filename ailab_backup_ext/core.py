@@ -44,9 +44,13 @@ from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
 from .stores import MirroredStore, S3Store, is_s3_url, local_path, open_writer  # s3: stores/ hooks
 from .stores.age import Encryption
+from .worker.runner import NotRouted, WorkerRunner
 
 DEFAULT_STORE_VOLUME = "ailab-backups"
 JOURNAL_ATTEMPTS, JOURNAL_PAUSE = 4, 0.5
+# the settings a worker container needs (the rest is where things are, which it is told apart)
+WORKER_SETTINGS = ("compression", "excludes", "max_archive_bytes", "max_upload_bytes", "max_compression_ratio",
+                   "max_entries", "safety_backup")
 RESTART_HINT = (
     "Restart the kernels of open notebooks that use the Secure Configuration Storage, so that "
     "they read the restored file."
@@ -72,6 +76,7 @@ class BackupManager:
         self.docker = None
         if self.config.docker_url.lower() != "none":
             self.docker = DockerHelper(self.config.docker_url, self.config.helper_image)
+        self.worker = WorkerRunner(self.docker) if self.docker else None
         self._resolved = None
         self._busy = threading.Lock()
         self.jobs = JobRunner()
@@ -219,6 +224,30 @@ class BackupManager:
         """Make the age key that encrypts S3 copies; the answer holds the private key, once."""
         return self.encryption().generate()
 
+    # the worker: operations run next to the data (see worker.runner) ---------------------------
+
+    def worker_status(self):
+        """{"in_use": bool, "why": ...}: whether backups and restores run in a worker container."""
+        if self.worker is None:
+            return {"in_use": False, "why": "Docker is not used (AILabBackup.docker_url is 'none')"}
+        try:
+            source, store = self.resolve()
+            return self.worker.describe(source, store)
+        except Exception as exc:  # noqa: BLE001 - status answers whatever Docker does
+            return {"in_use": False, "why": f"undecided: {exc}"}
+
+    def _in_worker(self, op, progress, write_source=False, **params):
+        """Run ``op`` in a worker container; raises NotRouted when none can run it here."""
+        if self.worker is None:
+            raise NotRouted("no Docker")
+        source, store = self.resolve()
+        config = {name: getattr(self.config, name) for name in WORKER_SETTINGS}
+        config["excludes"] = self.settings.excludes  # a setting made in a UI wins, as in-process
+        result = self.worker.run(op, source, store, config, progress, params, write_source=write_source)
+        if op in ("backup", "restore"):  # a new backup (a restore's safety backup too) for the UIs
+            self.note_change()
+        return result
+
     @property
     def mode(self):
         return "docker" if isinstance(self.source, DockerMountSource) else "local"
@@ -239,6 +268,7 @@ class BackupManager:
             result["docker"]["url"] = "none"
         active = self.jobs.active
         result["job"] = active.to_json() if active else None
+        result["worker"] = None
         try:
             result["schedule"] = self.scheduler.describe()
         except Exception as exc:  # noqa: BLE001 - the schedule never makes status fail
@@ -251,6 +281,7 @@ class BackupManager:
             source.check_exists()
             if isinstance(source, DockerMountSource) or isinstance(getattr(store, "primary", store), VolumeStore):
                 self.docker.image()
+            result["worker"] = self.worker_status()
         except BackupError as exc:
             result["hint"] = str(exc)
         if result["hint"] is None and version is None and self.docker is not None:
@@ -338,8 +369,12 @@ class BackupManager:
     def verify_backup(self, backup_id, progress=None):
         """Re-read a stored backup and check every entry against its manifest."""
         with self._one_operation():
-            meta = self.get_backup(backup_id)
             progress = progress or Progress()
+            try:  # the worker lists the store itself: no listing here first
+                return self._in_worker("verify", progress, backup_id=backup_id)
+            except NotRouted:
+                pass
+            meta = self.get_backup(backup_id)
             progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with self._checked_copy(meta, progress) as (_, manifest):
                 pass
@@ -415,6 +450,10 @@ class BackupManager:
     def _create(self, label, kind, progress, skip_unchanged=False):
         """A backup that never holds a torn SQLite copy: if a database was caught mid-write
         (its ``-journal`` beside it), the backup is taken again, a few times at most."""
+        try:
+            return self._in_worker("backup", progress, label=label, kind=kind, skip_unchanged=skip_unchanged)
+        except NotRouted:
+            pass
         for attempt in range(JOURNAL_ATTEMPTS):
             try:
                 meta = self._create_once(label, kind, progress, skip_unchanged)
@@ -500,8 +539,14 @@ class BackupManager:
             return self._restore(backup_id, mode, progress, paths)
 
     def _restore(self, backup_id, mode, progress, paths):
-        meta = self.get_backup(backup_id)
         progress = progress or Progress()
+        try:  # the worker lists the store itself: no listing here first
+            with self._busy_guard():
+                return self._in_worker("restore", progress, write_source=True, backup_id=backup_id, mode=mode,
+                                       paths=paths)
+        except NotRouted:
+            pass
+        meta = self.get_backup(backup_id)
         with self._busy_guard():
             source = self.source
             source.check_exists()
@@ -546,8 +591,12 @@ class BackupManager:
             return self._plan(backup_id, mode, paths, progress)
 
     def _plan(self, backup_id, mode, paths, progress):
-        meta = self.get_backup(backup_id)
         progress = progress or Progress()
+        try:  # the worker lists the store itself: no listing here first
+            return self._in_worker("plan", progress, backup_id=backup_id, mode=mode, paths=paths)
+        except NotRouted:
+            pass
+        meta = self.get_backup(backup_id)
         source = self.source
         source.check_exists()
         with self._checked_copy(meta, progress) as (path, manifest):

@@ -159,6 +159,12 @@ class DockerHelper:
         self._image = None
         self._orphans = set()  # helpers whose removal did not reach Docker
         self._shared = threading.local()  # the helpers of this thread's open session, if any
+        # a server keeps one created helper per store volume for its lifetime, to list backups
+        # without creating a container each time (see cached_read); the command line does not
+        self.keep_helpers = False
+        self._kept = {}  # key -> a created helper kept until close()
+        self._cached = {}  # key -> (change marker, what was read)
+        self._kept_lock = threading.Lock()
 
     @property
     def client(self):
@@ -298,6 +304,59 @@ class DockerHelper:
         finally:
             self._remove(created.id)
 
+    def cached_read(self, key, mounts, watched, read):
+        """``read(helper)``, answered from a cache while ``watched`` (a path in the helper) has not
+        changed: its stat (name, size, mode, mtime in ns), asked with one HEAD request of the
+        archive API on a created helper kept for that, is the change marker. A folder's mtime
+        changes whenever a file in it is added, removed or renamed, by whoever does it."""
+        import copy
+
+        import docker
+
+        with self._kept_lock:
+            for _attempt in range(2):
+                helper = self._kept.get(key)
+                if helper is None:
+                    self._remove_orphans()
+                    with self.answering("create a helper container"):
+                        helper = self.client.containers.create(
+                            self.image(), [JOB_SCRIPT], entrypoint=["sh"], user="0:0", mounts=mounts,
+                            labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+                            network_disabled=True)
+                    self._kept[key] = helper
+                api = self.client.api
+                with self.answering("look at the store"):
+                    response = api.head(api._url("/containers/{0}/archive", helper.id), params={"path": watched})
+                if response.status_code == 404 and "container" in response.text.lower():
+                    self._kept.pop(key, None)  # removed by someone else: made again
+                    self._cached.pop(key, None)
+                    continue
+                marker = response.headers.get("X-Docker-Container-Path-Stat", "absent")
+                if response.status_code not in (200, 404):
+                    try:
+                        api._raise_for_status(response)
+                    except docker.errors.APIError as exc:
+                        raise BackupError(f"Docker could not look at the store: {exc.explanation}") from None
+                cached = self._cached.get(key)
+                if cached is not None and cached[0] == marker:
+                    return copy.deepcopy(cached[1])
+                value = read(helper)
+                self._cached[key] = (marker, value)
+                return copy.deepcopy(value)
+            return read(helper)
+
+    def invalidate(self, key):
+        """Forget what :meth:`cached_read` keeps for ``key`` (after our own writes)."""
+        with self._kept_lock:
+            self._cached.pop(key, None)
+
+    def close(self):
+        """Remove the kept helpers (the server stops)."""
+        with self._kept_lock:
+            kept, self._kept, self._cached = self._kept, {}, {}
+        for helper in kept.values():
+            self._remove(helper.id)
+
     def _remove(self, container_id):
         """Remove a helper with its anonymous volumes (the helper image may declare a VOLUME, as
         AI-Lab's does; the volumes a helper mounts by name are never removed by this); never
@@ -395,7 +454,8 @@ class DockerHelper:
         files = {**(files or {}), JOB_SCRIPT: ("exec " + shlex.join(command) + "\n").encode()}
         with self.container(mounts) as helper, self.answering("run a helper command"):
             for path, data in files.items():
-                helper.put_archive(os.path.dirname(path), single_file_tar(os.path.basename(path), data))
+                # from / with the whole path: a helper with no mounts has no /ailab yet
+                helper.put_archive("/", single_file_tar(path.lstrip("/"), data))
             helper.start()
             status = helper.wait()
             logs = helper.logs(stdout=True, stderr=True)

@@ -50,6 +50,8 @@ class BackupExtension(ExtensionApp):
     def initialize_settings(self):
         server = self.serverapp
         self.manager = BackupManager(AILabBackup(parent=server), root_dir=server.root_dir)
+        if self.manager.docker is not None:
+            self.manager.docker.keep_helpers = True  # listing a store volume reuses one helper
         secret = secrets.token_urlsafe(32)
         self.settings.update({SETTINGS_KEY: self.manager, SECRET_KEY: secret})
         # the secret opens /ailab/backup only and is never written anywhere; it goes into the
@@ -91,3 +93,5 @@ class BackupExtension(ExtensionApp):
     async def stop_extension(self):
         self._stopping.set()
         await asyncio.to_thread(self.manager.jobs.shutdown)
+        if self.manager.docker is not None:
+            await asyncio.to_thread(self.manager.docker.close)

@@ -83,7 +83,8 @@ class FolderStore:
         return _spool(self._dir("data"), name)
 
     def remove_stale_spools(self):
-        return _remove_stale_spools(os.path.join(self.path, "data"))
+        directory = os.path.join(self.path, "data")
+        return _remove_stale_spools(directory) + remove_unlocked_worker_spools(directory)
 
     def commit(self, spool_path, archive_name, meta):
         with open(spool_path, "rb") as f:
@@ -171,6 +172,41 @@ def _remove_stale_spools(directory):
     return removed
 
 
+WORKER_SPOOL_TAG = ".worker-"  # .NAME.worker-<job id>.ailab-partial, locked while its worker runs
+
+
+def remove_unlocked_worker_spools(directory):
+    """Remove the partial archives of workers that are gone. A worker (in a container: its pid
+    means nothing here) holds an exclusive flock on its partial file while it runs; the kernel
+    drops the lock when the worker dies, however it dies."""
+    import fcntl
+
+    removed = 0
+    try:
+        names = [n for n in os.listdir(directory) if WORKER_SPOOL_TAG in n and n.endswith(SPOOL_SUFFIX)]
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its worker still runs
+        else:
+            try:
+                os.unlink(path)
+                removed += 1
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -212,16 +248,26 @@ class VolumeStore:
         except NotFound:
             return
 
-    def read_all_meta(self):
+    def _read_meta(self, helper):
         found = []
-        with self.docker.container(self._mounts()) as helper:
-            for tar, info in self._members(helper, f"{self.MOUNT_POINT}/meta"):
-                if info.isreg() and info.name.endswith(".json"):
-                    try:
-                        found.append(json.loads(tar.data(info).read()))
-                    except ValueError:
-                        continue
+        for tar, info in self._members(helper, f"{self.MOUNT_POINT}/meta"):
+            if info.isreg() and info.name.endswith(".json"):
+                try:
+                    found.append(json.loads(tar.data(info).read()))
+                except ValueError:
+                    continue
         return found
+
+    def read_all_meta(self):
+        if self.docker.keep_helpers:  # a server: one kept helper, and the listing cached
+            return self.docker.cached_read(("listing", self.volume), self._mounts(), f"{self.MOUNT_POINT}/meta",
+                                           self._read_meta)
+        with self.docker.container(self._mounts()) as helper:
+            return self._read_meta(helper)
+
+    def invalidate(self):
+        """Our own write: the next listing reads the store again."""
+        self.docker.invalidate(("listing", self.volume))
 
     def read_state(self, name):
         with self.docker.container(self._mounts()) as helper:
@@ -256,6 +302,7 @@ class VolumeStore:
             data = _meta_bytes(meta)
             self.docker.put_archive(
                 helper, self.MOUNT_POINT, _file_tar(f"meta/{meta['id']}.json", io.BytesIO(data), len(data)), what)
+        self.invalidate()
 
     @contextmanager
     def open_archive(self, archive_name):
@@ -267,10 +314,13 @@ class VolumeStore:
 
 
     def remove(self, backup_id, archive_name):
-        self.docker.run(
-            self._mounts(),
-            ["rm", "-f", f"{self.MOUNT_POINT}/meta/{backup_id}.json", f"{self.MOUNT_POINT}/data/{archive_name}"],
-        )
+        try:
+            self.docker.run(
+                self._mounts(),
+                ["rm", "-f", f"{self.MOUNT_POINT}/meta/{backup_id}.json", f"{self.MOUNT_POINT}/data/{archive_name}"],
+            )
+        finally:
+            self.invalidate()
 
 
 def _file_tar(name, fileobj, size):

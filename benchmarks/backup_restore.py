@@ -13,6 +13,13 @@ incompressible files), then measures, each as its own child process (wall time, 
 * our backup:   ailab-backup --volume VOL --store STOREVOL create   (and with --store /a/folder)
 * seed restore: the same into a fresh empty volume, docker cp DIR/notebooks C:/
 * our restore:  ailab-backup --volume NEWVOL --store STOREVOL restore ID   (and from the folder store)
+* our worker: the same commands with a helper image that has Python (made here from this machine's
+  Python, like the tests' image; our code is brought in by the CLI): backup and restore run
+  inside the helper container, next to the data (the restore: --mode replace, safety backup
+  included); the CLI's temp folder is watched during the volume-store backup
+* Docker Desktop's volumes-backup-extension method: a helper mounts the volume and a folder and
+  runs ``tar -I 'zstd -T0' -cf /vackup/FILE -C /vackup-volume .``, and ``tar -I zstd -xf`` to
+  restore (a small image made here from this machine's GNU tar and zstd)
 * archive API only: a Python client that only creates a helper and reads the volume's tar stream
   through (out), or sends the seed's folder as a ready-made tar (in): what any tool that works
   through the Docker socket pays before doing anything with the data (shown, not a target)
@@ -36,6 +43,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 
@@ -344,7 +352,7 @@ class Resources:
         self.client = client
         self.image = image
         self.prefix = prefix
-        self.volumes, self.containers, self.folders = [], [], []
+        self.volumes, self.containers, self.folders, self.images = [], [], [], []
         self.count = 0
 
     @property
@@ -417,6 +425,13 @@ class Resources:
                 pass
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"volume {name}: {exc}")
+        for image in self.images:
+            try:
+                self.client.images.remove(image, force=True)
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"image {image}: {exc}")
         for path in self.folders:
             shutil.rmtree(path, ignore_errors=True)
             if os.path.exists(path):
@@ -596,6 +611,151 @@ def api_only_restore(res, tar_path, image, expected):
     return op
 
 
+def build_tar_image(client, prefix):
+    """Docker Desktop's extension's tools in a small image: this machine's GNU tar and zstd
+    (with the libraries they need) and busybox for sh."""
+    root = tempfile.mkdtemp(prefix=f"{prefix}-tarimage-")
+    try:
+        for tool in ("/usr/bin/tar", "/usr/bin/zstd"):
+            binaries = [tool] + [line.split()[-2] if "=>" in line else line.split()[0]
+                                 for line in subprocess.run(["ldd", tool], capture_output=True, text=True).stdout
+                                 .splitlines() if "/" in line]
+            for path in binaries:
+                target = root + path
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(os.path.realpath(path), target)
+        os.makedirs(os.path.join(root, "bin"), exist_ok=True)
+        os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
+        shutil.copy2("/bin/busybox", os.path.join(root, "bin", "busybox"))
+        os.symlink("busybox", os.path.join(root, "bin", "sh"))
+        tar = subprocess.run(["tar", "-C", root, "-c", "."], capture_output=True, check=True).stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    name = f"{prefix}-tar:latest"
+    client.api.import_image_from_data(tar, repository=f"{prefix}-tar", tag="latest")
+    return name
+
+
+def vackup_backup(res, volume, image, folder, file_name):
+    op = Operation("Docker Desktop ext. backup", "backup", "vackup")
+    with op:
+        op.run(["docker", "run", "--rm", *res.label_option, "--network", "none", "-v", f"{volume}:/vackup-volume",
+                "-v", f"{folder}:/vackup", image, "tar", "-I", "zstd -T0", "-cf", f"/vackup/{file_name}",
+                "-C", "/vackup-volume", "."])
+    return op
+
+
+def vackup_restore(res, folder, file_name, image, expected):
+    volume = res.volume("vackup-restore")
+    op = Operation("Docker Desktop ext. restore", "restore", "vackup")
+    with op:
+        op.run(["docker", "run", "--rm", *res.label_option, "--network", "none", "-v", f"{volume}:/vackup-volume",
+                "-v", f"{folder}:/vackup", image, "tar", "-I", "zstd", "-xf", f"/vackup/{file_name}",
+                "-C", "/vackup-volume"])
+    op.verified, op.note = compare(expected, snapshot(res, volume))
+    res.remove_volume(volume)
+    return op
+
+
+class TempWatch:
+    """The largest size a folder reached (sampled every 20 ms): the CLI's temp folder."""
+
+    def __init__(self, path):
+        self.path, self.peak = path, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        while not self._stop.wait(0.02):
+            size = 0
+            for dirpath, _, filenames in os.walk(self.path):
+                for name in filenames:
+                    try:
+                        size += os.lstat(os.path.join(dirpath, name)).st_size
+                    except OSError:
+                        pass
+            self.peak = max(self.peak, size)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def worker_backup(res, name, volume, store, image, tmp_dir):
+    op = Operation(name, "backup", "ours")
+    env = {**cli_env(image), "TMPDIR": tmp_dir}
+    with op, TempWatch(tmp_dir) as watch:
+        step = op.run(cli_command() + ["--volume", volume, "--store", store, "create"], env=env)
+    op.backup_id = step.stdout.strip().splitlines()[-1]
+    op.temp_peak_bytes = watch.peak
+    op.note = f"CLI temp folder peak {watch.peak} bytes"
+    return op
+
+
+def worker_restore(res, name, store, backup_id, image, expected):
+    volume = res.volume("worker-restore")
+    op = Operation(name, "restore", "ours")
+    with op:
+        op.run(cli_command() + ["--volume", volume, "--store", store, "restore", backup_id, "--mode", "replace"],
+               env=cli_env(image))
+    op.verified, op.note = compare(expected, snapshot(res, volume))
+    res.remove_volume(volume)
+    return op
+
+
+def worker_phases(volume, store, image):
+    """One instrumented backup and replace restore in this process: when each phase began
+    (from the worker's progress) and what the containers cost, to show where the time goes."""
+    import docker.models.containers as containers
+
+    from ailab_backup_ext.config import AILabBackup
+    from ailab_backup_ext.core import BackupManager
+    from ailab_backup_ext.progress import Progress
+
+    timings = {}
+
+    def timed(cls, method):
+        original = getattr(cls, method)
+
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                timings.setdefault(method, []).append(round(time.perf_counter() - t0, 3))
+        setattr(cls, method, wrapper)
+        return original
+
+    saved = {m: timed(containers.ContainerCollection if m == "create" else containers.Container, m)
+             for m in ("create", "put_archive", "start", "remove")}
+    results = {}
+    try:
+        manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image))
+        manager.worker.probe()
+        for what in ("backup", "restore"):
+            phases, t0 = [], time.perf_counter()
+
+            def on_change(progress, phases=phases):
+                if not phases or phases[-1][0] != progress.phase:
+                    phases.append((progress.phase, round(time.perf_counter() - t0, 3)))
+            timings.clear()
+            before = manager.worker.containers_created
+            if what == "backup":
+                backup_id = manager.create_backup(progress=Progress(on_change))["id"]
+            else:
+                manager.restore_backup(backup_id, "replace", Progress(on_change))
+            results[what] = {"total": round(time.perf_counter() - t0, 3), "phases began at": phases,
+                             "docker calls": dict(timings), "containers": manager.worker.containers_created - before}
+    finally:
+        for method, original in saved.items():
+            setattr(containers.ContainerCollection if method == "create" else containers.Container, method, original)
+    return results
+
+
 def run_benchmark(args):
     client = docker.from_env(timeout=600)
     client.images.get(args.image)  # fails early without the helper image (there is no registry)
@@ -624,6 +784,16 @@ def run_benchmark(args):
 
         store_volume = res.reserve_volume("store")
         store_folder = os.path.join(res.folder("store", args.tmp_dir), "backups")
+        worker_store_volume = res.reserve_volume("worker-store")
+        worker_store_folder = os.path.join(res.folder("worker-store", args.tmp_dir), "backups")
+        vackup_folder = res.folder("vackup", args.tmp_dir)
+        sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+        import pythonimage  # the tests' image with this machine's Python (no package of ours in it)
+
+        worker_image = pythonimage.build_image(client, f"{prefix}-python")
+        res.images.append(worker_image)
+        tar_image = build_tar_image(client, prefix)
+        res.images.append(tar_image)
 
         for i in range(args.repeat):
             print(f"round {i + 1}/{args.repeat} ...", file=sys.stderr)
@@ -636,6 +806,18 @@ def run_benchmark(args):
             ops.append(seed_restore(res, seed_dir, args.image, expected))
             ops.append(our_restore(res, "our restore (volume store)", store_volume, vol_id, args.image, expected))
             ops.append(our_restore(res, "our restore (folder store)", store_folder, folder_id, args.image, expected))
+            cli_tmp = res.folder("cli-tmp", args.tmp_dir)
+            ops.append(worker_backup(res, "worker backup (volume store)", volume, worker_store_volume, worker_image,
+                                     cli_tmp))
+            worker_id = ops[-1].backup_id
+            ops.append(worker_backup(res, "worker backup (folder store)", volume, worker_store_folder, worker_image,
+                                     cli_tmp))
+            ops.append(worker_restore(res, "worker restore (replace)", worker_store_volume, worker_id, worker_image,
+                                      expected))
+            file_name = f"vackup-{i}.tar.zst"
+            ops.append(vackup_backup(res, volume, tar_image, vackup_folder, file_name))
+            ops.append(vackup_restore(res, vackup_folder, file_name, tar_image, expected))
+            os.unlink(os.path.join(vackup_folder, file_name))
             ops.append(api_only_backup(res, volume, args.image))
             seed_tar = os.path.join(seed_dir, "notebooks.tar")  # made outside the timing
             subprocess.run(["tar", "-C", seed_dir, "-cf", seed_tar, "notebooks"], check=True)
@@ -646,6 +828,7 @@ def run_benchmark(args):
         info["store_folder_files"] = sizes
         archives = [size for name, size in sizes.items() if not name.startswith(".")]
         info["archive_mb"] = round(max(archives) / MB, 1) if archives else None
+        info["worker_phases"] = worker_phases(volume, worker_store_volume, worker_image)
         info["load_after"] = os.getloadavg()[0]
         finished = True
     finally:
@@ -675,11 +858,14 @@ def summarize(ops):
         row["verified"] = None if row["kind"] == "backup" else all(o.verified for o in row["ops"])
         row["note"] = "; ".join(sorted({o.note for o in row["ops"] if o.note}))
     seed = {r["kind"]: r for r in rows.values() if r["side"] == "seed"}
+    vackup = {r["kind"]: r for r in rows.values() if r["side"] == "vackup"}
     for row in rows.values():
         base = seed.get(row["kind"])
         compared = base and row["side"] != "seed"
         row["ratio"] = row["seconds"] / base["seconds"] if compared else None
         row["rss_ratio"] = row["rss_mb"] / base["rss_mb"] if compared else None
+        other = vackup.get(row["kind"])
+        row["vackup_ratio"] = row["seconds"] / other["seconds"] if other and row["side"] == "ours" else None
     return list(rows.values())
 
 
@@ -689,7 +875,7 @@ def print_table(info, rows, args):
           f"(archive {info.get('archive_mb')} MB), {args.repeat} round(s), median seconds; "
           f"RSS measurement floor {info['rss_floor_mb']:.0f} MB; load average {info['load_before']:.1f} before, "
           f"{info['load_after']:.1f} after, on {os.cpu_count()} CPUs")
-    header = f"{'operation':<28} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} " \
+    header = f"{'operation':<30} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} {'/DD ext.':>8} " \
              f"{'RSS ratio':>9} {'child CPU s':>11} {'engine CPU s':>13}  restored ok"
     print(header)
     print("-" * len(header))
@@ -698,14 +884,21 @@ def print_table(info, rows, args):
         rss_ratio = f"{r['rss_ratio']:.2f}" if r["rss_ratio"] is not None else "-"
         dcpu = f"{r['dockerd_cpu']:.1f}" if r["dockerd_cpu"] is not None else "?"
         ok = "-" if r["verified"] is None else ("yes" if r["verified"] else "NO")
-        print(f"{r['name']:<28} {r['seconds']:>8.2f} {r['rss_mb']:>11.1f} {ratio:>15} {rss_ratio:>9} "
+        vratio = f"{r['vackup_ratio']:.2f}" if r["vackup_ratio"] is not None else "-"
+        print(f"{r['name']:<30} {r['seconds']:>8.2f} {r['rss_mb']:>11.1f} {ratio:>15} {vratio:>8} {rss_ratio:>9} "
               f"{r['cpu']:>11.1f} {dcpu:>13}  {ok}{'  (' + r['note'] + ')' if r['note'] else ''}")
+    print()
+    for what, figures in info.get("worker_phases", {}).items():
+        print(f"worker {what}, phases (one instrumented run in this process): {json.dumps(figures)}")
     print()
     checks = []
     for r in rows:
         if r["side"] != "ours":
             continue
         checks.append((f"{r['name']}: time ratio {r['ratio']:.2f} <= {TARGET_RATIO}", r["ratio"] <= TARGET_RATIO))
+        if r["vackup_ratio"] is not None and r["name"].startswith("worker"):
+            checks.append((f"{r['name']}: time ratio to Docker Desktop's method {r['vackup_ratio']:.2f} <= "
+                           f"{TARGET_RATIO}", r["vackup_ratio"] <= TARGET_RATIO))
         checks.append((f"{r['name']}: peak RSS {r['rss_mb']:.0f} MB < {TARGET_RSS_MB:.0f} MB",
                        r["rss_mb"] < TARGET_RSS_MB))
         if r["verified"] is not None:

@@ -43,6 +43,30 @@ def docker_client():
     return _CLIENT
 
 
+@pytest.fixture(scope="session")
+def python_image(docker_client):
+    """A helper image with this machine's Python (stdlib only: no package of ours, no zstandard),
+    built from nothing for this session under a unique name, removed at its end."""
+    import pythonimage
+
+    name = pythonimage.build_image(docker_client)
+    yield name
+    pythonimage.remove_image(docker_client, name)
+
+
+@pytest.fixture(scope="session")
+def ailab_like_image(docker_client):
+    """Built like AI-Lab's image: the Python at the server's own interpreter path, an entrypoint
+    that starts a server, user 1000 by default, our package not in it."""
+    import pythonimage
+
+    name = pythonimage.build_image(
+        docker_client, "ailab-backup-ailablike", python_at=sys.executable,
+        changes=[f'ENTRYPOINT ["{sys.executable}", "-m", "http.server", "8888"]', "USER 1000"])
+    yield name
+    pythonimage.remove_image(docker_client, name)
+
+
 @pytest.fixture
 def make_volume(docker_client):
     """Creates Docker volumes with unique names and removes them after the test."""
@@ -66,6 +90,17 @@ def _no_helper_left(request):
     """Every test that touched Docker must leave no helper container behind."""
     yield
     if _CLIENT is not None and "docker_client" in request.fixturenames:
+        if "jp_serverapp" in request.fixturenames:
+            # the in-process server keeps a listing helper until it stops, and pytest-jupyter
+            # stops it only after this check: remove it as the server's stop does
+            from jupyter_server.serverapp import ServerApp
+
+            from ailab_backup_ext.handlers import SETTINGS_KEY
+
+            web_app = getattr(ServerApp.instance(), "web_app", None)
+            manager = web_app.settings.get(SETTINGS_KEY) if web_app is not None else None
+            if manager is not None and manager.docker is not None:
+                manager.docker.close()
         left = our_helpers(_CLIENT)
         assert not left, f"helper containers left behind: {[c.id[:12] for c in left]}"
 

@@ -1,0 +1,401 @@
+"""The server's side of the worker: which Python the helper image has (probed once per image),
+where the source and the store are mounted, and running one operation in its own helper
+container, whose progress and result come back as JSON lines on its log stream.
+
+Our code goes into the created helper with put_archive before it starts (the image may not hold
+the package: the extension may have been pip-installed into a running container only), with
+traitlets, and zstandard's compiled module when the helper's interpreter is the server's kind.
+An image with no usable Python keeps the streaming path, and :meth:`WorkerRunner.describe` says
+why.
+"""
+
+import io
+import json
+import os
+import posixpath
+import shlex
+import signal
+import socket
+import sys
+import sysconfig
+import tarfile
+import threading
+import uuid
+
+from ..errors import BackupError, Busy, InvalidArchive, NotFound, TooLarge, Unavailable
+from ..jobs import Cancelled
+from ..sources import DockerMountSource
+from ..store import FolderStore, VolumeStore
+
+WORKER_LABEL = "ailab-backup.worker"
+SOURCE_AT, STORE_AT = "/ailab/mount", "/ailab/store"
+CODE_AT = "/ailab/code"
+STOP_GRACE_SECONDS = 10  # a stopped worker removes its partial file in this time
+MIN_PYTHON = (3, 10)
+ERRORS = {cls.__name__: cls for cls in (BackupError, NotFound, InvalidArchive, TooLarge, Busy, Unavailable, Cancelled)}
+_PROBE = (
+    "import json, platform, sys, sysconfig\n"
+    "if sys.version_info < (3, 10): sys.exit(1)\n"
+    "try:\n import zstandard; z = zstandard.__version__\n"
+    "except Exception: z = None\n"
+    "print(json.dumps({'python': sys.argv[1], 'version': list(sys.version_info[:3]), "
+    "'cache_tag': sys.implementation.cache_tag, 'soabi': sysconfig.get_config_var('SOABI'), "
+    "'machine': platform.machine(), 'zstandard': z}))\n"
+)
+_PROBE_SCRIPT = (
+    'for p in "$@"; do case "$p" in /*) [ -x "$p" ] || continue;; *) command -v "$p" >/dev/null 2>&1 || continue;; esac; '
+    '"$p" -c "$PROBE" "$p" && exit 0; done; exit 3'
+)
+
+
+class NotRouted(Exception):
+    """The worker cannot run this operation here; the caller takes the streaming path."""
+
+
+def _probe_cache_path():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ailab-backup", "worker-probes.json")
+
+
+def _read_probe_cache():
+    """What earlier processes learnt about images (by image id: an image's content never
+    changes), so that a command line does not probe again each time."""
+    try:
+        with open(_probe_cache_path(), encoding="utf-8") as f:
+            cached = json.load(f)
+        return cached if isinstance(cached, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_probe_cache(probes):
+    path = _probe_cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = f"{path}.{os.getpid()}.partial"
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(probes, f)
+        os.replace(temp, path)
+    except OSError:
+        pass  # a cache only: probed again next time
+
+
+def _this_python():
+    import platform
+
+    return {"cache_tag": sys.implementation.cache_tag, "soabi": sysconfig.get_config_var("SOABI"),
+            "machine": platform.machine()}
+
+
+class WorkerRunner:
+    """Runs backup, restore, verify and the restore preview in a worker container."""
+
+    def __init__(self, docker):
+        self.docker = docker
+        self._probes = {}  # image id -> what its Python is (or why none is usable)
+        self._not_mountable = set()  # folder stores the engine turned out not to see
+        self._code = {}  # with zstandard or not -> the tar of our code
+        self._code_ends = {}  # id of such a tar -> where its end-of-archive blocks begin
+        self._lock = threading.Lock()
+        self.containers_created = 0  # for the benchmark and the tests: what each operation costs
+
+    # where things are ---------------------------------------------------------------------------
+
+    def probe(self):
+        """What Python the helper image offers: a dict with ``python`` (its path) or ``why`` not."""
+        import docker
+
+        name = self.docker.image()
+        try:
+            image_id = self.docker.client.images.get(name).id
+        except docker.errors.DockerException as exc:
+            raise Unavailable(f"Docker could not inspect the helper image {name!r}: {exc}") from None
+        with self._lock:
+            if image_id not in self._probes:
+                self._probes.update(_read_probe_cache())
+            candidates = [sys.executable, "python3"]
+            known = self._probes.get(image_id)
+            if known and known.get("server") == _this_python() and known.get("asked") == candidates:
+                return {**known, "image": name}
+        command = ["env", f"PROBE={_PROBE}", "sh", "-c", _PROBE_SCRIPT, "sh", *candidates]
+        none_found = {"python": None, "why": f"the helper image {name!r} has no Python {MIN_PYTHON[0]}."
+                      f"{MIN_PYTHON[1]} or later (looked for the server's own interpreter and python3)"}
+        self.containers_created += 1
+        try:
+            out = self.docker.run([], command).decode(errors="replace").strip().splitlines()
+            found = json.loads(out[-1])
+        except BackupError as exc:
+            if "helper command failed" not in str(exc):
+                raise  # Docker failed, not the probe: nothing learnt about the image
+            found = none_found
+        except (ValueError, IndexError):
+            found = none_found
+        else:
+            if not found.get("zstandard") and {k: found.get(k) for k in _this_python()} != _this_python():
+                found = {"python": None, "why": f"the Python {'.'.join(map(str, found['version']))} of the "
+                         f"helper image {name!r} has no zstandard, and this server's compiled zstandard does "
+                         "not fit it"}
+            found["inject_zstandard"] = not found.get("zstandard")
+        found["image"], found["server"], found["asked"] = name, _this_python(), candidates
+        with self._lock:
+            self._probes[image_id] = found
+            _write_probe_cache(self._probes)
+        return found
+
+    def _store_place(self, store):
+        """(mount, path in the helper, marker needed) for the store, or a reason string."""
+        if isinstance(store, VolumeStore):
+            self.docker.ensure_volume(store.volume)
+            return self.docker.mount("volume", store.volume, STORE_AT), STORE_AT, False
+        if not isinstance(store, FolderStore):
+            return "the store is neither a volume nor a folder"
+        if store.path in self._not_mountable:
+            return f"the Docker engine does not see the store folder {store.path}"
+        from ..docker_helper import find_covering_mount
+
+        own = self.docker.own_container()
+        if own is None:  # the server runs on the engine's host: the folder is the host's
+            os.makedirs(store.path, exist_ok=True)
+            return self.docker.mount("bind", store.path, STORE_AT), STORE_AT, True
+        mount, below = find_covering_mount(own.get("Mounts"), store.path)
+        if mount is None:
+            return (f"the store folder {store.path} is in this container's own file system, which a "
+                    "helper cannot mount; a volume store (or a folder on a mounted volume) can")
+        name = mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
+        os.makedirs(store.path, exist_ok=True)
+        path = STORE_AT if below in ("", ".") else posixpath.join(STORE_AT, below)
+        return self.docker.mount("volume" if mount.get("Type") == "volume" else "bind", name, STORE_AT), path, True
+
+    def describe(self, source, store):
+        """{"in_use": bool, "why": ...}: whether operations run next to the data, and why (not)."""
+        try:
+            self._where(source, store, needs_source=True)
+        except NotRouted as exc:
+            return {"in_use": False, "why": str(exc)}
+        except BackupError as exc:
+            return {"in_use": False, "why": f"undecided: {exc}"}
+        probe = self.probe()
+        return {"in_use": True, "why": f"backups and restores run inside a helper container of {probe['image']!r}, "
+                f"next to the data, with its Python at {probe['python']}"}
+
+    def _where(self, source, store, needs_source):
+        if needs_source and not isinstance(source, DockerMountSource):
+            raise NotRouted("the notebooks folder is a folder of this server: it is backed up directly")
+        place = self._store_place(store)
+        if isinstance(place, str):
+            raise NotRouted(place)
+        probe = self.probe()
+        if not probe.get("python"):
+            raise NotRouted(f"{probe['why']}; setting AILabBackup.helper_image to the AI-Lab image (which has "
+                            "Python) makes backups and restores run next to the data, which is faster")
+        return place, probe
+
+    # running --------------------------------------------------------------------------------------
+
+    def run(self, op, source, store, config, progress, params, write_source=False):
+        """Run ``op`` in a worker; its result. Raises :class:`NotRouted` when no worker can run it
+        here (nothing was changed then), else what the operation raised."""
+        needs_source = op != "verify"
+        (store_mount, store_path, marker_needed), probe = self._where(source, store, needs_source)
+        job_id = uuid.uuid4().hex[:16]
+        mounts = [store_mount]
+        job = {"id": job_id, "op": op, "params": params, "config": config,
+               "store": {"path": store_path, "describe": store.describe()}}
+        if needs_source:
+            source.check_exists()
+            mounts.append(self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=not write_source))
+            path = posixpath.join(SOURCE_AT, source.subpath) if source.subpath else SOURCE_AT
+            job["source"] = {"path": path, "describe": source.describe(), "slug": source.slug}
+        marker = None
+        if marker_needed:  # proof that the helper sees the very folder this server sees
+            marker = f".ailab-worker-{job_id}"
+            job["store"]["marker"] = marker
+            open(os.path.join(store.path, marker), "wb").close()
+        try:
+            return self._run_container(job, mounts, probe, progress)
+        except BackupError as exc:
+            if str(exc) == "NotSameFolder":
+                self._not_mountable.add(store.path)
+                raise NotRouted(f"the Docker engine does not see the store folder {store.path}") from None
+            raise
+        finally:
+            if marker:
+                try:
+                    os.unlink(os.path.join(store.path, marker))
+                except OSError:
+                    pass
+            invalidate = getattr(store, "invalidate", None)
+            if invalidate:
+                invalidate()  # the worker may have written the store
+
+    def _code_tar(self, with_zstandard):
+        """Our package and traitlets (pure Python), and zstandard's module, under CODE_AT."""
+        with self._lock:
+            if with_zstandard in self._code:
+                return self._code[with_zstandard]
+        import traitlets
+
+        import ailab_backup_ext
+
+        packages = [ailab_backup_ext, traitlets]
+        if with_zstandard:
+            import zstandard
+
+            packages.append(zstandard)
+        tag = sys.implementation.cache_tag
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for package in packages:
+                root = os.path.dirname(package.__file__)
+                name = os.path.basename(root)
+                for dirpath, dirnames, filenames in os.walk(root):
+                    dirnames[:] = [d for d in dirnames if d not in ("tests", "labextension", "static")]
+                    for filename in filenames:
+                        wanted = filename.endswith(".py") or (
+                            filename.endswith(f".{tag}.pyc"))  # compiled already: no compiling per container
+                        if package.__name__ == "zstandard":
+                            wanted = filename == "__init__.py" or filename.startswith("backend_c.")
+                        if not wanted:
+                            continue
+                        full = os.path.join(dirpath, filename)
+                        rel = os.path.relpath(full, root)
+                        tar.add(full, arcname=posixpath.join(CODE_AT.lstrip("/"), name, rel), recursive=False,
+                                filter=_plain)
+        data = buf.getvalue()
+        with self._lock:
+            self._code[with_zstandard] = data
+        return data
+
+    def _job_tar(self, code, job, python):
+        """The code's tar with the job and its script appended: one put_archive for both."""
+        script = (f"export PYTHONPATH={CODE_AT} PYTHONUNBUFFERED=1\n"
+                  f"exec {shlex.quote(python)} -m ailab_backup_ext.worker.main /ailab/job.json\n").encode()
+        payload = json.dumps(job).encode()
+        buf = io.BytesIO()
+        buf.write(code)
+        with self._lock:
+            if id(code) not in self._code_ends:
+                self._code_ends[id(code)] = _end_of_members(code)
+            buf.seek(self._code_ends[id(code)])
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data in (("ailab/job.json", payload), ("ailab/job.sh", script)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o600
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def _run_container(self, job, mounts, probe, progress):
+        from ..docker_helper import HELPER_LABEL, OWNER_LABEL
+
+        client = self.docker.client
+        self.docker._remove_orphans()
+        code = self._code_tar(probe.get("inject_zstandard", False))
+        with self.docker.answering("create a worker container"):
+            container = client.containers.create(
+                probe["image"], ["/ailab/job.sh"], entrypoint=["sh"], user="0:0", mounts=mounts,
+                labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}",
+                        WORKER_LABEL: job["id"]},
+                network_disabled=True, working_dir="/")
+        self.containers_created += 1
+        try:
+            with self.docker.answering("put the worker's code into its helper container"):
+                container.put_archive("/", self._job_tar(code, job, probe["python"]))
+                container.start()
+            return self._follow(container, job, progress)
+        finally:
+            self.docker._remove(container.id)
+
+    def _follow(self, container, job, progress):
+        import docker
+        import requests
+        import urllib3
+
+        relay = _Relay(progress)
+        outcome = {}
+        try:
+            pending = b""
+            for chunk in container.logs(stdout=True, stderr=False, stream=True, follow=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    try:
+                        message = json.loads(line)
+                    except ValueError:
+                        continue  # not ours (an image's own output): ignored
+                    if "progress" in message:
+                        relay(message["progress"])
+                    elif "result" in message or "error" in message:
+                        outcome = message
+            status = container.wait().get("StatusCode")
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
+                docker.errors.APIError) as exc:
+            raise Unavailable(
+                f"Docker stopped answering while a helper container ran the {job['op']} "
+                f"({type(exc).__name__}). Nothing partial is kept: once Docker is back, a backup "
+                "it was making is either complete, verified and listed, or absent. Check that "
+                "Docker runs, then look at the list or try again."
+            ) from None
+        except BaseException:  # the job was cancelled (server shutting down): stop the worker
+            try:
+                container.kill(signal=signal.SIGTERM)
+                container.wait(timeout=STOP_GRACE_SECONDS)  # it removes its partial file
+            except Exception:  # noqa: BLE001 - removed below anyway
+                pass
+            raise
+        if "result" in outcome:
+            return outcome["result"]
+        if "error" in outcome:
+            raise _error(outcome["error"])
+        tail = container.logs(stdout=False, stderr=True, tail=20).decode(errors="replace").strip()[-500:]
+        raise BackupError(
+            f"The helper container running the {job['op']} stopped before it finished (exit status "
+            f"{status}){': ' + tail if tail else ''}. Nothing partial was kept; try again."
+        )
+
+
+def _end_of_members(data):
+    """Where the end-of-archive blocks of a tar we made begin."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.getmembers()
+        return tar.offset
+
+
+def _plain(info):
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def _error(reported):
+    kind, message = reported.get("type"), reported.get("message", "")
+    if kind == "OSError" and reported.get("errno"):
+        return OSError(reported["errno"], message, reported.get("filename"))
+    if kind in ERRORS:
+        return ERRORS[kind](message)
+    return BackupError(f"The worker failed unexpectedly ({kind}: {message}).")
+
+
+class _Relay:
+    """The worker's progress snapshots, replayed on the server's :class:`Progress`."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.phase = None
+        self.done = (0, 0)
+
+    def __call__(self, snapshot):
+        if snapshot.get("phase") != self.phase or snapshot["done_bytes"] < self.done[0]:
+            self.phase = snapshot.get("phase")
+            if self.phase == "done":
+                self.progress.complete(snapshot["total_bytes"], snapshot["total_files"])
+                return
+            self.progress.start(self.phase, snapshot["total_bytes"], snapshot["total_files"])
+            self.done = (0, 0)
+        self.progress.total_bytes = max(self.progress.total_bytes, snapshot["total_bytes"])
+        add_bytes, add_files = snapshot["done_bytes"] - self.done[0], snapshot["done_files"] - self.done[1]
+        self.done = (snapshot["done_bytes"], snapshot["done_files"])
+        if add_bytes > 0:
+            self.progress.add_bytes(add_bytes)
+        for _ in range(max(0, add_files)):
+            self.progress.add_file()

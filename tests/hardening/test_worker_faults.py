@@ -1,0 +1,172 @@
+"""Faults on the worker path, on the real engine: the worker container killed, the process that
+started it killed, Docker lost midway, two operations at once. Each ends with a clear error (or a
+complete, verified backup), nothing partial listed, and the partial file gone by the next
+operation."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+
+from ailab_backup_ext.config import AILabBackup
+from ailab_backup_ext.core import BackupManager
+from ailab_backup_ext.docker_helper import DockerHelper
+from ailab_backup_ext.errors import BackupError, Unavailable
+from ailab_backup_ext.progress import Progress
+from hardutil import files_in_volume, our_helpers, remove_our_helpers, wait_until
+from test_faults import stop_when
+from treeutil import run_in_volume
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def volume_120mb(docker_client, make_volume):
+    volume = make_volume()
+    run_in_volume(docker_client, volume, "cd /v && for i in 1 2 3; do dd if=/dev/urandom of=big$i.bin bs=1M "
+                                         "count=40 2>/dev/null; done && echo a > a.txt")
+    return volume
+
+
+def partials(client, store):
+    return [f for f in files_in_volume(client, store) if f.endswith(".ailab-partial")]
+
+
+def committed(client, store):
+    return sorted(f for f in files_in_volume(client, store) if not f.endswith(".ailab-partial"))
+
+
+def is_worker(container):
+    return "ailab-backup.worker" in (container.attrs.get("Labels") or {})  # sparse: no .labels
+
+
+def our_worker(client):
+    [worker] = [c for c in our_helpers(client) if is_worker(c)]
+    return worker
+
+
+def test_worker_killed_midway_lists_nothing_and_its_partial_file_goes_with_the_next_operation(
+        docker_client, make_volume, volume_120mb, python_image):
+    store = make_volume("ailabstore")
+    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image))
+    killed = []
+    # killed at once from the thread that follows the worker: a kill does not wait for anything
+    stop = stop_when(lambda: killed.append(our_worker(docker_client).kill()), "backing up", 1 * MB)
+    with pytest.raises(BackupError, match="stopped before it finished"):
+        manager.create_backup(progress=Progress(stop))
+    assert stop.fired.is_set() and killed
+    assert manager.list_backups() == []
+    assert partials(docker_client, store), "the killed worker left no partial file (was it killed midway?)"
+    backup = manager.create_backup()  # the next operation
+    assert partials(docker_client, store) == []
+    assert committed(docker_client, store) == [f"data/{backup['archive']}", f"meta/{backup['id']}.json"]
+    assert manager.verify_backup(backup["id"])["ok"]
+
+
+@pytest.mark.parametrize("then", ["restarted at once", "worker left to finish"])
+def test_process_killed_midway_leaves_a_complete_verified_backup_or_none(
+        docker_client, make_volume, volume_120mb, python_image, then):
+    store = make_volume("ailabstore")
+    cli = subprocess.Popen([sys.executable, "-m", "ailab_backup_ext.cli", "--volume", volume_120mb, "--store", store,
+                            "--helper-image", python_image, "create"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def worker_writing():
+            return [c for c in our_helpers(docker_client, cli.pid) if is_worker(c)] \
+                and partials(docker_client, store)
+
+        assert wait_until(worker_writing, 60, 0.1), "the worker never started writing"
+        os.kill(cli.pid, signal.SIGKILL)
+        cli.wait(30)
+        if then == "restarted at once":
+            assert DockerHelper().remove_stale_helpers() >= 1  # what a server does when it starts
+        else:
+            assert wait_until(lambda: not our_helpers(docker_client, cli.pid), 120, 0.5)
+        manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image))
+        listed = manager.list_backups()
+        for meta in listed:
+            assert manager.verify_backup(meta["id"])["ok"]  # the next operation, too
+        assert len(listed) <= 1
+        manager.create_backup()  # the next operation
+        assert partials(docker_client, store) == []
+        assert len(committed(docker_client, store)) == 2 * len(manager.list_backups())
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        remove_our_helpers(docker_client, cli.pid)
+
+
+def test_docker_lost_midway_is_a_clear_error_and_the_next_operation_cleans_up(
+        docker_client, make_volume, volume_120mb, python_image, docker_proxy):
+    store = make_volume("ailabstore")
+    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image,
+                                        docker_url=docker_proxy.url))
+    stop = stop_when(docker_proxy.kill, "backing up", 4 * MB)
+    with pytest.raises(Unavailable, match="Docker stopped answering"):
+        manager.create_backup(progress=Progress(stop))
+    assert stop.fired.is_set()
+    docker_proxy.start()
+    # the next operation removes the worker it could not follow, and its partial file
+    backup = manager.create_backup()
+    assert not our_helpers(docker_client)
+    assert partials(docker_client, store) == []
+    listed = manager.list_backups()
+    assert backup["id"] in [m["id"] for m in listed]
+    for meta in listed:  # the lost one, if it finished before it was removed, is whole
+        assert manager.verify_backup(meta["id"])["ok"]
+
+
+def test_two_operations_at_once_never_share_a_workers_files(docker_client, make_volume, volume_120mb, python_image):
+    """Two processes back up the same volume into the same store at once: two complete backups
+    with their own ids, each verified (the id taken meanwhile: test_worker's commit test)."""
+    store = make_volume("ailabstore")
+    managers = [BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image))
+                for _ in range(2)]
+    for manager in managers:
+        manager.worker.probe()  # both ready, so that their workers run at the same time
+    results, errors = [], []
+
+    def backup(manager):
+        try:
+            results.append(manager.create_backup())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=backup, args=(m,)) for m in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == []
+    assert len({r["id"] for r in results}) == 2
+    listed = managers[0].list_backups()
+    assert sorted(m["id"] for m in listed) == sorted(r["id"] for r in results)
+    for meta in listed:
+        assert managers[0].verify_backup(meta["id"])["files"] == 4
+    assert partials(docker_client, store) == []
+
+
+def test_a_stopped_server_removes_the_helper_it_kept_for_listing(docker_client, make_volume, tmp_path):
+    from test_faults import JupyterServer, _can_unshare_uts
+
+    if not _can_unshare_uts():  # a host name of its own: no other run's server takes its helper for stale
+        pytest.skip("needs unshare --uts (root)")
+    host = f"ailabhx-{uuid.uuid4().hex[:8]}"
+    volume, store = make_volume(), make_volume("ailabstore")
+    server = JupyterServer(tmp_path, [f"--AILabBackup.volume={volume}", f"--AILabBackup.store={store}"], host)
+    server.start()
+    pid = server.proc.pid
+    try:
+        for _ in range(2):
+            assert server.call("GET", "").status_code == 200
+        assert len(our_helpers(docker_client, pid, host)) == 1, "no kept listing helper (is the listing cached?)"
+    finally:
+        server.stop()
+    try:
+        assert wait_until(lambda: not our_helpers(docker_client, pid, host), 20), "the stopped server left its helper"
+    finally:
+        remove_our_helpers(docker_client, pid, host)
