@@ -17,6 +17,7 @@ import threading
 from .errors import BackupError
 
 STATE = "settings"
+_NOT_GIVEN = object()
 KEYS = ("helper_image", "excludes", "keep_last")
 SCHEDULE = "schedule"
 FALLBACK_IMAGE = "ubuntu"  # as docker_helper falls back to
@@ -202,8 +203,8 @@ class Settings:
                 checked[key] = check_keep_last(value)
             else:
                 checked[key] = self._check_image(value)
-        schedule = checked.pop(SCHEDULE, False)
-        if schedule is not None and schedule is not False:
+        schedule = checked.pop(SCHEDULE, _NOT_GIVEN)  # a sentinel: False is a value, and refused
+        if schedule is not None and schedule is not _NOT_GIVEN:
             from .schedule import parse
 
             if not isinstance(schedule, str):
@@ -230,7 +231,7 @@ class Settings:
             self.pinned -= set(checked)
         if schedule is None:
             self._reset_schedule()
-        elif schedule is not False:
+        elif schedule is not _NOT_GIVEN:
             self.manager.scheduler.set(schedule)
         self.manager.note_change()
         return self.describe(refresh=False)
