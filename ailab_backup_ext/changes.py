@@ -16,11 +16,10 @@ Free of tornado.
 import hashlib
 import json
 import os
-import socket
 import threading
 import time
 
-from .docker_helper import HELPER_LABEL, OWNER_LABEL
+from .docker_helper import HELPER_LABEL, OWNER_LABEL, helper_labels
 from .errors import BackupError
 from .store import FolderStore
 
@@ -75,7 +74,7 @@ class ChangeWatch:
         line, another server, a ``docker run`` by hand) let go of the store volume since the watch
         began: two requests to Docker's event log, no container."""
         api = self.manager.docker.client.api
-        own = f"{OWNER_LABEL}={socket.gethostname()}:{os.getpid()}"
+        own = f"{OWNER_LABEL}={helper_labels()[OWNER_LABEL]}"
         with self._lock:
             now = self.clock()
             since = now if self._since is None else self._since - OVERLAP

@@ -22,6 +22,7 @@ from .store import pid_alive
 
 HELPER_LABEL = "ailab-backup.helper"
 OWNER_LABEL = "ailab-backup.owner"
+KEPT_LABEL = "ailab-backup.kept"  # a helper kept for the server's lifetime (see cached_read)
 STARTED_LABEL = "ailab-backup.started"  # the owner's start time: a pid can be reused after a restart
 JOB_SCRIPT = "/ailab/job.sh"  # what a started helper runs: see DockerHelper.run
 FALLBACK_IMAGE = "ubuntu"
@@ -43,6 +44,13 @@ def owner_host():
     """Who owns a helper: our container (on the host network its hostname is the host's, shared
     with every process there), else this machine."""
     return own_container_id() or socket.gethostname()
+
+
+def helper_labels(**more):
+    """The labels of every helper this process makes: whose it is (our container or host, pid and
+    the pid's start time), so a restarted server knows the helpers of a dead one."""
+    return {HELPER_LABEL: "1", OWNER_LABEL: f"{owner_host()}:{os.getpid()}",
+            STARTED_LABEL: process_start(os.getpid()) or "", **more}
 
 
 def process_start(pid):
@@ -291,8 +299,7 @@ class DockerHelper:
                 entrypoint=["sh"],
                 user="0:0",
                 mounts=mounts,
-                labels={HELPER_LABEL: "1", OWNER_LABEL: f"{owner_host()}:{os.getpid()}",
-                        STARTED_LABEL: process_start(os.getpid()) or ""},
+                labels=helper_labels(),
                 network_disabled=True,
             )
         if helpers is not None:
@@ -321,7 +328,7 @@ class DockerHelper:
                     with self.answering("create a helper container"):
                         helper = self.client.containers.create(
                             self.image(), [JOB_SCRIPT], entrypoint=["sh"], user="0:0", mounts=mounts,
-                            labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+                            labels=helper_labels(**{KEPT_LABEL: "1"}),
                             network_disabled=True)
                     self._kept[key] = helper
                 api = self.client.api

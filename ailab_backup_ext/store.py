@@ -13,7 +13,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 
-from .archive import DIR, FILE, Entry, tar_stream
+from .archive import FILE, Entry, tar_stream
 from .errors import NotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -324,6 +324,7 @@ class VolumeStore:
 
 
 def _file_tar(name, fileobj, size):
-    """A tar, as chunks, of one file streamed from ``fileobj`` into the folder it names."""
-    folder = Entry(path=os.path.dirname(name), type=DIR, mode=0o755)
-    return tar_stream([(folder, None), (Entry(path=name, type=FILE, size=size), fileobj)], None)
+    """A tar, as chunks, of one file streamed from ``fileobj`` into the folder it names. No entry
+    for the folder itself (Docker makes a missing one, 0755): Docker would set the folder's time to
+    that entry's, and the time of meta/ is how a server sees that another process wrote there."""
+    return tar_stream([(Entry(path=name, type=FILE, size=size), fileobj)], None)

@@ -11,10 +11,11 @@ import time
 import pytest
 import zstandard
 
+from ailab_backup_ext.archive import read_archive
 from ailab_backup_ext.docker_helper import (HELPER_LABEL, OWNER_LABEL, STARTED_LABEL, DockerHelper, owner_host,
                                             process_start)
 from ailab_container import DEFAULT_NOTEBOOKS, JUPYTER_UID, NOTEBOOKS
-from treeutil import HELPER_IMAGE, folder_snapshot, our_helpers, volume_snapshot
+from treeutil import HELPER_IMAGE, folder_snapshot, volume_snapshot
 
 ANONYMOUS = re.compile(r"^[0-9a-f]{64}$")
 LOCAL_STORE = "/home/jupyter/.local/share/jupyter/ailab-backups"
@@ -26,12 +27,14 @@ CONTENT = (  # what a user has made, written as the user jupyter
 )
 
 
-def server_helpers(docker_client, server):
-    """Helper containers made by the server in ``server``: their owner label names its container
-    (by id; before that label said the hostname, here the container's name)."""
+def server_helpers(docker_client, server, kept=False):
+    """Helper containers made by the server in ``server`` (their owner label names its container:
+    by id; before that label said the hostname, here the container's name); with ``kept``, only
+    those it keeps for its lifetime (to look at the store volume), else only the others."""
     helpers = docker_client.api.containers(all=True, filters={"label": "ailab-backup.helper=1"})
     return [h for h in helpers
-            if (h.get("Labels") or {}).get("ailab-backup.owner", "").rpartition(":")[0] in (server.id, server.name)]
+            if (h.get("Labels") or {}).get("ailab-backup.owner", "").rpartition(":")[0] in (server.id, server.name)
+            and ("ailab-backup.kept" in (h.get("Labels") or {})) == kept]
 
 
 def dangling_anonymous_volumes(docker_client):
@@ -64,12 +67,15 @@ class LeakCounter:
                 break
             time.sleep(0.2)
         self.rows[name] = {"helpers left": helpers, "anonymous volumes left": leaked,
+                           "kept for listing": len(server_helpers(self.docker_client, self.server, kept=True)),
                            "docker volume ls": (count, volume_count(self.docker_client))}
         return result
 
     def assert_nothing_left(self):
         print(json.dumps(self.rows))
         assert all(r["helpers left"] == 0 and r["anonymous volumes left"] == 0 for r in self.rows.values()), self.rows
+        # the server keeps one helper to look at its store volume, removed when it stops
+        assert all(r["kept for listing"] <= 1 for r in self.rows.values()), self.rows
         assert self.rows  # some action was counted
 
 
@@ -153,7 +159,7 @@ def test_the_four_starts_back_up_restore_download_and_undo_leaving_nothing(
 
 
 def test_a_server_killed_midway_leaves_no_helper_nor_volume_once_started_again(
-        ailab_server, docker_client, make_volume):
+        ailab_server, docker_client, make_volume, tmp_path):
     store = make_volume("ailabstore")
     server = ailab_server(notebooks=make_volume(), env={"AILAB_BACKUP_STORE": store})
     server.exec("sh", "-c", f"dd if=/dev/urandom of={NOTEBOOKS}/big.bin bs=1M count=300 2>/dev/null")
@@ -169,14 +175,23 @@ def test_a_server_killed_midway_leaves_no_helper_nor_volume_once_started_again(
     server.kill()
     left = server_helpers(docker_client, server)
     assert left, "no helper of the killed server (was it mid-job?)"
+    dead_servers_kept = {h["Id"] for h in server_helpers(docker_client, server, kept=True)}
 
     server.start()  # docker start: same hostname, and the server most likely gets the same pid
     deadline = time.monotonic() + 60
     while server_helpers(docker_client, server) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert server_helpers(docker_client, server) == [], server.logs()
+    assert dead_servers_kept.isdisjoint(h["Id"] for h in server_helpers(docker_client, server, kept=True))
     assert dangling_anonymous_volumes(docker_client) - before == set()
-    assert server.backup_client().list() == []  # nothing partial is listed
+    # the worker may have finished the backup on its own after the server died: a backup that is
+    # listed must then be whole (every file checked against its manifest), never a partial one
+    client = server.backup_client()
+    for meta in client.list():
+        assert meta["label"] == "to be killed", meta
+        with open(client.download(meta["id"], str(tmp_path)), "rb") as f:
+            manifest = read_archive(f)
+        assert (manifest.file_count, manifest.total_bytes) == (meta["file_count"], meta["total_bytes"])
 
 
 def test_settings_given_with_docker_run_e_reach_the_server_through_sudo(ailab_server, docker_client, make_volume,

@@ -89,8 +89,10 @@ def test_preview_of_a_chosen_folder_stays_inside_it(changed):
     deep = manager.plan_restore(backup_id, "merge", ["sub/deep/y.txt"])
     # the folders above a chosen file come along (made with their owner and mode if missing)
     assert [i["path"] for i in deep["unchanged"]["items"]] == ["sub", "sub/deep", "sub/deep/y.txt"]
-    assert manager.plan_restore(backup_id, "merge", [" . "])["paths"] is None  # '.': everything
-    assert manager.plan_restore(backup_id, "merge", ["/"])["paths"] is None  # '/': everything too
+    with pytest.raises(BackupError, match="names the whole notebooks folder"):  # never 'everything' by stealth
+        manager.plan_restore(backup_id, "merge", [" . "])
+    with pytest.raises(BackupError, match="names the whole notebooks folder"):
+        manager.plan_restore(backup_id, "merge", ["/"])
 
 
 def test_chosen_paths_must_be_in_the_backup_and_inside_the_folder(changed):
@@ -159,15 +161,18 @@ def test_large_notebooks_are_compared_by_hash_alone(tmp_path, monkeypatch):
     several chunks); above it, none."""
     from ailab_backup_ext import archive, plan
 
-    monkeypatch.setattr(plan, "NOTEBOOK_DIFF_LIMIT", 3 * archive.CHUNK)
+    from ailab_backup_ext import core
+
+    for module in (plan, core):  # core reads it as its own name
+        monkeypatch.setattr(module, "NOTEBOOK_DIFF_LIMIT", 3 * archive.CHUNK)
     source = tmp_path / "nb"
     big = " " * (3 * archive.CHUNK - len(notebook("a", "")))  # a cell across the chunks
-    write(source, "at.ipynb", notebook("a", big, "c"))
-    write(source, "over.ipynb", notebook("a", big + " ", "c"))
-    manager = BackupManager(AILabBackup(source_dir=str(source), store=str(tmp_path / "store"), docker_url="none"))
-    backup_id = manager.create_backup()["id"]
     write(source, "at.ipynb", notebook("a", big))  # exactly at the limit
     write(source, "over.ipynb", notebook("a", big + " "))
     assert (source / "at.ipynb").stat().st_size == 3 * archive.CHUNK
+    manager = BackupManager(AILabBackup(source_dir=str(source), store=str(tmp_path / "store"), docker_url="none"))
+    backup_id = manager.create_backup()["id"]
+    write(source, "at.ipynb", notebook("a"))  # both sides within the limit: the restore adds a cell
+    write(source, "over.ipynb", notebook("a"))
     items = {i["path"]: i.get("notebook") for i in manager.plan_restore(backup_id)["overwritten"]}
     assert items == {"at.ipynb": {"cells_added": 1, "cells_removed": 0, "cells_changed": 0}, "over.ipynb": None}

@@ -49,7 +49,13 @@ def test_schedules_a_user_may_write(spec, rule):
     assert parse(spec) == rule
 
 
-@pytest.mark.parametrize("spec", ["every 0h", "every 0m", "daily 24:00", "daily 12:60", "daily 2:3",
+@pytest.mark.parametrize("spec", ["every 0h", "every 0m"])
+def test_an_interval_of_nothing_is_refused_with_its_range(spec):
+    with pytest.raises(BackupError, match=r"out of range: the interval must be from 1 minute to 365 days"):
+        parse(spec)
+
+
+@pytest.mark.parametrize("spec", ["daily 24:00", "daily 12:60", "daily 2:3",
                                   "every h", "every 6d", "sometimes", "every 6h please", "daily 123:00"])
 def test_schedules_refused_with_the_forms_that_work(spec):
     with pytest.raises(BackupError, match=r"Unknown schedule .*'every 6h', 'every 30m', 'daily 02:30' \(UTC\) or 'off'"):

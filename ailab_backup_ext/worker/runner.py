@@ -15,7 +15,6 @@ import os
 import posixpath
 import shlex
 import signal
-import socket
 import sys
 import sysconfig
 import tarfile
@@ -285,7 +284,7 @@ class WorkerRunner:
         return buf.getvalue()
 
     def _run_container(self, job, mounts, probe, progress):
-        from ..docker_helper import HELPER_LABEL, OWNER_LABEL
+        from ..docker_helper import helper_labels
 
         client = self.docker.client
         self.docker._remove_orphans()
@@ -293,8 +292,7 @@ class WorkerRunner:
         with self.docker.answering("create a worker container"):
             container = client.containers.create(
                 probe["image"], ["/ailab/job.sh"], entrypoint=["sh"], user="0:0", mounts=mounts,
-                labels={HELPER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}",
-                        WORKER_LABEL: job["id"]},
+                labels=helper_labels(**{WORKER_LABEL: job["id"]}),
                 network_disabled=True, working_dir="/")
         self.containers_created += 1
         try:
