@@ -236,24 +236,25 @@ class DockerHelper:
         self._image = name
         return name
 
-    def require_volume(self, name):
+    def volume_exists(self, name):
         import docker
 
         try:
             self.client.volumes.get(name)
+            return True
         except docker.errors.NotFound:
+            return False
+
+    def require_volume(self, name):
+        if not self.volume_exists(name):
             raise NotFound(
                 f"The Docker volume {name!r} does not exist. Check the name with 'docker volume ls' "
                 "or set AILabBackup.volume."
-            ) from None
+            )
 
     def ensure_volume(self, name):
-        import docker
-
         self.image()  # never create a store volume that no helper could mount
-        try:
-            self.client.volumes.get(name)
-        except docker.errors.NotFound:
+        if not self.volume_exists(name):
             self.client.volumes.create(name, labels={HELPER_LABEL: "store"})
 
     @staticmethod

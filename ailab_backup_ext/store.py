@@ -270,6 +270,8 @@ class VolumeStore:
         self.docker.invalidate(("listing", self.volume))
 
     def read_state(self, name):
+        if not self.docker.volume_exists(self.volume):  # reading a setting never creates the store
+            return None
         with self.docker.container(self._mounts()) as helper:
             for tar, info in self._members(helper, f"{self.MOUNT_POINT}/{name}.json"):
                 try:

@@ -141,10 +141,12 @@ class WorkerRunner:
             _write_probe_cache(self._probes)
         return found
 
-    def _store_place(self, store):
-        """(mount, path in the helper, marker needed) for the store, or a reason string."""
+    def _store_place(self, store, create=True):
+        """(mount, path in the helper, marker needed) for the store, or a reason string. Without
+        ``create`` (the status asks) a missing store is not made."""
         if isinstance(store, VolumeStore):
-            self.docker.ensure_volume(store.volume)
+            if create:
+                self.docker.ensure_volume(store.volume)
             return self.docker.mount("volume", store.volume, STORE_AT), STORE_AT, False
         if not isinstance(store, FolderStore):
             return "the store is neither a volume nor a folder"
@@ -154,21 +156,23 @@ class WorkerRunner:
 
         own = self.docker.own_container()
         if own is None:  # the server runs on the engine's host: the folder is the host's
-            os.makedirs(store.path, exist_ok=True)
+            if create:
+                os.makedirs(store.path, exist_ok=True)
             return self.docker.mount("bind", store.path, STORE_AT), STORE_AT, True
         mount, below = find_covering_mount(own.get("Mounts"), store.path)
         if mount is None:
             return (f"the store folder {store.path} is in this container's own file system, which a "
                     "helper cannot mount; a volume store (or a folder on a mounted volume) can")
         name = mount.get("Name") if mount.get("Type") == "volume" else mount.get("Source")
-        os.makedirs(store.path, exist_ok=True)
+        if create:
+            os.makedirs(store.path, exist_ok=True)
         path = STORE_AT if below in ("", ".") else posixpath.join(STORE_AT, below)
         return self.docker.mount("volume" if mount.get("Type") == "volume" else "bind", name, STORE_AT), path, True
 
     def describe(self, source, store):
         """{"in_use": bool, "why": ...}: whether operations run next to the data, and why (not)."""
         try:
-            self._where(source, store, needs_source=True)
+            self._where(source, store, needs_source=True, create=False)
         except NotRouted as exc:
             return {"in_use": False, "why": str(exc)}
         except BackupError as exc:
@@ -177,10 +181,10 @@ class WorkerRunner:
         return {"in_use": True, "why": f"backups and restores run inside a helper container of {probe['image']!r}, "
                 f"next to the data, with its Python at {probe['python']}"}
 
-    def _where(self, source, store, needs_source):
+    def _where(self, source, store, needs_source, create=True):
         if needs_source and not isinstance(source, DockerMountSource):
             raise NotRouted("the notebooks folder is a folder of this server: it is backed up directly")
-        place = self._store_place(store)
+        place = self._store_place(store, create)
         if isinstance(place, str):
             raise NotRouted(place)
         probe = self.probe()
