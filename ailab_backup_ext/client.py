@@ -1,8 +1,8 @@
 """The Python client of the REST API under ``/ailab/backup`` (see ``openapi.json``).
 
 In a kernel of a Jupyter server that runs this extension, ``BackupClient()`` needs no arguments: the
-kernel inherits ``AILAB_BACKUP_URL`` and ``AILAB_BACKUP_TOKEN`` from the server (the kernel
-credential, which opens /ailab/backup only). From a script, pass the server's URL and its Jupyter
+server gives each kernel it starts ``AILAB_BACKUP_URL`` and ``AILAB_BACKUP_TOKEN`` (the kernel
+credential, which opens /ailab/backup only; terminals do not get it). From a script, pass the server's URL and its Jupyter
 token: ``BackupClient("http://localhost:8888/", token="...")``.
 
 Every failure raises :class:`BackupClientError` with the server's message.

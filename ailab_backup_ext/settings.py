@@ -29,8 +29,6 @@ MAX_KEEP = 100_000
 def check_excludes(value):
     """The excludes as a clean list; BackupError (nothing changed) when one is not a relative
     glob pattern inside the notebooks folder."""
-    if isinstance(value, str):
-        value = [value]
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise BackupError("'excludes' must be a list of glob patterns, e.g. [\"models_cache\", \"*.tmp\"].")
     patterns = []

@@ -443,7 +443,7 @@ export function restoreBody(
   };
   if (paths) {
     if (paths.length === 0) {
-      // The server reads an empty list as "everything": never send one.
+      // The server refuses an empty list (it never means "everything").
       throw new Error('Choose at least one file or folder to restore.');
     }
     body.paths = paths;
