@@ -214,6 +214,12 @@ class DockerHelper:
         except docker.errors.NotFound:
             return None
 
+    def use_image(self, name):
+        """Use ``name`` as the configured helper image from now on (checked for presence again
+        on the next helper)."""
+        if name != self.configured_image:
+            self.configured_image, self._image = name, None
+
     def image(self):
         """The helper image: configured, else our own container's image, else ubuntu; checked to
         be present, since no registry may be reachable."""

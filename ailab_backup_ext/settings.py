@@ -116,10 +116,8 @@ class Settings:
         return self.value("helper_image")
 
     def _apply_image(self):
-        docker = self.manager.docker
-        if docker is not None and docker.configured_image != self.helper_image:
-            docker.configured_image = self.helper_image
-            docker._image = None  # checked again for presence on the next helper
+        if self.manager.docker is not None:
+            self.manager.docker.use_image(self.helper_image)
 
     def offered_images(self):
         """The images a UI may choose for helpers: [{name, present, why}]. '' (automatic) is the
