@@ -208,13 +208,14 @@ class AILabBackup(Configurable):
         partial file removed, so that a client trickling bytes in cannot hold a spool and an upload
         slot. 0 turns the check off.""",
     )
-    check_threads = Int(
+    check_processes = Int(
         1,
+        min=1,
         config=True,
-        help="""Threads of the server for long checks (uploads, restore previews): a pool of their
-        own, so that status, listings and the UIs stay quick while archives are checked (more
-        are queued). A check is partly Python: each thread more takes the interpreter from the
-        server's requests, so raise this only with cores to spare.""",
+        help="""How many long checks (uploads, restore previews of a local folder) run at once,
+        each in a child process of its own, so that status, listings and the UIs stay quick
+        while archives are checked; more are queued. Each takes a core while it runs: raise it
+        only with cores to spare.""",
     )
     keep_last = Int(
         0,
@@ -265,7 +266,7 @@ class AILabBackup(Configurable):
     _default_max_entries = _env_default("max_entries", 1_000_000)
     _default_max_concurrent_uploads = _env_default("max_concurrent_uploads", 4)
     _default_upload_stall_seconds = _env_default("upload_stall_seconds", 60)
-    _default_check_threads = _env_default("check_threads", 1)
+    _default_check_processes = _env_default("check_processes", 1)
     _default_max_compression_ratio = _env_default("max_compression_ratio", 1000)
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)

@@ -40,6 +40,7 @@ from .progress import Progress
 from .schedule import Scheduler
 from .settings import Settings
 from .changes import ChangeWatch
+from .checker import config_values, run_in_child
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
 from .stores import MirroredStore, S3Store, is_s3_url, local_path, open_writer  # s3: stores/ hooks
@@ -69,6 +70,10 @@ def store_is_folder(spec):
 
 class BackupManager:
     """One source (what is backed up) and one store (where backups are kept)."""
+
+    # Long checks (uploads, local restore previews) in child processes (checker.py), so that they
+    # never hold the interpreter of the server that runs this manager; the server turns it on.
+    checks_in_child = False
 
     def __init__(self, config=None, root_dir=None):
         self.config = config or AILabBackup()
@@ -583,11 +588,18 @@ class BackupManager:
             "hint": RESTART_HINT if touches_scs else None,
         }
 
-    def plan_restore(self, backup_id, mode="merge", paths=None, progress=None):
+    def plan_restore(self, backup_id, mode="merge", paths=None, progress=None, cancel=None):
         """A dry run: what restoring would add, overwrite (with a cell summary for notebooks),
-        remove (replace only) and leave unchanged. Changes nothing."""
+        remove (replace only) and leave unchanged. Changes nothing. ``cancel`` (an Event) set by
+        a client that went away stops it when it runs in a child process."""
         _check_mode(mode)
         with self._one_operation():
+            source, store = self.resolve()
+            if self.checks_in_child and type(source) is LocalFolderSource and type(store) is FolderStore:
+                # as resolved here, so that the child reads the very folder and store
+                settings = {**config_values(self.config), "source_dir": source.path, "store": store.path}
+                return run_in_child("plan", {"backup_id": backup_id, "mode": mode, "paths": paths}, settings,
+                                    self.root_dir, cancel, "restore preview")
             return self._plan(backup_id, mode, paths, progress)
 
     def _plan(self, backup_id, mode, paths, progress):
@@ -721,35 +733,47 @@ class BackupManager:
     def add_uploaded(self, path, cancel=None):
         """Check an uploaded archive completely and add it to the store; return its metadata.
         ``cancel`` (an Event) set by a client that went away stops the check."""
-        # an upload is untrusted: it also meets the compression-ratio limit (our own backups do
-        # not, so that a big file of zeros never makes a backup unrestorable)
-        manifest, digest = self._checked(path, max_ratio=self.config.max_compression_ratio, cancel=cancel)
-        source = _capped_source(manifest.source)
-        slug = source.get("name", "").rstrip("/").rsplit("/", 1)[-1] or "upload"
-        created = _utc_time(manifest.created[:64].strip()) or utc_now()
+        path = os.path.abspath(path)
+        if self.checks_in_child:
+            found = run_in_child("check_upload", {"path": path}, config_values(self.config), self.root_dir, cancel,
+                                 "check of the upload")
+        else:
+            found = self.check_upload_file(path, cancel)
         with _UPLOAD_COMMIT:  # checks run side by side: two of the same archive must not share an id
             if cancel is not None and cancel.is_set():
                 raise Cancelled("The upload's client went away before it was stored; nothing was kept.")
-            return self._store_uploaded(path, manifest, digest, source, slug, created)
+            return self._store_uploaded(path, found)
 
-    def _store_uploaded(self, path, manifest, digest, source, slug, created):
+    def check_upload_file(self, path, cancel=None):
+        """Check an uploaded archive file completely; what it may carry into the store (capped)."""
+        # an upload is untrusted: it also meets the compression-ratio limit (our own backups do
+        # not, so that a big file of zeros never makes a backup unrestorable)
+        manifest, digest = self._checked(path, max_ratio=self.config.max_compression_ratio, cancel=cancel)
+        return {"sha256": digest, "label": manifest.label[:MAX_LABEL_CHARS], "source": _capped_source(manifest.source),
+                "created": manifest.created[:64].strip(), "file_count": manifest.file_count,
+                "total_bytes": manifest.total_bytes, "skipped": _capped_skipped(manifest.skipped)}
+
+    def _store_uploaded(self, path, found):
+        source = found["source"]
+        slug = source.get("name", "").rstrip("/").rsplit("/", 1)[-1] or "upload"
+        created = _utc_time(found["created"]) or utc_now()
         backup_id = self._unique_id(make_id(slug, created))
         compression = _sniff_compression(path)
         archive_name = backup_id + SUFFIXES.get(compression, ".tar")
         meta = {
             "id": backup_id,
             "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "label": manifest.label[:MAX_LABEL_CHARS],
+            "label": found["label"],
             "kind": "uploaded",
             "source": source,
             "size_bytes": os.path.getsize(path),
-            "file_count": manifest.file_count,
-            "total_bytes": manifest.total_bytes,
+            "file_count": found["file_count"],
+            "total_bytes": found["total_bytes"],
             "compression": compression,
             "archive": archive_name,
-            "sha256": digest,
+            "sha256": found["sha256"],
             "format_version": FORMAT_VERSION,
-            "skipped": _capped_skipped(manifest.skipped),
+            "skipped": found["skipped"],
         }
         self.store.commit(path, archive_name, meta)
         self.note_change()

@@ -50,6 +50,7 @@ class BackupExtension(ExtensionApp):
     def initialize_settings(self):
         server = self.serverapp
         self.manager = BackupManager(AILabBackup(parent=server), root_dir=server.root_dir)
+        self.manager.checks_in_child = True  # long checks never hold this server's interpreter
         if self.manager.docker is not None:
             self.manager.docker.keep_helpers = True  # listing a store volume reuses one helper
         secret = secrets.token_urlsafe(32)

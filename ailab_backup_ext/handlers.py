@@ -7,6 +7,7 @@ secret made when the server starts, handed to kernels in their environment
 """
 
 import asyncio
+import errno
 import functools
 import hmac
 import json
@@ -22,7 +23,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from .archive import CHUNK
-from .errors import BackupError, TooLarge, TooManyRequests
+from .errors import BackupError, InsufficientStorage, TooLarge, TooManyRequests
 
 SETTINGS_KEY = "ailab_backup"
 CHECK_POOL_KEY = "ailab_backup_check_pool"
@@ -76,11 +77,12 @@ class BaseHandler(APIHandler):
 
     async def call_long(self, fn, *args):
         """As :meth:`call`, for long checks (uploads, previews): in a bounded pool of their own,
-        so that they never hold the threads that status and listings answer from."""
+        so that they never hold the threads that status and listings answer from. Each of its
+        threads waits for a child process that does the check (see checker.py)."""
         pool = self.settings.get(CHECK_POOL_KEY)
         if pool is None:
             pool = self.settings.setdefault(CHECK_POOL_KEY, ThreadPoolExecutor(
-                max(1, self.manager.config.check_threads), thread_name_prefix="ailab-backup-check"))
+                max(1, self.manager.config.check_processes), thread_name_prefix="ailab-backup-check"))
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
         except BackupError as exc:
@@ -204,10 +206,16 @@ class RestoreHandler(BaseHandler):
         if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
             raise web.HTTPError(400, "'paths' must be a list of paths inside the backup.")
         if body.get("dry_run"):
-            self.finish(await self.call_long(self.manager.plan_restore, backup_id, mode, paths))
+            self.cancel = threading.Event()  # set when the client goes away: the preview stops
+            self.finish(await self.call_long(self.manager.plan_restore, backup_id, mode, paths, None, self.cancel))
             return
         job = await self.call(self.manager.start_restore, backup_id, mode, paths)
         self.accepted(job)
+
+    def on_connection_close(self):
+        if hasattr(self, "cancel"):
+            self.cancel.set()
+        super().on_connection_close()
 
 
 class ScheduleHandler(BaseHandler):
@@ -310,6 +318,7 @@ class UploadHandler(BaseHandler):
     slot = None
     stall_timer = None
     checking = False  # the spool is being read: only the check's own end may remove it
+    disk_full = None  # the error to answer with once the body has come in
 
     async def prepare(self):
         await super().prepare()
@@ -355,26 +364,54 @@ class UploadHandler(BaseHandler):
         self.stall_timer = None
         seconds = self.manager.config.upload_stall_seconds
         self.log.warning("ailab-backup: an upload stalled at %d bytes for %d s; cut off", self.received, seconds)
+        self._cut_off(408, (
+            f"The upload brought less than {STALL_MIN_BYTES // 1024} KiB in {seconds} s and was cut off "
+            "(AILabBackup.upload_stall_seconds); nothing was kept. Upload again over a faster connection."))
+
+    def _cut_off(self, status, message):
+        """Answer before the body has all come in, and remove what came."""
         self._release()
-        self.set_status(408)
+        self.set_status(status)
         self.set_header("Content-Type", "application/json")
         # the body is not read to its end: tornado closes the connection after this reply
-        self.finish(json.dumps({"message": (
-            f"The upload brought less than {STALL_MIN_BYTES // 1024} KiB in {seconds} s and was cut off "
-            "(AILabBackup.upload_stall_seconds); nothing was kept. Upload again over a faster connection.")}))
+        self.finish(json.dumps({"message": message}))
+
+    def _disk_full(self, exc):
+        """The spool's disk filled up as the body came in (one sent without Content-Length, or
+        the disk filled meanwhile): the partial spool goes at once, and the answer is a 507."""
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise exc
+        where = os.path.dirname(self.spool_path)
+        self.log.warning("ailab-backup: the disk at %s filled up after %d bytes of an upload", where, self.received)
+        self._remove_spool()
+        self.disk_full = InsufficientStorage(
+            f"The disk where uploads are received ({where}) is full: it filled up after "
+            f"{self.received // 2**20} MB of the upload, and nothing was kept. Free space or delete "
+            "old backups, then upload again.")
 
     async def data_received(self, chunk):
         if not hasattr(self, "spool_file"):
             return
         self.received += len(chunk)
-        await asyncio.to_thread(self.spool_file.write, chunk)
+        if self.disk_full is not None:
+            return  # the rest of the body is read and dropped, so that the client gets the answer
+        try:
+            await asyncio.to_thread(self.spool_file.write, chunk)
+        except OSError as exc:
+            self._disk_full(exc)
 
     @web.authenticated
     @authorized
     async def post(self):
         self._stop_watch()  # the whole body is here
         try:
-            self.spool_file.close()
+            if self.disk_full is None:
+                try:
+                    self.spool_file.close()  # writes what is buffered: the disk may fill up here too
+                except OSError as exc:
+                    self._disk_full(exc)
+            if self.disk_full is not None:
+                raise _Reply(self.disk_full)
             if not self.received:
                 raise web.HTTPError(400, "The upload is empty: send the archive as the request body.")
             self.checking = True
@@ -399,11 +436,18 @@ class UploadHandler(BaseHandler):
             self.cancel.set()
         if self.checking:
             return  # the check stops at its next read; post() then removes the spool
-        if hasattr(self, "spool"):
-            self.spool.close()  # an aborted upload leaves nothing behind
+        self._remove_spool()  # an aborted upload leaves nothing behind
         if self.slot is not None:
             self.settings.get(UPLOADS_KEY, set()).discard(self.slot)
             self.slot = None
+
+    def _remove_spool(self):
+        if hasattr(self, "spool"):
+            try:
+                self.spool.close()  # the file is closed and removed even if its last write fails
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
 
     def on_finish(self):
         self._release()

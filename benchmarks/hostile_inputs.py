@@ -198,7 +198,7 @@ def status_latency(tmp, uploads, entries):
                 "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
                 "max_ms": round(latencies[-1], 1), "idle_p50_ms": round(statistics.median(idle), 1),
                 "idle_p99_ms": round(idle[int(len(idle) * 0.99)], 1),
-                "check_threads": os.environ.get("AILAB_BACKUP_CHECK_THREADS", "default")}
+                "check_processes": os.environ.get("AILAB_BACKUP_CHECK_PROCESSES", "default")}
     finally:
         server.terminate()
         server.wait(30)
@@ -240,7 +240,7 @@ def main():
                   f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms, max {latency['max_ms']} ms "
                   f"({latency['samples']} requests; target p99 < 100 ms) -> {'MET' if latency['p99_ms'] < 100 else 'MISSED'}; "
                   f"uploads answered {latency['codes']}; with nothing to check: p50 {latency['idle_p50_ms']} ms, "
-                  f"p99 {latency['idle_p99_ms']} ms; check_threads {latency['check_threads']}")
+                  f"p99 {latency['idle_p99_ms']} ms; check_processes {latency['check_processes']}")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "hostile_inputs.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -1,5 +1,8 @@
 """Fixtures of the hardening tests (helpers in hardutil.py)."""
 
+import os
+import subprocess
+
 import pytest
 
 from hardutil import DockerProxy, our_helpers, remove_our_helpers, wait_until
@@ -24,3 +27,17 @@ def make_volume(make_volume, docker_client):
         left = [c.id[:12] for c in our_helpers(docker_client)]
         remove_our_helpers(docker_client)
         pytest.fail(f"helper containers left behind: {left}")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 20 MB tmpfs at tmp_path/store (we are root), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point = tmp_path / "store"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

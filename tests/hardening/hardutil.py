@@ -162,3 +162,23 @@ def files_below(path):
     for dirpath, _, filenames in os.walk(path):
         found += [os.path.relpath(os.path.join(dirpath, n), path) for n in filenames]
     return sorted(found)
+
+
+def check_processes(parent=None):
+    """Pids of the live check processes (ailab_backup_ext/checker.py) that ``parent`` (this
+    process by default, where the test server runs) started."""
+    parent = parent or os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        if int(ppid) == parent and state != "Z" and b"ailab_backup_ext.checker" in command:
+            found.append(int(entry))
+    return found

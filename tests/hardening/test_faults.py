@@ -347,20 +347,6 @@ def test_server_killed_mid_backup_is_cleaned_up_by_the_next_start(docker_client,
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 20 MB tmpfs at tmp_path/store (we are root), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "store"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-@pytest.fixture
 def incompressible_60mb(tmp_path):
     source = tmp_path / "nb"
     source.mkdir()
