@@ -23,6 +23,7 @@ from . import errors
 from .errors import BackupError, Cancelled
 
 POLL_SECONDS = 0.1  # how soon a check whose client went away is stopped
+CHECK_NICENESS = 10
 CONFIG_TYPES = (str, int, float, bool, list, type(None))
 _KNOWN_ERRORS = {cls.__name__: cls for cls in vars(errors).values()
                  if isinstance(cls, type) and issubclass(cls, BackupError)}
@@ -118,6 +119,10 @@ def _stop_when_orphaned(parent):
 def main(server):
     """``server``: the pid of the server that started this process (it may have died already)."""
     threading.Thread(target=_stop_when_orphaned, args=(server,), daemon=True).start()
+    try:
+        os.nice(CHECK_NICENESS)  # when cores are short, the server's requests go first
+    except OSError:
+        pass
     from .worker.main import error_message
 
     try:

@@ -9,6 +9,7 @@ import errno
 import functools
 import hashlib
 import os
+import posixpath
 import shutil
 import stat
 import threading
@@ -18,6 +19,7 @@ from contextlib import contextmanager, nullcontext
 
 from .archive import (
     CHUNK,
+    DIR,
     FILE,
     FORMAT_VERSION,
     SUFFIXES,
@@ -407,15 +409,23 @@ class BackupManager:
         """What a source holds, minus what is excluded or cannot be restored safely (recorded in
         ``skipped``), checked by the same rules a restore applies."""
         checker = EntryChecker()
+        refused_folders = set()  # listed once: what they hold is left out with them
         for entry, content in entries:
             if is_excluded(entry.path, excludes):
+                continue
+            if posixpath.dirname(entry.path) in refused_folders:  # a folder comes before its content
+                if entry.type == DIR:
+                    refused_folders.add(entry.path)
                 continue
             if entry.mode & (stat.S_ISUID | stat.S_ISGID):
                 entry.mode &= ~(stat.S_ISUID | stat.S_ISGID)
                 skipped.append({"path": entry.path, "reason": "setuid/setgid bit dropped"})
             try:
                 checker.check(entry)
-            except InvalidArchive as exc:  # a fifo, a link out, a name not UTF-8: restore refuses it
+            except InvalidArchive as exc:  # a fifo, a link out, a name not UTF-8 or too long: restore refuses it
+                if entry.type == DIR:
+                    refused_folders.add(entry.path)
+                    exc = f"{exc} Everything in the folder is left out with it."
                 skipped.append({"path": entry.path, "reason": str(exc)})
                 continue
             yield entry, content

@@ -19,7 +19,7 @@ from ailab_backup_ext.cli import main
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.schedule import Scheduler
-from treeutil import HELPER_IMAGE, folder_snapshot, run_in_volume, volume_snapshot
+from treeutil import HELPER_IMAGE, deep_path, folder_snapshot, run_in_volume, volume_snapshot
 
 HOUR = 3600
 
@@ -175,26 +175,6 @@ def test_hardlinks_become_plain_copies(tmp_path):
     assert a.st_ino != b.st_ino and a.st_nlink == b.st_nlink == 1  # two files, not one linked twice
 
 
-def _deep_path(root, total_bytes):
-    """Folders below ``root`` (made relative to it, as the kernel allows) until the path from
-    root exceeds ``total_bytes``; returns the relative path."""
-    fd = os.open(root, os.O_RDONLY)
-    parts = []
-    try:
-        while len("/".join(parts).encode()) <= total_bytes:
-            name = "d" * 200
-            os.mkdir(name, dir_fd=fd)
-            new = os.open(name, os.O_RDONLY, dir_fd=fd)
-            os.close(fd)
-            fd = new
-            parts.append(name)
-        with open(os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
-            f.write("deep")
-    finally:
-        os.close(fd)
-    return "/".join(parts + ["deep.txt"])
-
-
 def test_what_cannot_be_restored_is_listed_under_skipped(tmp_path, capsys):
     """A device file, a socket, a name that is not UTF-8 and a path too long to write back are
     left out of the backup, each listed with its reason, and the rest is backed up."""
@@ -206,7 +186,7 @@ def test_what_cannot_be_restored_is_listed_under_skipped(tmp_path, capsys):
         os.mkdir(os.path.join(os.fsencode(source), b"caf\xe9"))  # latin-1, not UTF-8
         (source / "long").mkdir()
         # longer than the 3800 bytes a restore writes, short enough for this machine to read
-        deep = "long/" + _deep_path(source / "long", 3810)
+        deep = "long/" + deep_path(source / "long", 3810)
         meta = manager.create_backup()
     reasons = {item["path"]: item["reason"] for item in meta["skipped"]}
     too_long = [p for p in reasons if p.startswith("long/")]

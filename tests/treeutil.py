@@ -78,3 +78,23 @@ def run_in_volume(client, volume, script):
     out = client.containers.run(HELPER_IMAGE, ["sh", "-c", script], volumes={volume: {"bind": "/v", "mode": "rw"}},
                                 remove=True, network_disabled=True)
     return out.decode()
+
+
+def deep_path(root, total_bytes):
+    """Folders below ``root`` (made relative to it, as the kernel allows) until the path from
+    root exceeds ``total_bytes``; returns the relative path."""
+    fd = os.open(root, os.O_RDONLY)
+    parts = []
+    try:
+        while len("/".join(parts).encode()) <= total_bytes:
+            name = "d" * 200
+            os.mkdir(name, dir_fd=fd)
+            new = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+            parts.append(name)
+        with open(os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+            f.write("deep")
+    finally:
+        os.close(fd)
+    return "/".join(parts + ["deep.txt"])
