@@ -218,8 +218,7 @@ class WorkerRunner:
         if needs_source:
             source.check_exists()
         if kept and isinstance(source, DockerMountSource):  # verify too: the same kept worker
-            mounts += [self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=True),
-                       self.docker.mount(source.kind, source.mount_name, SOURCE_RW_AT)]
+            mounts += self._kept_source_mounts(source)
         elif needs_source:
             mounts.append(self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=not write_source))
         if needs_source:
@@ -336,6 +335,17 @@ class WorkerRunner:
 
     # the kept worker (a server's) -----------------------------------------------------------------
 
+    def _kept_source_mounts(self, source):
+        return [self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=True),
+                self.docker.mount(source.kind, source.mount_name, SOURCE_RW_AT)]
+
+    def prepare(self, source, store):
+        """Make the kept worker for this source and store now (a server), so that the next job
+        finds it started; raises :class:`NotRouted` when no worker can run here."""
+        (store_mount, _, _), probe = self._where(source, store, needs_source=True)
+        mounts = [store_mount, *self._kept_source_mounts(source)]
+        return self._kept_worker(_kept_key(probe, mounts), mounts, probe)
+
     def _kept_worker(self, key, mounts, probe):
         """The started worker kept for these mounts, made (with our code in it) when there is none."""
         with self.docker._kept_lock:
@@ -390,7 +400,7 @@ class WorkerRunner:
         import docker
 
         api = self.docker.client.api
-        key = ("worker", probe["image"], tuple(sorted(repr(sorted(m.items())) for m in mounts)))
+        key = _kept_key(probe, mounts)
         command = [probe["python"], "-m", "ailab_backup_ext.worker.main", "--job-env"]
         env = {"PYTHONPATH": CODE_AT, "PYTHONUNBUFFERED": "1", JOB_ENV: json.dumps(job)}
         for attempt in range(2):
@@ -499,6 +509,10 @@ class WorkerRunner:
             f"The helper container running the {job['op']} stopped before it finished (exit status "
             f"{status}){': ' + tail if tail else ''}. Nothing partial was kept; try again."
         )
+
+
+def _kept_key(probe, mounts):
+    return "worker", probe["image"], tuple(sorted(repr(sorted(m.items())) for m in mounts))
 
 
 def _end_of_members(data):
