@@ -41,6 +41,7 @@ from .plan import NOTEBOOK_DIFF_LIMIT, check_chosen_paths, make_plan, normalize_
 from .progress import Progress
 from .schedule import Scheduler
 from .settings import Settings
+from .staged_restore import check_and_stage, clear_staging, staging_in
 from .changes import ChangeWatch
 from .checker import config_values, run_in_child
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
@@ -494,6 +495,8 @@ class BackupManager:
         backups = self.list_backups()
         newest = next((m for m in backups if m.get("source") == source.describe()), None)
         source.check_exists()
+        if isinstance(source, LocalFolderSource):
+            clear_staging(source)  # a one-pass restore's staging folder is never backed up
         created = utc_now()
         backup_id = self._unique_id(make_id(source.slug, created), backups)
         manifest = Manifest(created=created.isoformat().replace("+00:00", "Z"), source=source.describe(), label=label)
@@ -566,25 +569,34 @@ class BackupManager:
             source = self.source
             source.check_exists()
             progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
-            with self._checked_copy(meta, progress) as (path, manifest):
+            with self._checked_and_staged(meta, source, paths, progress) as (path, manifest, staging):
                 chosen = normalize_paths(paths, {e.path for e in manifest.entries})
                 restored = selected(manifest.entries, chosen)
                 total = sum(e.size for e in restored if e.type == FILE)
-                source.check_space(total)
+                if staging is None:
+                    source.check_space(total)
                 safety = None
                 if self.config.safety_backup:
                     safety = self._create(f"Before restoring {backup_id}", "safety", progress)
                 wanted = {e.path for e in restored}
                 progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))
-                with open(path, "rb") as f:  # checked completely above: read it through once more
-                    items = iter_archive(f, self.config.max_archive_bytes, progress, check_content=False)
-                    source.write_entries(
-                        ((e, c) for e, c in _data_only(items) if e.path in wanted),
-                        replace=(mode == "replace"),
-                        keep={e.path: e for e in restored},
-                        protected=self.settings.excludes,
-                        scope=chosen,
-                    )
+                with open(path, "rb") if staging is None else nullcontext() as f:
+                    if staging is None:  # checked completely above: read it through once more
+                        items = _data_only(iter_archive(f, self.config.max_archive_bytes, progress,
+                                                        check_content=False))
+                    else:  # checked and written into the staging folder: renamed into place
+                        source.writer = staging.writer
+                        items = _counted(((e, None) for e in restored), progress)
+                    try:
+                        source.write_entries(
+                            ((e, c) for e, c in items if e.path in wanted),
+                            replace=(mode == "replace"),
+                            keep={e.path: e for e in restored},
+                            protected=self.settings.excludes,
+                            scope=chosen,
+                        )
+                    finally:
+                        source.__dict__.pop("writer", None)
         files = [e for e in restored if e.type == FILE]
         progress.complete(sum(e.size for e in files), len(files))
         touches_scs = any(e.path.endswith(".sqlite") for e in files)
@@ -597,6 +609,20 @@ class BackupManager:
             "safety_backup_id": safety["id"] if safety else None,
             "hint": RESTART_HINT if touches_scs else None,
         }
+
+    @contextmanager
+    def _checked_and_staged(self, meta, source, paths, progress):
+        """(archive file, manifest, staging or None): a whole restore of a folder of this process
+        from an archive file it reads is checked and staged in one read (see staged_restore); other
+        restores are checked here and read again to write."""
+        path = local_path(self.store, meta["archive"])
+        if paths is not None or not path or not isinstance(source, LocalFolderSource):
+            with self._checked_copy(meta, progress) as (path, manifest):
+                yield path, manifest, None
+            return
+        source.check_space(meta.get("total_bytes", 0))  # all of it is staged before any file moves
+        with staging_in(source) as staging:
+            yield path, check_and_stage(path, meta, staging, self.config, progress), staging
 
     def plan_restore(self, backup_id, mode="merge", paths=None, progress=None, cancel=None):
         """A dry run: what restoring would add, overwrite (with a cell summary for notebooks),

@@ -262,6 +262,10 @@ class LocalFolderSource:
 
     # writing -----------------------------------------------------------------------------------
 
+    def writer(self, root_fd, path):
+        """What writes the entries (a one-pass restore sets one that renames staged files)."""
+        return FolderWriter(root_fd, path)
+
     def write_entries(self, entries, replace=False, keep=None, protected=(), scope=None):
         """Write a checked stream of entries; with ``replace``, remove what is not in ``keep``
         ({path: Entry} of the whole backup; paths matching ``protected`` patterns and paths
@@ -270,7 +274,7 @@ class LocalFolderSource:
         to a folder descriptor opened without following links (see :class:`FolderWriter`)."""
         os.makedirs(self.path, exist_ok=True)
         folder_times = []
-        with FolderWriter(self._open_root(), self.path) as writer:
+        with self.writer(self._open_root(), self.path) as writer:
             for entry, content in entries:
                 if self.skip_paths and in_scope(entry.path, self.skip_paths):
                     continue  # never into the store, whatever an (uploaded) archive holds

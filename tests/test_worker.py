@@ -56,7 +56,7 @@ def test_worker_round_trips_are_identical_and_nothing_passes_through_the_server(
     fill_volume(docker_client, volume, tree)
     original = volume_snapshot(docker_client, volume)
     manager = manager_for(volume, store, python_image)
-    manager.docker.keep_helpers = True  # as in the server: listing reuses one kept helper
+    manager.docker.keep_helpers = True  # as in the server: listing reuses one kept helper, jobs one kept worker
     request.addfinalizer(manager.docker.close)
     assert manager.worker_status()["in_use"] is True
     manager.list_backups()
@@ -80,7 +80,7 @@ def test_worker_round_trips_are_identical_and_nothing_passes_through_the_server(
     monkeypatch.setattr(store_module, "_spool", no_spool)  # nothing in the server's temp folder
     counted.clear()
     backup = manager.create_backup(label="worker")
-    assert len(counted) == 1  # one worker container for the whole backup, nothing else
+    assert len(counted) == 1  # one worker container for the whole backup, nothing else; kept for the next
     assert manager.verify_backup(backup["id"])["ok"]
     assert [b["id"] for b in manager.list_backups()] == [backup["id"]]
 
@@ -88,7 +88,7 @@ def test_worker_round_trips_are_identical_and_nothing_passes_through_the_server(
                                          f"rm -r empty && echo other > {SCS}")
     counted.clear()
     result = manager.restore_backup(backup["id"], "replace")
-    assert len(counted) == 1  # check, safety backup and restore in one worker
+    assert len(counted) == 0  # check, safety backup and restore in the kept worker: no container made
     assert volume_snapshot(docker_client, volume) == original
     safety = result["safety_backup_id"]
     assert safety and safety in [b["id"] for b in manager.list_backups()]

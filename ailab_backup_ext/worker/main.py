@@ -27,6 +27,7 @@ from ..errors import BackupError
 from ..progress import Progress
 from ..sources import LocalFolderSource
 from ..store import SPOOL_SUFFIX, WORKER_SPOOL_TAG, FolderStore, remove_unlocked_worker_spools
+from .runner import JOB_ENV
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress lines: the server relays each one
 HEARTBEAT_SECONDS = 20  # well below the Docker client's read timeout (120 s)
@@ -207,9 +208,13 @@ def error_message(exc):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0], encoding="utf-8") as f:
-        job = json.load(f)
     reporter = Reporter()
+    if argv[0] == "--job-env":  # exec'd into a kept worker: the job is in the environment
+        job = json.loads(os.environ.pop(JOB_ENV))
+        reporter.emit({"pid": os.getpid()})  # so that the server can stop this process alone
+    else:
+        with open(argv[0], encoding="utf-8") as f:
+            job = json.load(f)
 
     def stop(_signum, _frame):
         raise Stopped("The worker was stopped; nothing partial was kept.")

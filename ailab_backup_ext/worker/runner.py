@@ -9,6 +9,7 @@ An image with no usable Python keeps the streaming path, and :meth:`WorkerRunner
 why.
 """
 
+import collections
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 import sysconfig
 import tarfile
 import threading
+import time
 import uuid
 
 from ..errors import BackupError, Busy, InvalidArchive, NotFound, TooLarge, Unavailable
@@ -28,6 +30,12 @@ from ..store import FolderStore, VolumeStore
 
 WORKER_LABEL = "ailab-backup.worker"
 SOURCE_AT, STORE_AT = "/ailab/mount", "/ailab/store"
+SOURCE_RW_AT = "/ailab/mount-rw"  # a kept worker has the source twice: read-only for backups, writable for restores
+JOB_ENV = "AILAB_BACKUP_JOB"  # a kept worker's job comes in the environment of its exec
+# a kept worker's main process: it waits on its standard input, which the server holds attached; when the
+# server goes (however it ends) the input closes, the process ends and the engine removes the container
+KEPT_IDLE = "import sys; sys.stdin.buffer.read()"
+_KILL = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)"
 CODE_AT = "/ailab/code"
 STOP_GRACE_SECONDS = 10  # a stopped worker removes its partial file in this time
 MIN_PYTHON = (3, 10)
@@ -96,6 +104,8 @@ class WorkerRunner:
         self._code = {}  # with zstandard or not -> the tar of our code
         self._code_ends = {}  # id of such a tar -> where its end-of-archive blocks begin
         self._lock = threading.Lock()
+        self._kept_making = threading.Lock()
+        self._attached = {}  # kept worker's id -> its attached standard input (see KEPT_IDLE)
         self.containers_created = 0  # for the benchmark and the tests: what each operation costs
 
     # where things are ---------------------------------------------------------------------------
@@ -201,13 +211,19 @@ class WorkerRunner:
         needs_source = op != "verify"
         (store_mount, store_path, marker_needed), probe = self._where(source, store, needs_source)
         job_id = uuid.uuid4().hex[:16]
+        kept = self.docker.keep_helpers  # a server: one worker kept for its lifetime, jobs exec'd into it
         mounts = [store_mount]
         job = {"id": job_id, "op": op, "params": params, "config": config,
                "store": {"path": store_path, "describe": store.describe()}}
         if needs_source:
             source.check_exists()
+        if kept and isinstance(source, DockerMountSource):  # verify too: the same kept worker
+            mounts += self._kept_source_mounts(source)
+        elif needs_source:
             mounts.append(self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=not write_source))
-            path = posixpath.join(SOURCE_AT, source.subpath) if source.subpath else SOURCE_AT
+        if needs_source:
+            base = SOURCE_RW_AT if kept and write_source else SOURCE_AT
+            path = posixpath.join(base, source.subpath) if source.subpath else base
             job["source"] = {"path": path, "describe": source.describe(), "slug": source.slug}
         marker = None
         if marker_needed:  # proof that the helper sees the very folder this server sees
@@ -215,6 +231,8 @@ class WorkerRunner:
             job["store"]["marker"] = marker
             open(os.path.join(store.path, marker), "wb").close()
         try:
+            if kept:
+                return self._run_kept(job, mounts, probe, progress)
             return self._run_container(job, mounts, probe, progress)
         except BackupError as exc:
             if str(exc) == "NotSameFolder":
@@ -303,11 +321,147 @@ class WorkerRunner:
             with self.docker.answering("put the worker's code into its helper container"):
                 container.put_archive("/", self._job_tar(code, job, probe["python"]))
                 container.start()
-            return self._follow(container, job, progress)
+
+            def stop():
+                container.kill(signal=signal.SIGTERM)
+                container.wait(timeout=STOP_GRACE_SECONDS)  # it removes its partial file
+
+            return self._follow(
+                job, progress, lambda: container.logs(stdout=True, stderr=False, stream=True, follow=True), stop,
+                lambda: container.wait().get("StatusCode"),
+                lambda: container.logs(stdout=False, stderr=True, tail=20).decode(errors="replace"))
         finally:
             self.docker._remove(container.id)
 
-    def _follow(self, container, job, progress):
+    # the kept worker (a server's) -----------------------------------------------------------------
+
+    def _kept_source_mounts(self, source):
+        return [self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=True),
+                self.docker.mount(source.kind, source.mount_name, SOURCE_RW_AT)]
+
+    def prepare(self, source, store):
+        """Make the kept worker for this source and store now (a server), so that the next job
+        finds it started; raises :class:`NotRouted` when no worker can run here."""
+        (store_mount, _, _), probe = self._where(source, store, needs_source=True)
+        mounts = [store_mount, *self._kept_source_mounts(source)]
+        return self._kept_worker(_kept_key(probe, mounts), mounts, probe)
+
+    def _kept_worker(self, key, mounts, probe):
+        """The started worker kept for these mounts, made (with our code in it) when there is none."""
+        with self.docker._kept_lock:
+            helper = self.docker._kept.get(key)
+        if helper is not None:
+            return helper
+        from ..docker_helper import KEPT_LABEL, helper_labels
+
+        with self._kept_making:  # one at a time: two jobs never make two
+            with self.docker._kept_lock:
+                helper = self.docker._kept.get(key)
+            if helper is not None:
+                return helper
+            code = self._code_tar(probe.get("inject_zstandard", False))
+            self.docker._remove_orphans()
+            with self.docker.answering("create a worker container"):
+                helper = self.docker.client.containers.create(
+                    probe["image"], ["-c", KEPT_IDLE], entrypoint=[probe["python"]], user="0:0", mounts=mounts,
+                    labels=helper_labels(**{WORKER_LABEL: "kept", KEPT_LABEL: "1"}), network_disabled=True,
+                    working_dir="/", stdin_open=True, auto_remove=True)
+            self.containers_created += 1
+            try:
+                with self.docker.answering("start the worker container"):
+                    helper.put_archive("/", code)
+                    # held open for the server's lifetime: when it closes, the worker ends and goes
+                    attached = helper.attach_socket(params={"stdin": 1, "stream": 1})
+                    helper.start()
+            except BaseException:
+                self.docker._remove(helper.id)
+                raise
+            self._attached[helper.id] = attached
+            with self.docker._kept_lock:
+                self.docker._kept[key] = helper
+            return helper
+
+    def _drop_kept(self, key, helper):
+        """Forget the kept worker and remove it (when Docker is lost: by the next operation)."""
+        with self.docker._kept_lock:
+            if self.docker._kept.get(key) is helper:
+                del self.docker._kept[key]
+        attached = self._attached.pop(helper.id, None)
+        self.docker._remove(helper.id)
+        if attached is not None:
+            try:
+                attached.close()
+            except OSError:
+                pass
+
+    def _run_kept(self, job, mounts, probe, progress):
+        """Run the job in the server's kept worker, as a process of its own (docker exec): no
+        container to make, no code to copy, no container to start for each operation."""
+        import docker
+
+        api = self.docker.client.api
+        key = _kept_key(probe, mounts)
+        command = [probe["python"], "-m", "ailab_backup_ext.worker.main", "--job-env"]
+        env = {"PYTHONPATH": CODE_AT, "PYTHONUNBUFFERED": "1", JOB_ENV: json.dumps(job)}
+        for attempt in range(2):
+            helper = self._kept_worker(key, mounts, probe)
+            try:
+                with self.docker.answering("start a job in the worker container"):
+                    exec_id = api.exec_create(helper.id, command, environment=env, user="0:0", workdir="/")["Id"]
+                    output = api.exec_start(exec_id, stream=True, demux=True)
+                break
+            except BackupError:  # it ended (killed, or its server's input closed): made again once
+                self._drop_kept(key, helper)
+                if attempt:
+                    raise
+        started = {}
+        errors = collections.deque(maxlen=20)
+
+        def stdout():
+            for out, err in output:
+                if err:
+                    errors.append(err)
+                if out:
+                    if not started and b'"pid"' in out:
+                        for line in out.split(b"\n"):
+                            try:
+                                started.update(pid=int(json.loads(line)["pid"]))
+                            except (ValueError, KeyError, TypeError):
+                                pass
+                    yield out
+
+        def stop():
+            if started.get("pid"):
+                api.exec_start(api.exec_create(helper.id, [probe["python"], "-c", _KILL, str(started["pid"])],
+                                               user="0:0")["Id"])
+                for _ in range(STOP_GRACE_SECONDS * 10):  # it removes its partial file
+                    if not api.exec_inspect(exec_id).get("Running"):
+                        return
+                    time.sleep(0.1)
+            self._drop_kept(key, helper)
+
+        def status():
+            try:
+                return api.exec_inspect(exec_id).get("ExitCode")
+            except docker.errors.NotFound:
+                return None
+
+        finished = False
+        try:
+            result = self._follow(job, progress, stdout, stop, status,
+                                  lambda: b"".join(errors).decode(errors="replace"))
+            finished = True
+            return result
+        except BackupError as exc:
+            finished = not isinstance(exc, Unavailable) and not str(exc).startswith("The helper container")
+            raise
+        finally:
+            if not finished:  # a worker we could not follow, or that died: never used again
+                self._drop_kept(key, helper)
+
+    def _follow(self, job, progress, stdout, stop, exit_status, stderr_tail):
+        """Relay the worker's progress lines (``stdout()``: its output's chunks) and return its
+        result; ``stop()`` stops it when the job is cancelled."""
         import docker
         import requests
         import urllib3
@@ -316,7 +470,7 @@ class WorkerRunner:
         outcome = {}
         try:
             pending = b""
-            for chunk in container.logs(stdout=True, stderr=False, stream=True, follow=True):
+            for chunk in stdout():
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
@@ -328,7 +482,7 @@ class WorkerRunner:
                         relay(message["progress"])
                     elif "result" in message or "error" in message:
                         outcome = message
-            status = container.wait().get("StatusCode")
+            status = exit_status()
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
                 docker.errors.APIError) as exc:
             raise Unavailable(
@@ -339,8 +493,7 @@ class WorkerRunner:
             ) from None
         except BaseException:  # the job was cancelled (server shutting down): stop the worker
             try:
-                container.kill(signal=signal.SIGTERM)
-                container.wait(timeout=STOP_GRACE_SECONDS)  # it removes its partial file
+                stop()
             except Exception:  # noqa: BLE001 - removed below anyway
                 pass
             raise
@@ -348,11 +501,18 @@ class WorkerRunner:
             return outcome["result"]
         if "error" in outcome:
             raise _error(outcome["error"])
-        tail = container.logs(stdout=False, stderr=True, tail=20).decode(errors="replace").strip()[-500:]
+        try:
+            tail = stderr_tail().strip()[-500:]
+        except Exception:  # noqa: BLE001 - the container may be gone already
+            tail = ""
         raise BackupError(
             f"The helper container running the {job['op']} stopped before it finished (exit status "
             f"{status}){': ' + tail if tail else ''}. Nothing partial was kept; try again."
         )
+
+
+def _kept_key(probe, mounts):
+    return "worker", probe["image"], tuple(sorted(repr(sorted(m.items())) for m in mounts))
 
 
 def _end_of_members(data):

@@ -173,3 +173,86 @@ def test_a_stopped_server_removes_the_helper_it_kept_for_listing(docker_client, 
         assert wait_until(lambda: not our_helpers(docker_client, pid, host), 20), "the stopped server left its helper"
     finally:
         remove_our_helpers(docker_client, pid, host)
+
+
+# the worker a server keeps for its lifetime (jobs exec'd into it) -----------------------------
+
+def server_manager(volume, store, image):
+    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image))
+    manager.docker.keep_helpers = True  # as the server extension sets it
+    return manager
+
+
+def test_kept_worker_killed_midway_lists_nothing_and_the_next_operation_makes_a_new_one(
+        docker_client, make_volume, volume_120mb, python_image):
+    store = make_volume("ailabstore")
+    manager = server_manager(volume_120mb, store, python_image)
+    try:
+        first = manager.create_backup()
+        kept = our_worker(docker_client)
+        stop = stop_when(lambda: kept.kill(), "backing up", 1 * MB)
+        with pytest.raises(BackupError, match="stopped before it finished"):
+            manager.create_backup(progress=Progress(stop))
+        assert stop.fired.is_set()
+        assert [m["id"] for m in manager.list_backups()] == [first["id"]]
+        backup = manager.create_backup()  # the next operation: a new kept worker
+        assert our_worker(docker_client).id != kept.id
+        assert partials(docker_client, store) == []
+        assert {m["id"] for m in manager.list_backups()} == {first["id"], backup["id"]}
+        assert manager.verify_backup(backup["id"])["ok"]
+    finally:
+        manager.docker.close()
+    assert wait_until(lambda: not our_helpers(docker_client), 20), "close() left the kept worker"
+
+
+def test_a_cancelled_job_stops_in_the_kept_worker_and_keeps_nothing(
+        docker_client, make_volume, volume_120mb, python_image):
+    from ailab_backup_ext.errors import Cancelled
+
+    store = make_volume("ailabstore")
+    manager = server_manager(volume_120mb, store, python_image)
+    try:
+        manager.worker.probe()
+
+        def cancel():
+            assert partials(docker_client, store), "cancelled before the worker wrote anything"
+            raise Cancelled("the server stops")
+
+        stop = stop_when(cancel, "backing up", 1 * MB)
+        with pytest.raises(Cancelled):
+            manager.create_backup(progress=Progress(stop))
+        assert stop.fired.is_set()
+        # the worker's process was stopped (it removed its partial file), not left running
+        assert wait_until(lambda: partials(docker_client, store) == [], 15)
+        assert manager.list_backups() == []
+        assert manager.create_backup()["file_count"] == 4
+    finally:
+        manager.docker.close()
+
+
+def test_a_killed_servers_kept_worker_goes_by_itself(docker_client, make_volume, python_image, tmp_path):
+    """However the process that keeps a worker ends (SIGKILL here), the engine removes the worker:
+    it holds the notebooks volume, which a user may want to remove next."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import sys, time\n"
+        "from ailab_backup_ext.config import AILabBackup\n"
+        "from ailab_backup_ext.core import BackupManager\n"
+        f"m = BackupManager(AILabBackup(volume={volume!r}, store={store!r}, helper_image={python_image!r}))\n"
+        "m.docker.keep_helpers = True\n"
+        "m.create_backup()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n")
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        assert [c for c in our_helpers(docker_client, server.pid) if is_worker(c)], "no kept worker"
+        server.kill()
+        server.wait(30)
+        assert wait_until(lambda: not our_helpers(docker_client, server.pid), 20), "the kept worker outlived its server"
+        docker_client.volumes.get(volume).remove()  # no container holds it any more
+    finally:
+        if server.poll() is None:
+            server.kill()
+        remove_our_helpers(docker_client, server.pid)

@@ -1,0 +1,174 @@
+"""A restore in one pass, for a folder of this process (the worker's mounted volume, or the
+notebooks folder of a VM edition) and an archive file it can read.
+
+The archive is read once: checked completely (every file's SHA-256, the manifest, the archive's
+own SHA-256) while each file's content is written into a hidden staging folder inside the
+folder restored to (the same file system, so that a file moves into place by a rename). Only
+once the archive proved sound is the safety backup taken and are the files renamed into place;
+nothing visible changes before. The staging folder is locked (flock) while its restore runs, left
+out of backups and of a replace's removals, and removed at the end; one left by a killed restore
+goes with the next restore or worker job. The folder's own time is kept across the staging
+folder's making and removal, so that a safety backup, and an undo, see the folder as it was.
+"""
+
+import errno
+import fcntl
+import functools
+import hashlib
+import os
+import stat
+import uuid
+from contextlib import contextmanager
+
+from .archive import CHUNK, FILE, FeedingReader, Manifest, hashing_worker, iter_archive
+from .errors import InvalidArchive
+from .sources import FolderWriter, remove_at
+
+STAGING_PREFIX = ".ailab-restore-"
+
+
+@contextmanager
+def _time_kept(fd):
+    """Whatever happens in it to the folder ``fd``'s entries, its times stay."""
+    st = os.fstat(fd)
+    try:
+        yield
+    finally:
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def clear_staging(source):
+    """Remove the staging folders of ``source`` (a LocalFolderSource) that no running restore holds
+    (a killed one's), and leave those left (another process's running restore's, or any on the
+    read-only mount of a backup) out of what the source reads or removes."""
+    for name in remove_stale_staging(source.path):
+        if name not in source.skip_paths:
+            source.skip_paths.append(name)
+
+
+def remove_stale_staging(path):
+    """Remove the staging folders that no running restore holds from ``path``; the names of those
+    left (held by one, or on a read-only mount)."""
+    try:
+        root = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return []
+    held = []
+    try:
+        for name in os.listdir(root):
+            if not name.startswith(STAGING_PREFIX):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                held.append(name)  # a running restore's
+                continue
+            finally:
+                os.close(fd)
+            try:
+                with _time_kept(root):
+                    remove_at(root, name)
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                held.append(name)  # a backup's read-only mount: left out now, removed by a restore
+    finally:
+        os.close(root)
+    return held
+
+
+class Staging:
+    """The staging folder of one restore: the checked files' content, each under a number."""
+
+    def __init__(self, fd, name):
+        self.fd, self.name = fd, name
+        self.files = {}  # path in the backup -> name in the staging folder
+
+    def stage(self, entry, content):
+        staged = str(len(self.files))
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.fd)
+        with os.fdopen(fd, "wb") as out:
+            while chunk := content.read(CHUNK):
+                out.write(chunk)
+            out.flush()
+            os.fchmod(out.fileno(), entry.mode)
+            FolderWriter._own_fd(out.fileno(), entry)
+            os.utime(out.fileno(), (entry.mtime, entry.mtime))
+        self.files[entry.path] = staged
+
+    def writer(self, root_fd, path):
+        """A :class:`FolderWriter` that renames staged files into place instead of copying."""
+        return _PlacingWriter(root_fd, path, self)
+
+
+class _PlacingWriter(FolderWriter):
+    def __init__(self, root_fd, path, staging):
+        super().__init__(root_fd, path)
+        self.staging = staging
+
+    def write_file(self, parent, name, entry, content):
+        staged = self.staging.files.get(entry.path)
+        if staged is None:  # not staged (never happens for a checked archive): copied as before
+            return super().write_file(parent, name, entry, content)
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            remove_at(parent, name)
+        # atomic, as a copied file's rename: a reader never sees half a file; a symlink there is replaced
+        os.replace(staged, name, src_dir_fd=self.staging.fd, dst_dir_fd=parent)
+
+
+@contextmanager
+def staging_in(source):
+    """A locked staging folder in ``source`` (a LocalFolderSource), left out of everything the
+    source reads or removes meanwhile, and removed on leaving; the source's own time is kept."""
+    root = source._open_root()
+    try:
+        clear_staging(source)
+        name = f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        with _time_kept(root):
+            os.mkdir(name, 0o700, dir_fd=root)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until removed: see remove_stale_staging
+            source.skip_paths.append(name)
+            yield Staging(fd, name)
+        finally:
+            if name in source.skip_paths:
+                source.skip_paths.remove(name)
+            with _time_kept(root):
+                remove_at(root, name)
+            os.close(fd)
+    finally:
+        os.close(root)
+
+
+def check_and_stage(path, meta, staging, config, progress):
+    """Read the archive file ``path`` once: check everything (as a restore's check does) while
+    each file is written into ``staging``; the manifest. Raises InvalidArchive on any fault."""
+    digest = hashlib.sha256()
+    manifest = None
+    with open(path, "rb") as raw, hashing_worker() as hasher:
+        hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
+        for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
+                                           max_entries=config.max_entries):
+            if isinstance(entry, Manifest):
+                manifest = entry
+            elif entry.type == FILE:
+                staging.stage(entry, content)
+        while hashed.read(CHUNK):  # whatever follows the compressed stream (bounded)
+            pass
+    if manifest is None:
+        raise InvalidArchive("The archive has no manifest: it was cut short or is not a backup.")
+    if meta.get("sha256") and digest.hexdigest() != meta["sha256"]:
+        raise InvalidArchive(
+            f"The archive of {meta['id']} does not match its recorded checksum: it was altered "
+            "or damaged in the store."
+        )
+    return manifest
