@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from restutil import run, server_config
-from s3util import S3Server
 from test_panel import click, make_panel, notebooks, settled, shown  # noqa: F401 - notebooks is a fixture
+from test_s3 import own_s3  # noqa: F401 - a fixture: an S3 server of the test alone, stopped and started
 from test_s3_rest import copy_to_s3
 from treeutil import folder_snapshot
 
@@ -97,17 +97,6 @@ class TestCopyAndKey:
         await click(panel, panel.yes_button)
         assert "key to open it is missing" in panel.error.value and str(key_file) in panel.error.value
         assert folder_snapshot(str(notebooks)) == changed
-
-
-@pytest.fixture
-def own_s3(tmp_path, monkeypatch):
-    """An S3 server of this test alone (it is stopped and started again)."""
-    from s3util import s3_env
-
-    server = S3Server(tmp_path / "s3" / "root")
-    s3_env(monkeypatch, server)
-    yield server, server.bucket()
-    server.stop()
 
 
 class TestPendingCopy:
