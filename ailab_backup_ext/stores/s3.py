@@ -31,9 +31,9 @@ PART_BYTES = 8 * 1024 * 1024  # S3 wants >= 5 MiB but the last; grows so 10 000 
 PARTS_IN_FLIGHT = 2
 # reading: ranged GETs in parallel (as rclone's multi-thread downloads), handed out in order; at
 # most RANGES_HELD ranges in memory, so a restore's memory stays bounded whatever the size
-RANGE_BYTES = 8 * 1024 * 1024
+RANGE_BYTES = 4 * 1024 * 1024
 RANGE_THREADS = 4
-RANGES_HELD = 6
+RANGES_HELD = 5
 STALE_UPLOAD_HOURS = 24  # an unfinished multipart upload of ours older than this is aborted
 AGE_SUFFIX = ".age"
 _URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
