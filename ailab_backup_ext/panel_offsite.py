@@ -94,7 +94,7 @@ class OffsiteGroup:
     def show(self, status, backups):
         """Show the second store and the key; returns whether the group has anything to show."""
         self.second, self.encryption = second_store(status)
-        if status is not None and not self.second and not self.encryption:
+        if not self.second and not self.encryption:  # nothing kept off the machine (or no status yet)
             return False
         lines = []
         if self.second:
