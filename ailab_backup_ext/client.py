@@ -88,8 +88,11 @@ class BackupClient:
         """A backup with a summary of its manifest."""
         return self._json("GET", "/" + _quote(backup_id))
 
-    def delete(self, backup_id):
-        self._request("DELETE", "/" + _quote(backup_id)).close()
+    def delete(self, backup_id, where=None):
+        """Delete a backup; with a second store (``copy_to``), ``where="here"`` or ``"off"``
+        deletes only that copy."""
+        params = {"where": where} if where else None
+        self._request("DELETE", "/" + _quote(backup_id), params=params).close()
 
     def job(self, job_id):
         return self._json("GET", "/jobs/" + _quote(job_id))
@@ -150,6 +153,21 @@ class BackupClient:
         """``{"token", "job"}``: the token changes when backups, the running job, the schedule or
         the settings may have changed. Cheap (no helper container): made for polling."""
         return self._json("GET", "/changes")
+
+    def copy(self, backup_id=None, wait=False, on_progress=None, poll=0.5):
+        """Copy a backup held here to the second store (``AILabBackup.copy_to``, e.g. S3); with no
+        id, every backup not there yet, pending ones too (a retry). Returns the job; its result
+        lists ``copied``, ``already`` and ``pending``."""
+        path = "/copies" if backup_id is None else f"/{_quote(backup_id)}/copy"
+        job = self._json("POST", path)["job"]
+        return self.wait(job, on_progress, poll) if wait else job
+
+    def make_key(self):
+        """Make the age key that encrypts the backups kept off the machine. The answer holds
+        ``private_key`` this once (the server keeps it only in its key file, ``key_file``), its
+        ``public_key`` and the ``message`` to save it: without it nothing encrypted can be
+        restored. A key that exists already is kept (status 400)."""
+        return self._json("POST", "/key")
 
     def openapi(self):
         """The OpenAPI document of this API."""

@@ -14,12 +14,14 @@ import threading
 import ipywidgets as widgets
 
 from .client import BackupClient, BackupClientError
+from .panel_offsite import OffsiteGroup, where_tag
 
 BORDER = "solid 1px"
-WIDTH = "560px"
+WIDTH = "660px"
 HEADER_STYLE = {"background": "Beige"}
 BUTTON_STYLE = {"button_color": "LightCyan"}
-COLUMNS = (("Created (UTC)", "190px"), ("Label", "160px"), ("Kind", "80px"), ("Size", "70px"), ("Files", "50px"))
+COLUMNS = (("Created (UTC)", "190px"), ("Label", "160px"), ("Kind", "80px"), ("Size", "70px"), ("Files", "50px"),
+           ("Where", "100px"))
 KIND_COLORS = {"safety": "Moccasin", "scheduled": "LightCyan", "uploaded": "Lavender"}
 LISTED = 200  # paths per section of a restore's preview; the counts say how many there are
 CHOOSABLE = 2000  # paths offered for a selective restore (folders first)
@@ -278,12 +280,17 @@ class BackupPanel(widgets.VBox):
         self._icons = {b.description: b.icon for b in (self.backup_button, self.restore_button, self.undo_button,
                                                         self.delete_button, self.refresh_button,
                                                         self.schedule_button, self.settings_button)}
-        for widget in (self.confirm, self.progress_row, self.choose, self.preview):
+        self._status = None
+        self.offsite = OffsiteGroup(self, _button)  # s3: where each backup is, copies, the key
+        self.offsite_group = _group(self.offsite.rows(_header, _row))
+        self._icons.update({b.description: b.icon for b in self.offsite.buttons})
+        for widget in (self.confirm, self.progress_row, self.choose, self.preview, self.offsite_group):
             _show(widget, False)
 
         self.children = [
             _group([_header("AI-Lab Backup"), self.status, self.store_warning, self.warning]),
             _group([_header("Backups"), _row(columns, width=WIDTH, justify_content="flex-start"), self.rows]),
+            self.offsite_group,
             _group([
                 _header("Actions"),
                 _row([self.label, self.backup_button]),
@@ -383,6 +390,7 @@ class BackupPanel(widgets.VBox):
         self.refresh_button.icon = "check"
 
     def _show_status(self, status):
+        self._status = status
         docker = status.get("docker") or {}
         if docker.get("url") == "none":
             reach = "not used"
@@ -420,7 +428,8 @@ class BackupPanel(widgets.VBox):
                 cells = [widgets.Label(label, tooltip=label, layout=widgets.Layout(width=COLUMNS[1][1])),
                          widgets.HTML(_kind_tag(b.get("kind")), layout=widgets.Layout(width=COLUMNS[2][1])),
                          widgets.Label(_size(b.get("size_bytes")), layout=widgets.Layout(width=COLUMNS[3][1])),
-                         widgets.Label(str(b.get("file_count", "")), layout=widgets.Layout(width=COLUMNS[4][1]))]
+                         widgets.Label(str(b.get("file_count", "")), layout=widgets.Layout(width=COLUMNS[4][1])),
+                         widgets.HTML(where_tag(b), layout=widgets.Layout(width=COLUMNS[5][1]))]
                 rows.append(_row([toggle, *cells], width=WIDTH, justify_content="flex-start", padding="0"))
             if not rows:
                 rows = [widgets.HTML("<i>No backups yet: press “Back up now”.</i>")]
@@ -430,6 +439,7 @@ class BackupPanel(widgets.VBox):
                 keep = backups[0]["id"]
             self.select(keep)
         self._show_undo()
+        _show(self.offsite_group, self.offsite.show(self._status, backups))
 
     def select(self, backup_id):
         """Select a backup by its id (None: no selection), as clicking its row does."""
@@ -457,6 +467,7 @@ class BackupPanel(widgets.VBox):
 
     def _show_selection(self):
         self._mark_selected()
+        self.offsite.enable()
         if self.selected is None or self.client is None:
             self.download.value = '<span style="color: gray; padding: 0 10px">Download</span>'
         else:
@@ -753,6 +764,7 @@ class BackupPanel(widgets.VBox):
         for b in (self.backup_button, self.restore_button, self.delete_button, self.yes_button):
             b.disabled = busy
         self._show_undo()
+        self.offsite.enable()
 
     def _fail(self, text):
         self.error.value = self._red(text)

@@ -29,6 +29,11 @@ from .base import ArchiveWriter
 
 PART_BYTES = 8 * 1024 * 1024  # S3 wants >= 5 MiB but the last; grows so 10 000 parts always do
 PARTS_IN_FLIGHT = 2
+# reading: ranged GETs in parallel (as rclone's multi-thread downloads), handed out in order; at
+# most RANGES_HELD ranges in memory, so a restore's memory stays bounded whatever the size
+RANGE_BYTES = 4 * 1024 * 1024
+RANGE_THREADS = 4
+RANGES_HELD = 5
 STALE_UPLOAD_HOURS = 24  # an unfinished multipart upload of ours older than this is aborted
 AGE_SUFFIX = ".age"
 _URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
@@ -126,6 +131,9 @@ class S3Store:
                 return Unavailable(f"{where} refused the credentials while {doing} ({code}): check "
                                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile, and that they "
                                    f"may read and write {self.url}/*.")
+            if code in ("PreconditionFailed", "412"):  # its ETag changed between two ranged reads
+                return Unavailable(f"The object changed in {where} while {doing}: it was rewritten meanwhile. "
+                                   "Nothing was changed; try again.")
             if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
                 return NotFound(f"{doing.capitalize()}: it is not in {where}.")
             message = self._scrub(str(exc.response.get("Error", {}).get("Message", "")))[:200]
@@ -198,22 +206,22 @@ class S3Store:
                    Body=_meta_bytes(data), ContentType="application/json")
 
     def _archive_key(self, archive_name):
-        """The key holding the archive and whether it is encrypted; NotFound when neither is."""
+        """The key holding the archive, whether it is encrypted, and its head (size, ETag);
+        NotFound when neither is there."""
         for key, encrypted in ((self.prefix + "data/" + archive_name, False),
                                (self.prefix + "data/" + archive_name + AGE_SUFFIX, True)):
             try:
-                self._call(f"looking for {archive_name}", "head_object", Key=key)
-                return key, encrypted
+                head = self._call(f"looking for {archive_name}", "head_object", Key=key)
+                return key, encrypted, head
             except NotFound:
                 continue
         raise NotFound(f"The archive {archive_name} is missing from {self._where()}.")
 
     @contextmanager
     def open_archive(self, archive_name):
-        key, encrypted = self._archive_key(archive_name)
+        key, encrypted, head = self._archive_key(archive_name)
         identities = self.encryption.identities(f"The backup archive {archive_name}") if encrypted else None
-        body = self._call(f"reading {archive_name}", "get_object", Key=key)["Body"]
-        raw = _GuardedBody(body, functools.partial(self._error, doing=f"reading {archive_name}"))
+        raw = _RangedReader(self, key, head.get("ContentLength") or 0, head.get("ETag"), f"reading {archive_name}")
         reader = DecryptingReader(raw, identities, f"the backup archive {archive_name}",
                                   self.encryption.key_file) if encrypted else raw
         try:
@@ -221,7 +229,7 @@ class S3Store:
         finally:
             if encrypted:
                 reader.close()
-            body.close()
+            raw.close()
 
     def local_path(self, archive_name):
         return None
@@ -287,6 +295,82 @@ class _GuardedBody:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+class _RangedReader:
+    """An object read as ranged GETs in parallel threads, handed out in order. A single GET
+    stream puts every socket read in the reading thread, between its decompressing and checking;
+    here the network runs beside them, and several connections fill the next ranges. Errors
+    (server gone, timeout, the object changed: its ETag) are raised by :meth:`read`."""
+
+    def __init__(self, store, key, size, etag, doing):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store, self.key, self.size, self.etag, self.doing = store, key, size, etag, doing
+        self.to_error = functools.partial(store._error, doing=doing)
+        self.offset = 0  # of the next range to ask for
+        self.ranges = deque()  # futures of the ranges asked for, in order
+        self.chunk, self.pos = b"", 0  # the range being handed out
+        self.closed = False
+        store.client  # made once, before the threads share it (boto3 clients are thread-safe)
+        self.pool = ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="ailab-backup-s3-get")
+        self._ask()
+
+    def _ask(self):
+        while len(self.ranges) < RANGES_HELD and self.offset < self.size:
+            end = min(self.offset + RANGE_BYTES, self.size)
+            self.ranges.append(self.pool.submit(self._get, self.offset, end))
+            self.offset = end
+
+    def _get(self, start, end):
+        if self.closed:
+            return b""
+        extra = {"IfMatch": self.etag} if self.etag else {}  # AWS refuses a range of another object
+        answer = self.store._call(self.doing, "get_object", Key=self.key, Range=f"bytes={start}-{end - 1}", **extra)
+        with answer["Body"] as body:
+            if self.etag and answer.get("ETag") not in (None, self.etag):  # servers that ignore If-Match
+                raise self.to_error(_precondition_failed())
+            data = _GuardedBody(body, self.to_error).read()
+        if len(data) != end - start:
+            raise Unavailable(f"{self.store._where()} sent {len(data)} bytes of {end - start} while {self.doing}. "
+                              "Nothing was changed; try again.")
+        return data
+
+    def _next_chunk(self):
+        if self.pos >= len(self.chunk):
+            if not self.ranges:
+                return False
+            self.chunk, self.pos = self.ranges.popleft().result(), 0
+            self._ask()
+        return True
+
+    def read(self, size=-1):
+        if not self._next_chunk():
+            return b""
+        if self.pos == 0 and (size is None or size < 0 or size >= len(self.chunk)):
+            self.pos = len(self.chunk)
+            return self.chunk  # the whole range: no copy
+        end = len(self.chunk) if size is None or size < 0 else min(self.pos + size, len(self.chunk))
+        data = self.chunk[self.pos:end]
+        self.pos = end
+        return data
+
+    def readinto(self, buffer):
+        if not self._next_chunk():
+            return 0
+        n = min(len(buffer), len(self.chunk) - self.pos)
+        buffer[:n] = memoryview(self.chunk)[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    def close(self):
+        self.closed = True
+        for future in self.ranges:
+            future.cancel()
+        self.ranges.clear()
+        self.chunk, self.pos = b"", 0
+        self.pool.shutdown(wait=False)  # a range still being read ends with its timeout at most
 
 
 class _MultipartWriter(ArchiveWriter):
@@ -396,6 +480,12 @@ class _RawSink:
 
     def flush(self):
         pass
+
+
+def _precondition_failed():
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": "PreconditionFailed"}}, "GetObject")
 
 
 def _quiet_sdk_logs():

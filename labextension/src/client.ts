@@ -19,7 +19,41 @@ export interface ISource {
 export interface IStore {
   type: string;
   name: string;
+  /** s3: the endpoint ('AWS S3' or the configured URL). */
+  endpoint?: string;
+  /** s3: the age key that encrypts what is kept in S3. */
+  encryption?: IEncryption | null;
+  /** The second store (AILabBackup.copy_to), when one is set. */
+  copy_to?: IStore;
+  /** Backups whose copy to the second store waits for a retry. */
+  copies_pending?: string[];
+  /** Why the last copy to the second store failed. */
+  copy_error?: string | null;
 }
+
+/** The encryption of a store off the machine (no secret in it). */
+export interface IEncryption {
+  /** 'auto' (when a key exists), 'on' or 'off'. */
+  mode: string;
+  /** Where the server keeps the private key (never in the notebooks folder). */
+  key_file: string;
+  /** The key's public half (age1...); null or missing: no key. */
+  public_key?: string | null;
+  /** Set when the key file cannot be read. */
+  error?: string;
+}
+
+/** The answer of POST /key: the private key, shown this once. */
+export interface INewKey {
+  private_key: string;
+  public_key: string;
+  key_file: string;
+  /** "Save this key ...: without it, nothing ... can be restored". */
+  message: string;
+}
+
+/** Where a backup is kept, with a second store. */
+export type Where = 'here' | 'off the machine' | 'both';
 
 export interface IBackup {
   id: string;
@@ -34,6 +68,12 @@ export interface IBackup {
   total_bytes: number;
   compression: string;
   kind: string;
+  /** With a second store (copy_to): where it is kept. */
+  where?: Where;
+  /** 'pending': its copy to the second store waits for a retry. */
+  copy?: 'pending';
+  /** A copy of it is encrypted (reading it needs the key). */
+  encrypted?: boolean;
   [key: string]: unknown;
 }
 
@@ -371,8 +411,34 @@ export class BackupClient {
     return this.request<IChanges>(['changes']);
   }
 
-  async deleteBackup(id: string): Promise<void> {
-    await this.request<null>([id], { method: 'DELETE' });
+  /**
+   * Delete a backup; with a second store, `where` deletes only the copy
+   * 'here' or the one 'off' the machine.
+   */
+  async deleteBackup(id: string, where?: 'here' | 'off'): Promise<void> {
+    await this.request<null>([id], { method: 'DELETE' }, where && { where });
+  }
+
+  /** Copy a backup held here to the second store; resolves with the job. */
+  copyBackup(id: string): Promise<IJob> {
+    return this.request<{ job: IJob }>([id, 'copy'], { method: 'POST' }).then(
+      r => r.job
+    );
+  }
+
+  /** Copy every backup only held here (pending ones too: a retry). */
+  copyAll(): Promise<IJob> {
+    return this.request<{ job: IJob }>(['copies'], { method: 'POST' }).then(
+      r => r.job
+    );
+  }
+
+  /**
+   * Make the age key that encrypts backups off the machine. The answer holds
+   * the private key this once; a key that exists already is kept (400).
+   */
+  makeKey(): Promise<INewKey> {
+    return this.request<INewKey>(['key'], { method: 'POST' });
   }
 
   getJob(id: string): Promise<IJob> {
@@ -397,9 +463,15 @@ export class BackupClient {
    * (server's message) on 4xx/5xx, or with `ServerConnection.NetworkError`
    * when the server cannot be reached.
    */
-  async request<T>(parts: string[], init: RequestInit = {}): Promise<T> {
+  async request<T>(
+    parts: string[],
+    init: RequestInit = {},
+    query?: Record<string, string>
+  ): Promise<T> {
+    const url =
+      this.url(...parts) + (query ? URLExt.objectToQueryString(query) : '');
     const response = await ServerConnection.makeRequest(
-      this.url(...parts),
+      url,
       init,
       this.settings
     );

@@ -169,6 +169,13 @@ export class BackupModel {
     });
   }
 
+  /** Copy a backup (null: every one only held here) to the second store. */
+  async copy(backup: IBackup | null): Promise<void> {
+    await this._start(() =>
+      backup ? this.client.copyBackup(backup.id) : this.client.copyAll()
+    );
+  }
+
   /** The newest safety backup: what an undo brings back. */
   get newestSafetyBackup(): IBackup | null {
     return this.backups.find(b => b.kind === 'safety') ?? null;
@@ -266,11 +273,17 @@ export class BackupModel {
     }
   }
 
-  async remove(backup: IBackup): Promise<void> {
+  /** Delete a backup (with a second store, `where`: only one copy). */
+  async remove(backup: IBackup, where?: 'here' | 'off'): Promise<void> {
     this._setActivity('deleting');
     try {
-      await this.client.deleteBackup(backup.id);
-      Notification.success(`Deleted backup ${title(backup)}.`, {
+      await this.client.deleteBackup(backup.id, where);
+      const which = where
+        ? where === 'here'
+          ? 'the copy here of '
+          : 'the copy off the machine of '
+        : '';
+      Notification.success(`Deleted ${which}backup ${title(backup)}.`, {
         autoClose: 4000
       });
     } catch (error) {

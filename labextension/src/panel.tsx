@@ -26,6 +26,12 @@ import {
 } from './client';
 import { backupIcon } from './icon';
 import { BackupModel, title } from './model';
+import {
+  CopyAction,
+  OffsiteView,
+  WhereTag,
+  confirmDeleteCopies
+} from './offsitePanel';
 import { confirmRestore } from './restore';
 import {
   DEFAULT_DAILY_TIME,
@@ -107,6 +113,7 @@ function BackupView({ model }: { model: BackupModel }): JSX.Element {
       <StatusView status={model.status} loading={model.activity} />
       <BackupForm model={model} />
       <JobView model={model} />
+      <OffsiteView model={model} />
       <ScheduleView model={model} />
       <SettingsView model={model} />
       <UploadZone model={model} over={drop.over} />
@@ -534,6 +541,7 @@ function BackupItem({
         </time>
       </div>
       <div className="jp-AILabBackup-muted">
+        <WhereTag backup={backup} />
         {formatBytes(backup.size_bytes)} · {backup.file_count} files
         {backup.total_bytes
           ? ` · ${formatBytes(backup.total_bytes)} unpacked`
@@ -550,6 +558,7 @@ function BackupItem({
         >
           Restore…
         </button>
+        <CopyAction model={model} backup={backup} />
         <a
           className="jp-AILabBackup-action"
           href={model.client.downloadUrl(backup.id)}
@@ -974,6 +983,9 @@ async function confirmDelete(
   model: BackupModel,
   backup: IBackup
 ): Promise<void> {
+  if (await confirmDeleteCopies(model, backup)) {
+    return; // kept here and off the machine: which copy was asked
+  }
   const result = await showDialog({
     title: 'Delete backup',
     body:
