@@ -2,6 +2,7 @@
 the server runs release 2.0 (its defaults folder and name configured), the backup came from a
 server of 1.0 that used the same store."""
 
+import html
 import io
 import json
 
@@ -10,9 +11,11 @@ import pytest
 from ailab_backup_ext.archive import Entry, Manifest, write_archive
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
-from releaseutil import AFTER_MOVE, RELEASE_1, RELEASE_2, check_plan, digests, file_digests, make_release, \
+from ailab_backup_ext.panel_release import CATEGORY_TITLES
+from releaseutil import AFTER_MOVE, BESIDE, RELEASE_1, RELEASE_2, check_plan, digests, file_digests, make_release, \
     volume_of_release_1
-from restutil import call, wait_job
+from restutil import call, run, wait_job
+from test_panel import click, make_panel, shown
 from test_rest import conforms
 from treeutil import folder_snapshot
 
@@ -93,3 +96,23 @@ async def test_an_uploaded_release_record_is_bounded_like_other_metadata(jp_fetc
                             body={"mode": "release-move", "dry_run": True})
     assert [i["path"] for i in plan["restored"]] == ["a.ipynb"]  # nothing taken for an old default
     assert json.dumps(plan).count("x" * 1025) == 0
+
+
+async def test_the_panel_offers_the_move_previews_its_categories_and_brings_it_in(client, jp_root_dir, old_backup):
+    panel = await make_panel(client)
+    row = panel.release_move
+    assert shown(row.offer_box) and "AI-Lab 1.0" in row.offer.value and "AI-Lab 2.0" in row.offer.value
+    await click(panel, row.move_button)
+    assert shown(panel.confirm) and shown(panel.preview), panel.question.value
+    for _, title, _ in CATEGORY_TITLES:
+        assert title in panel.preview.value, (title, panel.preview.value)
+    assert "1 kept both" in panel.question.value and html.escape(BESIDE) in panel.preview.value
+    assert file_digests(folder_snapshot(jp_root_dir)) == digests(RELEASE_2)  # only a preview so far
+    await click(panel, panel.yes_button)
+    assert panel.error.value == "", panel.error.value
+    assert file_digests(folder_snapshot(jp_root_dir)) == digests(AFTER_MOVE)
+    assert not shown(row.offer_box) and "Undo restore" in panel.message.value
+
+    await click(panel, row.before_button)
+    newest = (await run(client.list))[0]
+    assert newest["label"] == "Before upgrading (AI-Lab 2.0)" and newest["kind"] == "manual"
