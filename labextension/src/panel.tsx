@@ -27,6 +27,7 @@ import {
 import { backupIcon } from './icon';
 import { BackupModel, title } from './model';
 import { confirmRestore } from './restore';
+import { ReleaseMoveView } from './releasemove';
 import {
   DEFAULT_DAILY_TIME,
   IScheduleForm,
@@ -105,6 +106,7 @@ function BackupView({ model }: { model: BackupModel }): JSX.Element {
         </div>
       )}
       <StatusView status={model.status} loading={model.activity} />
+      <ReleaseMoveView model={model} />
       <BackupForm model={model} />
       <JobView model={model} />
       <ScheduleView model={model} />
