@@ -491,7 +491,7 @@ class BackupManager(ReleaseMoves):
         created = utc_now()
         backup_id = self._unique_id(make_id(source.slug, created), backups)
         manifest = Manifest(created=created.isoformat().replace("+00:00", "Z"), source=source.describe(), label=label,
-                            release=self.running_release())
+                            release=releases.known(self.running_release()))
         archive_name = backup_id + SUFFIXES[self.config.compression]
         total_bytes, total_files = self._estimate(newest)
         with open_writer(store, archive_name) as out:  # s3: a stream into the store (S3: no spool)

@@ -96,10 +96,18 @@ def find_running_release(configured_dir="", configured_name="", own_container=No
         "name": configured_name or tag_of(image),
         "image": image,
         "image_id": (own_container or {}).get("Image") or None,
-        "defaults_dir": folder if defaults is not None else None,
+        "defaults_dir": folder,  # where it looked: the index is None when no folder is there
         "defaults": defaults,
         "defaults_digest": defaults_digest(defaults),
     }
+
+
+def known(record):
+    """The record, or None when it knows nothing of the release (no image, name nor defaults):
+    a backup then records none, as the backups made before releases were recorded."""
+    if record and any(record.get(k) for k in ("name", "image", "image_id", "defaults_digest")):
+        return record
+    return None
 
 
 def summary(record):
@@ -134,7 +142,7 @@ def checked_record(claimed, entries):
     record = {"name": text("name"), "image": text("image"), "image_id": text("image_id"),
               "defaults_dir": text("defaults_dir"), "defaults": defaults,
               "defaults_digest": defaults_digest(defaults)}
-    if not any(record[k] for k in ("name", "image", "image_id", "defaults_digest")):
+    if known(record) is None:
         return None
     return Manifest(created="", source={}, entries=list(entries), release=record).release_record()
 

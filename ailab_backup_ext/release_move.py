@@ -8,6 +8,7 @@ from contextlib import contextmanager, nullcontext
 
 from . import release as rel
 from .archive import DIR, FILE, EntryChecker, Manifest, iter_archive
+from .errors import BackupError
 from .plan import NOTEBOOK_DIFF_LIMIT, notebook_comparison, scan
 from .progress import Progress
 from .sources import LocalFolderSource
@@ -129,7 +130,13 @@ class ReleaseMoves:
         source = self.source
         source.check_exists()
         new = self.running_release()
-        new_defaults = new.get("defaults") or {}
+        if new.get("defaults") is None:  # nothing could be left "as the release ships it"
+            raise BackupError(
+                f"The default notebooks of the running release are not known: there is no folder "
+                f"{new.get('defaults_dir')!r} "
+                "(NOTEBOOK_DEFAULTS). Set AILabBackup.notebook_defaults to the release's defaults folder, or "
+                "restore with mode 'merge' instead; nothing was changed.")
+        new_defaults = new["defaults"]
         old_defaults = (old or {}).get("defaults")
         paths = {e.path for e in entries if e.type != DIR}
         keep = {e.path for e in entries if rel.may_keep_both(e, old_defaults, new_defaults)}

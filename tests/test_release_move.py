@@ -85,7 +85,7 @@ def test_an_old_backup_without_record_is_compared_with_the_running_release_only(
     r1, r2, store = releases
     old = manager_of(volume_of_release_1(tmp_path / "v1"), str(tmp_path / "none"), "", store)
     backup = old.create_backup()
-    assert backup["release"]["defaults_count"] is None and backup["release"]["name"] is None
+    assert backup["release"] is None  # nothing known of its release: no record, as in older backups
     v2 = make_release(tmp_path / "v2", RELEASE_2)
     new = manager_of(v2, r2, "2.0", store)
     assert new.status()["release"]["move"] is None  # not known to be another release: not offered
@@ -154,3 +154,15 @@ def test_paths_are_refused_with_a_release_move(releases, tmp_path):
         manager.start_restore(backup["id"], "release-move", ["start.ipynb"])
     with pytest.raises(BackupError, match="'merge', 'replace' or 'release-move'"):
         manager.plan_restore(backup["id"], "move")
+
+
+def test_a_move_needs_the_running_release_defaults_and_changes_nothing_without(releases, tmp_path):
+    r1, _, store = releases
+    backup = manager_of(volume_of_release_1(tmp_path / "v1"), r1, "1.0", store).create_backup()
+    v2 = make_release(tmp_path / "v2", RELEASE_2)
+    before = folder_snapshot(v2)
+    laptop = manager_of(v2, str(tmp_path / "no-such-folder"), "2.0", store)
+    with pytest.raises(BackupError, match="no-such-folder.*AILabBackup.notebook_defaults"):
+        laptop.release_move(backup["id"])
+    assert folder_snapshot(v2) == before
+    assert [m["kind"] for m in laptop.list_backups()] == ["manual"]  # no safety backup either
