@@ -1,6 +1,8 @@
 """Moving to a new AI-Lab release: the release each backup records, and "Bring my work into this
 release" from a backup of another release (or a seed-recipe folder), locally, by REST and CLI."""
 
+import os
+
 import pytest
 
 from ailab_backup_ext.cli import main
@@ -74,10 +76,12 @@ def test_written_files_take_the_owner_of_the_new_volume(releases, tmp_path):
     r1, r2, store = releases
     backup = manager_of(volume_of_release_1(tmp_path / "v1"), r1, "1.0", store).create_backup()
     v2 = make_release(tmp_path / "v2", RELEASE_2)
+    for folder, _, files in os.walk(v2):  # the new release's user (a uid other than the backup's)
+        for path in [folder, *(os.path.join(folder, name) for name in files)]:
+            os.chown(path, 4242, 4243)
     manager_of(v2, r2, "2.0", store).restore_backup(backup["id"], "release-move")
     snap = folder_snapshot(v2)
-    root = snap["."][2:4]
-    assert {snap[p][2:4] for p in AFTER_MOVE} == {root}
+    assert {snap[p][2:4] for p in [*AFTER_MOVE, "my"]} == {(4242, 4243)}
 
 
 def test_an_old_backup_without_record_is_compared_with_the_running_release_only(releases, tmp_path):
