@@ -180,6 +180,12 @@ class ReleaseMoves:
                 above.add(path)
                 path = posixpath.dirname(path)
         folders_now = {p for p, (e, _) in current.items() if e.type == DIR}
+        holding = {posixpath.dirname(e.path) for e in entries if e.type != DIR}
+        for path in list(holding):
+            while path:
+                holding.add(path)
+                path = posixpath.dirname(path)
+        above |= {e.path for e in entries if e.type == DIR and e.path not in holding}  # the user's empty folders
 
         def stream():
             for new_path, old_path in sorted(beside.items()):  # the running release's version, moved beside

@@ -40,6 +40,7 @@ USER_CHANGES = {  # what the user of 1.0 wrote over or beside the defaults
     SCS: "SQLite format 3\0secret",
 }
 BESIDE = "data/flights (AI-Lab 2.0).ipynb"
+EMPTY_FOLDER = "my/empty"  # made by the user, kept by a move
 # each file of the user's backup, by the category a move into 2.0 must put it in
 EXPECTED_CATEGORIES = {
     "scs": {SCS},
@@ -78,9 +79,10 @@ def make_release(root, files):
 
 
 def volume_of_release_1(root):
-    """A volume as the entrypoint of 1.0 made it, with the user's changes."""
+    """A volume as the entrypoint of 1.0 made it, with the user's changes (and an empty folder)."""
     make_release(root, RELEASE_1)
     write_files(root, USER_CHANGES)
+    os.makedirs(os.path.join(root, EMPTY_FOLDER))
     return str(root)
 
 

@@ -9,7 +9,7 @@ from ailab_backup_ext.cli import main
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError
-from releaseutil import (AFTER_MOVE, BESIDE, RELEASE_1, RELEASE_2, SCS, USER_CHANGES, check_plan, digests,
+from releaseutil import (AFTER_MOVE, BESIDE, EMPTY_FOLDER, RELEASE_1, RELEASE_2, SCS, USER_CHANGES, check_plan, digests,
                          file_digests, make_release, volume_of_release_1, write_files)
 from treeutil import folder_snapshot
 
@@ -65,6 +65,7 @@ def test_release_move_plan_and_result_match_and_undo_brings_the_new_volume_back(
     result = new.restore_backup(backup["id"], "release-move")
     assert {k: result[k] for k in plan if k != "counts"} == {k: plan[k] for k in plan if k != "counts"}
     assert file_digests(folder_snapshot(v2)) == digests(AFTER_MOVE)
+    assert os.path.isdir(os.path.join(v2, EMPTY_FOLDER)) and not os.path.exists(os.path.join(v2, "old_demo.ipynb"))
     assert result["hint"] and result["safety_backup_id"]
     # done: the status no longer offers it; undo gives back the new release's volume
     assert new.status()["release"]["move"] is None

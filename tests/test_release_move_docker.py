@@ -4,7 +4,7 @@ sudo drops it), one volume each and the shared store volume; by REST, in the wor
 
 import json
 
-from ailab_container import JUPYTER_UID, NOTEBOOKS
+from ailab_container import JUPYTER_UID, NOTEBOOKS, VENV
 from releaseutil import (AFTER_MOVE, RELEASE_1, RELEASE_2, USER_CHANGES, check_plan, digests, file_digests,
                          make_release)
 from treeutil import volume_snapshot
@@ -59,6 +59,11 @@ def test_bring_work_from_the_old_container_into_the_new_release(ailab_server, ai
         before = volume_snapshot(docker_client, new_volume)
         assert file_digests(before) == digests(RELEASE_2)  # the entrypoint of 2.0 filled it
 
+        # the command line in a terminal of the new container finds the same (its own container, the store)
+        out = new.exec(f"{VENV}/bin/ailab-backup", "restore", backup_id, "--into-release", "--dry-run")
+        for line in ("both  data/flights.ipynb  (AI-Lab 2.0's version kept as data/flights (AI-Lab 2.0).ipynb)",
+                     "release old_demo.ipynb", "new  my/analysis.ipynb", "Nothing was changed."):
+            assert line in out, (line, out)
         plan = client.plan_restore(backup_id, "release-move")
         check_plan(plan)
         assert volume_snapshot(docker_client, new_volume) == before
