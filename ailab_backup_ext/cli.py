@@ -50,7 +50,10 @@ def build_parser():
         _common_options(p, suppress=True)
         return p
 
-    command("create", "back up now; prints the new backup's id last").add_argument("--label", default="")
+    create = command("create", "back up now; prints the new backup's id last")
+    create.add_argument("--label", default="")
+    create.add_argument("--before-upgrade", action="store_true",
+                        help="label it 'Before upgrading (AI-Lab RELEASE)': the backup to make before moving to a new release")
     command("list", "list the backups, newest first").add_argument("--json", action="store_true")
     command("show", "show a backup's metadata").add_argument("id")
     command("verify", "re-read a backup and check every file against its manifest").add_argument("id")
@@ -63,6 +66,9 @@ def build_parser():
                          help="restore only this file or folder of the backup (repeatable)")
     restore.add_argument("--dry-run", action="store_true",
                          help="show what the restore would add, overwrite and remove; change nothing")
+    restore.add_argument("--into-release", action="store_true",
+                         help="bring my work into this release: restore what you made or changed and the SCS, "
+                              "leave the notebooks you did not change as the running release ships them")
     command("undo", "undo the last restore (restore the safety backup taken before it)")
     command("prune", "delete old backups, keeping the newest N (the newest safety backup stays)"
             ).add_argument("--keep", type=int, help="how many to keep (default: AILabBackup.keep_last)")
@@ -80,6 +86,10 @@ def build_parser():
         p.add_argument("--dir", default=os.environ.get("DIR"), help="folder (default: $DIR)")
         if name == "import":
             p.add_argument("--mode", choices=["merge", "replace"], default="merge")
+            p.add_argument("--into-release", action="store_true",
+                           help="bring the folder in as a backup of another release (compared with the "
+                                "running release's default notebooks)")
+            p.add_argument("--dry-run", action="store_true", help="with --into-release: show the plan only")
             p.add_argument("--file", help="instead of --dir: add a backup archive file (.tar.zst, "
                                           ".tar.gz) to the store, checked completely first")
     command("status", "show what is backed up, where backups are kept, and whether Docker is reachable")
@@ -157,6 +167,37 @@ def print_plan(plan, out):
           f"removed, {unchanged['count']} unchanged ({plan['mode']}). Nothing was changed.", file=out)
 
 
+def print_move_plan(plan, out):
+    release = (plan.get("to_release") or {}).get("name") or "this release"
+    for item in plan["scs"]:
+        print(f"SCS  {item['path']}  {_size(item['size'])} ({item['action']})", file=out)
+    for item in plan["restored"]:
+        print(f"new  {item['path']}  ({item['why']})", file=out)
+    for item in plan["overwritten"]:
+        cells = item.get("notebook")
+        extra = f" (cells: +{cells['cells_added']} -{cells['cells_removed']} ~{cells['cells_changed']})" if cells else ""
+        print(f"mine {item['path']}  ({item['why']}; replaces the file here){extra}", file=out)
+    for item in plan["kept_both"]:
+        print(f"both  {item['path']}  (AI-Lab {release}'s version kept as {item['beside']})", file=out)
+    for item in plan["left_to_release"]:
+        print(f"release {item['path']}  (an unchanged default: left as AI-Lab {release} ships it; "
+              f"{item['release_change']} there)", file=out)
+    for item in plan["added_by_release"]:
+        print(f"added {item['path']}  (new in AI-Lab {release}, stays)", file=out)
+    counts = plan["counts"]
+    print(f"{counts['scs']} SCS, {counts['restored']} new, {counts['overwritten']} replaced by yours, "
+          f"{counts['kept_both']} kept both, {counts['left_to_release']} left to the release, "
+          f"{counts['unchanged']} unchanged (into AI-Lab {release}).", file=out)
+
+
+def _move_offer(manager):
+    """The line offering a release move, when the newest backup came from another release."""
+    move = manager.release_status()["move"]
+    if move:
+        return f"note: {move['message']} Preview: ailab-backup restore {move['backup_id']} --into-release --dry-run"
+    return None
+
+
 def _setting_changes(pairs, resets):
     changes = {key: None for key in resets}
     for pair in pairs:
@@ -186,7 +227,8 @@ def run(args, out=None):
     progress = Progress(bar)
     try:
         if args.command == "create":
-            meta = manager.create_backup(label=args.label, progress=progress)
+            label = manager.before_upgrade_label() if args.before_upgrade else args.label
+            meta = manager.create_backup(label=label, progress=progress)
             bar.close()
             for item in meta["skipped"]:
                 print(f"note: left out {item['path']}: {item['reason']}", file=sys.stderr)
@@ -206,6 +248,9 @@ def run(args, out=None):
                     place = (b.get("where", "") + (" (copy pending)" if b.get("copy") else "")).ljust(17) if where else ""
                     print(f"{b['id']:<44} {b['created']:<21} {_size(b['size_bytes']):>9} "
                           f"{b['file_count']:>6}  {place}{b.get('label', '')}", file=out)
+            offer = _move_offer(manager)
+            if offer:
+                print(offer, file=sys.stderr)
         elif args.command == "show":
             json.dump(manager.get_backup(args.id), out, indent=1)
             out.write("\n")
@@ -213,6 +258,23 @@ def run(args, out=None):
             result = manager.verify_backup(args.id, progress)
             bar.close()
             print(f"{args.id}: OK, {result['files']} files ({_size(result['bytes'])}) match the manifest.", file=out)
+        elif args.command == "restore" and args.into_release:
+            if args.paths:
+                raise BackupError("--into-release takes no --path: it sorts every file of the backup itself. "
+                                  "Leave out --path, or restore chosen paths without --into-release.")
+            if args.dry_run:
+                print_move_plan(manager.plan_release_move(args.id, progress), out)
+                print("Nothing was changed.", file=out)
+            else:
+                result = manager.release_move(args.id, progress)
+                bar.close()
+                print_move_plan(result, out)
+                print(f"Brought {args.id} into this release ({result['file_count']} files written).", file=out)
+                if result["safety_backup_id"]:
+                    print(f"The state before is kept as {result['safety_backup_id']}: 'ailab-backup undo' "
+                          "brings it back.", file=out)
+                if result["hint"]:
+                    print(result["hint"], file=out)
         elif args.command == "restore" and args.dry_run:
             print_plan(manager.plan_restore(args.id, args.mode, args.paths, progress), out)
         elif args.command in ("restore", "undo"):
@@ -253,6 +315,18 @@ def run(args, out=None):
             if args.command == "export":
                 result = manager.export_dir(args.dir, progress)
                 print(f"Exported to {result['directory']}.", file=out)
+            elif args.into_release:
+                result = manager.import_dir_into_release(args.dir, not args.dry_run, progress)
+                bar.close()
+                print_move_plan(result, out)
+                if args.dry_run:
+                    print("Nothing was changed.", file=out)
+                else:
+                    print(f"Brought {result['backup_id']} into this release ({result['file_count']} files written).",
+                          file=out)
+                    if result["safety_backup_id"]:
+                        print(f"The state before is kept as {result['safety_backup_id']}: 'ailab-backup undo' "
+                              "brings it back.", file=out)
             else:
                 result = manager.import_dir(args.dir, args.mode, progress)
                 print(f"Imported {result['entries']} entries from {result['directory']} ({args.mode}).", file=out)
@@ -263,8 +337,13 @@ def run(args, out=None):
             json.dump(result, out, indent=1)
             out.write("\n")
         elif args.command == "status":
-            json.dump(manager.status(), out, indent=1)
+            status = manager.status()
+            json.dump(status, out, indent=1)
             out.write("\n")
+            move = (status.get("release") or {}).get("move")
+            if move:
+                print(f"note: {move['message']} Preview: ailab-backup restore {move['backup_id']} "
+                      "--into-release --dry-run", file=sys.stderr)
     finally:
         bar.close()
 

@@ -101,15 +101,17 @@ class BackupClient:
         """Recent jobs, newest first."""
         return self._json("GET", "/jobs")["jobs"]
 
-    def create(self, label="", wait=False, on_progress=None, poll=0.5):
+    def create(self, label="", wait=False, on_progress=None, poll=0.5, before_upgrade=False):
         """Start a backup. Returns the job; with ``wait=True`` the finished job (its
-        ``backup_id`` names the new backup), calling ``on_progress(job)`` on each poll."""
-        job = self._json("POST", "", json={"label": label})["job"]
+        ``backup_id`` names the new backup), calling ``on_progress(job)`` on each poll. With
+        ``before_upgrade`` it is labelled 'Before upgrading (AI-Lab RELEASE)'."""
+        body = {"label": label, "before_upgrade": True} if before_upgrade else {"label": label}
+        job = self._json("POST", "", json=body)["job"]
         return self.wait(job, on_progress, poll) if wait else job
 
     def restore(self, backup_id, mode="merge", paths=None, wait=False, on_progress=None, poll=0.5):
-        """Start a restore ('merge' or 'replace'; ``paths``: only these files or folders of the
-        backup). The server first keeps the current state as a safety backup (see :meth:`undo`).
+        """Start a restore ('merge', 'replace' or 'release-move': bring my work into this
+        release; ``paths``: only these files or folders of the backup). The server first keeps the current state as a safety backup (see :meth:`undo`).
         The finished job's ``result["hint"]`` says whether kernels using the Secure Configuration
         Storage should be restarted."""
         job = self._json("POST", f"/{_quote(backup_id)}/restore", json=_restore_body(mode, paths))["job"]

@@ -237,6 +237,23 @@ class AILabBackup(Configurable):
         'Undo last restore' can bring it back. Turn off only when space is short.""",
     )
 
+    notebook_defaults = Unicode(
+        "",
+        config=True,
+        help="""Folder holding the running AI-Lab release's default notebooks, which each backup is
+        compared with (by SHA-256) to record which files are unchanged defaults of its release.
+        Empty: NOTEBOOK_DEFAULTS of this server's container (its Config.Env: AI-Lab's sudo drops it
+        from the server's environment), else of the environment, else
+        /home/jupyter/notebook-defaults when it exists.""",
+    )
+    release = Unicode(
+        "",
+        config=True,
+        help="""Name of the running AI-Lab release (e.g. '6.0.0'), recorded in each backup and used
+        in the name of a new release's notebook kept beside the user's ('NAME (AI-Lab 6.0.0).ipynb').
+        Empty: the tag of this server's container image, when it runs in one (the VM editions
+        have none).""",
+    )
     schedule = Unicode(
         "",
         config=True,
@@ -271,6 +288,8 @@ class AILabBackup(Configurable):
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)
     _default_schedule = _env_default("schedule", "")
+    _default_notebook_defaults = _env_default("notebook_defaults", "")
+    _default_release = _env_default("release", "")
     _default_schedule_tick_seconds = _env_default("schedule_tick_seconds", 30)
     _default_copy_to = _env_default("copy_to", "")
     _default_s3_endpoint_url = _env_default("s3_endpoint_url", "")

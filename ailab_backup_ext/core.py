@@ -39,6 +39,8 @@ from .errors import BackupError, Busy, Cancelled, InsufficientStorage, InvalidAr
 from .jobs import JobRunner
 from .plan import NOTEBOOK_DIFF_LIMIT, check_chosen_paths, make_plan, normalize_paths, notebook_comparison, scan, selected
 from .progress import Progress
+from . import release as releases
+from .release_move import MOVE_MODE, ReleaseMoves
 from .schedule import Scheduler
 from .settings import Settings
 from .staged_restore import check_and_stage, clear_staging, staging_in
@@ -71,7 +73,7 @@ def store_is_folder(spec):
     return "/" in spec or spec.startswith(("~", "."))
 
 
-class BackupManager:
+class BackupManager(ReleaseMoves):
     """One source (what is backed up) and one store (where backups are kept)."""
 
     # Long checks (uploads, local restore previews) in child processes (checker.py), so that they
@@ -251,8 +253,10 @@ class BackupManager:
         source, store = self.resolve()
         config = {name: getattr(self.config, name) for name in WORKER_SETTINGS}
         config["excludes"] = self.settings.excludes  # a setting made in a UI wins, as in-process
+        if op != "verify":  # the worker cannot see this server's container nor its defaults folder
+            params["release"] = self.running_release()
         result = self.worker.run(op, source, store, config, progress, params, write_source=write_source)
-        if op in ("backup", "restore"):  # a new backup (a restore's safety backup too) for the UIs
+        if op in ("backup", "restore", "release_move"):  # a new backup (a restore's safety backup too) for the UIs
             self.note_change()
         return result
 
@@ -277,6 +281,7 @@ class BackupManager:
         active = self.jobs.active
         result["job"] = active.to_json() if active else None
         result["worker"] = None
+        result["release"] = None
         try:
             result["schedule"] = self.scheduler.describe()
         except Exception as exc:  # noqa: BLE001 - the schedule never makes status fail
@@ -290,6 +295,7 @@ class BackupManager:
             if isinstance(source, DockerMountSource) or isinstance(getattr(store, "primary", store), VolumeStore):
                 self.docker.image()
             result["worker"] = self.worker_status()
+            result["release"] = self.release_status()
         except BackupError as exc:
             result["hint"] = str(exc)
         if result["hint"] is None and version is None and self.docker is not None:
@@ -454,6 +460,9 @@ class BackupManager:
         return self.jobs.start("backup", lambda progress: self.create_backup(label, progress=progress))
 
     def start_restore(self, backup_id, mode="merge", paths=None):
+        if mode == MOVE_MODE:
+            _no_paths_with_move(paths)
+            return self.start_release_move(backup_id)
         _check_mode(mode)
         check_chosen_paths(paths)  # a bad path too (a 400), not a failed job
         self.get_backup(backup_id)  # an unknown id is answered now, not as a failed job
@@ -499,7 +508,8 @@ class BackupManager:
             clear_staging(source)  # a one-pass restore's staging folder is never backed up
         created = utc_now()
         backup_id = self._unique_id(make_id(source.slug, created), backups)
-        manifest = Manifest(created=created.isoformat().replace("+00:00", "Z"), source=source.describe(), label=label)
+        manifest = Manifest(created=created.isoformat().replace("+00:00", "Z"), source=source.describe(), label=label,
+                            release=releases.known(self.running_release()))
         archive_name = backup_id + SUFFIXES[self.config.compression]
         total_bytes, total_files = self._estimate(newest)
         with open_writer(store, archive_name) as out:  # s3: a stream into the store (S3: no spool)
@@ -530,6 +540,7 @@ class BackupManager:
                 "format_version": FORMAT_VERSION,
                 "skipped": manifest.skipped,
                 "content_digest": digest_of_content,
+                "release": releases.summary(manifest.release_record()),
             }
             progress.start("storing", size, 1)
             out.commit(meta)
@@ -551,7 +562,10 @@ class BackupManager:
         files from the backup and keeps the others (the seed recipe's behaviour); ``replace``
         makes the folder (or the chosen paths) exactly as in the backup. The archive is checked
         completely, then a safety backup of the current state is taken (for undo), and only then
-        is anything changed."""
+        is anything changed. ``release-move``: see :meth:`release_move`."""
+        if mode == MOVE_MODE:
+            _no_paths_with_move(paths)
+            return self.release_move(backup_id, progress)
         _check_mode(mode)
         with self._one_operation():
             return self._restore(backup_id, mode, progress, paths)
@@ -627,7 +641,11 @@ class BackupManager:
     def plan_restore(self, backup_id, mode="merge", paths=None, progress=None, cancel=None):
         """A dry run: what restoring would add, overwrite (with a cell summary for notebooks),
         remove (replace only) and leave unchanged. Changes nothing. ``cancel`` (an Event) set by
-        a client that went away stops it when it runs in a child process."""
+        a client that went away stops it when it runs in a child process. ``release-move``: see
+        :meth:`plan_release_move`."""
+        if mode == MOVE_MODE:
+            _no_paths_with_move(paths)
+            return self.plan_release_move(backup_id, progress)
         _check_mode(mode)
         with self._one_operation():
             source, store = self.resolve()
@@ -787,7 +805,8 @@ class BackupManager:
         manifest, digest = self._checked(path, max_ratio=self.config.max_compression_ratio, cancel=cancel)
         return {"sha256": digest, "label": manifest.label[:MAX_LABEL_CHARS], "source": _capped_source(manifest.source),
                 "created": manifest.created[:64].strip(), "file_count": manifest.file_count,
-                "total_bytes": manifest.total_bytes, "skipped": _capped_skipped(manifest.skipped)}
+                "total_bytes": manifest.total_bytes, "skipped": _capped_skipped(manifest.skipped),
+                "release": releases.summary(releases.checked_record(manifest.release, manifest.entries))}
 
     def _store_uploaded(self, path, found):
         source = found["source"]
@@ -810,6 +829,7 @@ class BackupManager:
             "sha256": found["sha256"],
             "format_version": FORMAT_VERSION,
             "skipped": found["skipped"],
+            "release": found["release"],
         }
         self.store.commit(path, archive_name, meta)
         self.note_change()
@@ -863,7 +883,13 @@ def _newest_first(metas):
 
 def _check_mode(mode):
     if mode not in ("merge", "replace"):
-        raise BackupError(f"Unknown restore mode {mode!r}: use 'merge' or 'replace'.")
+        raise BackupError(f"Unknown restore mode {mode!r}: use 'merge', 'replace' or '{MOVE_MODE}'.")
+
+
+def _no_paths_with_move(paths):
+    if paths is not None:
+        raise BackupError(f"A {MOVE_MODE} restore takes no paths: it sorts every file of the backup itself. "
+                          "Leave out 'paths' (--path), or use mode 'merge' to restore chosen paths.")
 
 
 def _parse_time(text):

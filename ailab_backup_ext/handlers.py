@@ -128,7 +128,8 @@ class _Reply(web.HTTPError):
 
 
 def _backup_json(meta):
-    keys = ("id", "created", "label", "kind", "source", "size_bytes", "file_count", "total_bytes", "compression")
+    keys = ("id", "created", "label", "kind", "source", "size_bytes", "file_count", "total_bytes", "compression",
+            "release")
     found = {k: meta.get(k) for k in keys}
     for key in ("where", "copy"):  # s3: where it is kept (see stores/mirror.py)
         if key in meta:
@@ -148,9 +149,12 @@ class BackupsHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self):
-        label = self.body_json().get("label", "")
+        body = self.body_json()
+        label = body.get("label", "")
         if not isinstance(label, str) or len(label) > 200:
             raise web.HTTPError(400, "The label must be a text of at most 200 characters.")
+        if body.get("before_upgrade") is True:  # labelled so, with the release it came from
+            label = await self.call(self.manager.before_upgrade_label)
         job = await self.call(self.manager.start_backup, label)
         self.accepted(job)
 

@@ -15,6 +15,7 @@ import ipywidgets as widgets
 
 from .client import BackupClient, BackupClientError
 from .panel_offsite import OffsiteGroup, where_tag
+from .panel_release import ReleaseMoveRow
 
 BORDER = "solid 1px"
 WIDTH = "660px"
@@ -286,14 +287,17 @@ class BackupPanel(widgets.VBox):
         self._icons.update({b.description: b.icon for b in self.offsite.buttons})
         for widget in (self.confirm, self.progress_row, self.choose, self.preview, self.offsite_group):
             _show(widget, False)
+        self.release_move = ReleaseMoveRow(self, _button, _show)  # moving to a new AI-Lab release
 
         self.children = [
-            _group([_header("AI-Lab Backup"), self.status, self.store_warning, self.warning]),
+            _group([_header("AI-Lab Backup"), self.status, self.store_warning, self.warning,
+                    self.release_move.offer_box]),
             _group([_header("Backups"), _row(columns, width=WIDTH, justify_content="flex-start"), self.rows]),
             self.offsite_group,
             _group([
                 _header("Actions"),
                 _row([self.label, self.backup_button]),
+                _row([self.release_move.before_button], justify_content="flex-end"),
                 _row([self.mode, self.restore_button, self.undo_button], width="540px", justify_content="flex-start"),
                 _row([self.download, self.delete_button, self.refresh_button]),
                 self.confirm, self.progress_row, self.message, self.error,
@@ -407,6 +411,7 @@ class BackupPanel(widgets.VBox):
         self.store_warning.value = self._red(warning) if warning else ""
         _show(self.store_warning, bool(warning))
         self._show_schedule(status["schedule"] if "schedule" in status else self.client.schedule())
+        self.release_move.show_status(status)
 
     def _warn(self, text):
         self.warning.value = self._red(text) if text else ""
@@ -761,7 +766,8 @@ class BackupPanel(widgets.VBox):
 
     def _set_busy(self, busy):
         self._busy = busy
-        for b in (self.backup_button, self.restore_button, self.delete_button, self.yes_button):
+        for b in (self.backup_button, self.restore_button, self.delete_button, self.yes_button,
+                  self.release_move.move_button, self.release_move.before_button):
             b.disabled = busy
         self._show_undo()
         self.offsite.enable()

@@ -339,9 +339,10 @@ def build_image(client, name, worktree, workdir):
 class AILabContainer:
     """One AI-Lab-like server container on the host network (the test engine has no bridge)."""
 
-    def __init__(self, client, image, notebooks=None, socket=True, env=None):
+    def __init__(self, client, image, notebooks=None, socket=True, env=None, binds=None, args=()):
         """``notebooks``: None (Docker makes an anonymous volume, from the image's VOLUME), a
-        volume name, or a host folder (a bind mount)."""
+        volume name, or a host folder (a bind mount); ``binds``: {host folder: path} mounted
+        read-only; ``args``: more entrypoint arguments (a later one wins)."""
         self.docker, self.image = client, image
         self.name = f"ailabtest-server-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
@@ -349,12 +350,14 @@ class AILabContainer:
         volumes = {}
         if notebooks:
             volumes[notebooks] = {"bind": NOTEBOOKS, "mode": "rw"}
+        for folder, path in (binds or {}).items():
+            volumes[folder] = {"bind": path, "mode": "ro"}
         if socket:
             volumes["/var/run/docker.sock"] = {"bind": "/var/run/docker.sock", "mode": "rw"}
         # its own hostname: on the host network it would otherwise be the host's, shared with
         # every other process on this machine
         self.container = client.containers.create(
-            image, ["--port", str(self.port)], name=self.name, hostname=self.name,
+            image, ["--port", str(self.port), *args], name=self.name, hostname=self.name,
             network_mode="host", volumes=volumes, environment=env or {})
 
     def start(self):

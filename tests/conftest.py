@@ -186,8 +186,8 @@ def ailab_server(docker_client, ailab_image):
     the test."""
     started = []
 
-    def start(**kwargs):
-        server = AILabContainer(docker_client, ailab_image.name, **kwargs)
+    def start(image=None, **kwargs):
+        server = AILabContainer(docker_client, image or ailab_image.name, **kwargs)
         started.append(server)
         return server.start()
 

@@ -69,6 +69,8 @@ class Manifest:
     compression: str = "zstd"
     entries: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    # the AI-Lab release the backup came from (see release.py); absent in older backups
+    release: dict | None = None
 
     @property
     def file_count(self):
@@ -87,7 +89,7 @@ class Manifest:
         return digest.hexdigest()
 
     def to_json(self):
-        return {
+        found = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": self.created,
@@ -99,6 +101,19 @@ class Manifest:
             "entries": [e.to_json() for e in self.entries],
             "skipped": self.skipped,
         }
+        if self.release is not None:  # older readers ignore it: the format version stays
+            found["release"] = self.release_record()
+        return found
+
+    def release_record(self):
+        """The release record with, per file, which are unchanged defaults of that release (by
+        SHA-256 against its index of default files); None without a record."""
+        if self.release is None:
+            return None
+        defaults = self.release.get("defaults") or {}
+        unchanged = sorted(e.path for e in self.entries
+                           if e.type == FILE and e.sha256 and defaults.get(e.path) == e.sha256)
+        return {**self.release, "unchanged_defaults": unchanged}
 
     @classmethod
     def from_json(cls, data):
@@ -119,6 +134,7 @@ class Manifest:
             compression=str(data.get("compression", "")),
             entries=[Entry.from_json(e) for e in entries],
             skipped=data.get("skipped") if isinstance(data.get("skipped"), list) else [],
+            release=data.get("release") if isinstance(data.get("release"), dict) else None,
         )
 
 

@@ -185,6 +185,8 @@ def run(job, progress):
     manager = manager_for(job)
     manager.store.remove_stale_spools()  # what a killed worker left goes before anything else
     op, params = job["op"], job.get("params", {})
+    if params.get("release") is not None:
+        manager._running_release = params["release"]  # the server's: its container, its defaults folder
     if op == "backup":
         return manager._create(params.get("label", ""), params.get("kind", "manual"), progress,
                                params.get("skip_unchanged", False))
@@ -192,6 +194,8 @@ def run(job, progress):
         return manager._restore(params["backup_id"], params.get("mode", "merge"), progress, params.get("paths"))
     if op == "verify":
         return manager.verify_backup(params["backup_id"], progress)
+    if op in ("release_plan", "release_move"):
+        return manager._release_move(params["backup_id"], progress, apply=op == "release_move")
     if op == "plan":
         return manager._plan(params["backup_id"], params.get("mode", "merge"), params.get("paths"), progress)
     raise BackupError(f"Unknown worker operation {op!r}.")

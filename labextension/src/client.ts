@@ -114,7 +114,55 @@ export interface IStatus {
    * container's own filesystem): where they are and what deletes them.
    */
   store_warning?: string | null;
+  /** The running AI-Lab release and the release move offered, if any. */
+  release?: { running: IRelease | null; move: IReleaseMove | null } | null;
 }
+
+/** An AI-Lab release, as a backup records it (null: not recorded). */
+export interface IRelease {
+  name: string | null;
+  image: string | null;
+  image_id?: string | null;
+  defaults_digest?: string | null;
+  defaults_count?: number | null;
+  unchanged_defaults?: number;
+}
+
+/** "Bring my work into this release" offered for a backup of another release. */
+export interface IReleaseMove {
+  backup_id: string;
+  from: IRelease;
+  message: string;
+}
+
+/** One file of a release move's plan. */
+export interface IReleaseMoveItem extends IPlanItem {
+  why?: string;
+  beside?: string;
+  release_change?: 'unchanged' | 'updated' | 'removed';
+  action?: 'added' | 'overwritten';
+}
+
+export type ReleaseMoveCategory =
+  | 'scs'
+  | 'restored'
+  | 'overwritten'
+  | 'kept_both'
+  | 'left_to_release'
+  | 'added_by_release';
+
+/** The preview of a release move: every file of the backup in one category. */
+export type IReleaseMovePlan = Record<
+  ReleaseMoveCategory,
+  IReleaseMoveItem[]
+> & {
+  backup_id: string;
+  mode: 'release-move';
+  from_release: IRelease | null;
+  to_release: IRelease | null;
+  unchanged: { count: number; bytes: number; items: IPlanItem[] };
+  counts: Record<string, number>;
+};
 
 /** The settings keys a UI can change. */
 export type SettingKey = 'helper_image' | 'excludes' | 'keep_last' | 'schedule';
@@ -323,11 +371,31 @@ export class BackupClient {
     return this.request<IStatus>(['status']);
   }
 
-  /** Start a backup; resolves with the queued job. */
-  createBackup(label = ''): Promise<IJob> {
+  /**
+   * Start a backup; resolves with the queued job. `beforeUpgrade`: labelled
+   * "Before upgrading (AI-Lab RELEASE)" by the server.
+   */
+  createBackup(label = '', beforeUpgrade = false): Promise<IJob> {
+    const body = beforeUpgrade ? { label, before_upgrade: true } : { label };
     return this.request<{ job: IJob }>([], {
       method: 'POST',
-      body: JSON.stringify({ label })
+      body: JSON.stringify(body)
+    }).then(r => r.job);
+  }
+
+  /** Preview "Bring my work into this release" for a backup (a dry run). */
+  previewReleaseMove(id: string): Promise<IReleaseMovePlan> {
+    return this.request<IReleaseMovePlan>([id, 'restore'], {
+      method: 'POST',
+      body: JSON.stringify({ mode: 'release-move', dry_run: true })
+    });
+  }
+
+  /** Start "Bring my work into this release"; resolves with the queued job. */
+  startReleaseMove(id: string): Promise<IJob> {
+    return this.request<{ job: IJob }>([id, 'restore'], {
+      method: 'POST',
+      body: JSON.stringify({ mode: 'release-move' })
     }).then(r => r.job);
   }
 

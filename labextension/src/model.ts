@@ -160,6 +160,20 @@ export class BackupModel {
     });
   }
 
+  /** Start "Bring my work into this release" for a backup of another release. */
+  async releaseMove(backupId: string): Promise<void> {
+    await this._start(() => {
+      this.restoreHint = null;
+      this.lastRestore = null;
+      return this.client.startReleaseMove(backupId);
+    });
+  }
+
+  /** Start a backup labelled "Before upgrading" (with the running release). */
+  async backupBeforeUpgrade(): Promise<void> {
+    await this._start(() => this.client.createBackup('', true));
+  }
+
   /** Undo the last restore (the server restores its safety backup). */
   async undo(): Promise<void> {
     await this._start(() => {

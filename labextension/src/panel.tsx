@@ -33,6 +33,7 @@ import {
   confirmDeleteCopies
 } from './offsitePanel';
 import { confirmRestore } from './restore';
+import { ReleaseMoveView } from './releasemove';
 import {
   DEFAULT_DAILY_TIME,
   IScheduleForm,
@@ -111,6 +112,7 @@ function BackupView({ model }: { model: BackupModel }): JSX.Element {
         </div>
       )}
       <StatusView status={model.status} loading={model.activity} />
+      <ReleaseMoveView model={model} />
       <BackupForm model={model} />
       <JobView model={model} />
       <OffsiteView model={model} />
