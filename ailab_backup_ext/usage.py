@@ -5,7 +5,8 @@ Cheap on a volume of 100,000 files, and never by streaming the volume through Do
 API: where this server sees the folder itself (the local folder, or AI-Lab's own mount of the
 volume) a walk of ``stat`` calls; otherwise one helper container runs ``find`` and ``stat`` next to
 the data and only the list of sizes comes back. The answer is cached (:data:`USAGE_TTL` seconds,
-and until the manager changes something: a backup, a restore, a setting), so polling UIs never
+and until the change token of :mod:`.changes` moves: a backup, a restore, a setting, also one made
+by another process), so polling UIs never
 make the server walk the folder again and again.
 """
 
@@ -28,7 +29,7 @@ LISTING_AT = "/ailab/usage.txt"
 MISSING_TOOL = 127
 # run by a helper (busybox or a distribution's sh): one line "SIZE ./PATH" per regular file
 USAGE_SCRIPT = (
-    "cd {folder} || exit 3\n"
+    "cd FOLDER || exit 3\n"
     f"find . -xdev -type f -exec stat -c '%s %n' {{}} + > {LISTING_AT} 2>/ailab/usage.err\n"
     "rc=$?\n"
     f"[ $rc -eq {MISSING_TOOL} ] && exit {MISSING_TOOL}\n"
@@ -124,7 +125,7 @@ def helper_files(source):
     """(path, size) of the regular files of a Docker mount, found by ``find`` and ``stat`` in one
     helper container next to the data: only the list of sizes leaves Docker."""
     docker = source.docker
-    script = USAGE_SCRIPT.format(folder=_quoted(source.data_dir)).encode()
+    script = USAGE_SCRIPT.replace("FOLDER", _quoted(source.data_dir), 1).encode()
     with docker.container(source._mounts(read_only=True)) as helper, docker.answering("measure the notebooks folder"):
         helper.put_archive("/", single_file_tar(JOB_SCRIPT.lstrip("/"), script))
         helper.start()
@@ -163,7 +164,8 @@ class Usage:
     def get(self, refresh=False):
         manager = self.manager
         excludes = manager.settings.excludes
-        key = (manager.revision, tuple(excludes))
+        # the change token: backups, restores and settings made here, or by another process in the store
+        key = (manager.changes.token()["token"], tuple(excludes))
         with self._lock:
             cached = self._cached
             now = self.clock()
