@@ -121,26 +121,37 @@ def parse_listing(lines, skip_paths=()):
     return [(p, s) for p, s in files if not (skip_paths and in_scope(p, skip_paths))]
 
 
-def helper_files(source):
+def helper_files(source, running=None):
     """(path, size) of the regular files of a Docker mount, found by ``find`` and ``stat`` in one
-    helper container next to the data: only the list of sizes leaves Docker."""
+    helper container next to the data: only the list of sizes leaves Docker. ``running`` (a set)
+    holds the helper's id meanwhile, for a server that stops to remove it."""
     docker = source.docker
     script = USAGE_SCRIPT.replace("FOLDER", _quoted(source.data_dir), 1).encode()
+    running = set() if running is None else running
     with docker.container(source._mounts(read_only=True)) as helper, docker.answering("measure the notebooks folder"):
-        helper.put_archive("/", single_file_tar(JOB_SCRIPT.lstrip("/"), script))
-        helper.start()
-        code = helper.wait().get("StatusCode")
-        if code == MISSING_TOOL:
-            raise Unavailable(f"The helper image {docker.image()!r} has no 'find' or 'stat', which measuring the "
-                              "folders needs. Choose another helper image in the settings (AI-Lab's own, ubuntu).")
-        if code != 0:
-            logs = helper.logs(stdout=True, stderr=True).decode(errors="replace").strip()[-300:]
-            raise BackupError(f"Measuring the notebooks folder failed in the helper container: {logs}")
-        with docker.archive_stream(helper, LISTING_AT) as stream:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                member = tar.next()
-                listing = tar.extractfile(member) if member is not None else None
-                return parse_listing(io.BufferedReader(listing) if listing else [], source.skip_paths)
+        running.add(helper.id)
+        try:
+            return _listing_of(docker, helper, script, source.skip_paths)
+        finally:
+            running.discard(helper.id)
+
+
+def _listing_of(docker, helper, script, skip_paths):
+    """Run the usage script in the created ``helper`` and read its listing back."""
+    helper.put_archive("/", single_file_tar(JOB_SCRIPT.lstrip("/"), script))
+    helper.start()
+    code = helper.wait().get("StatusCode")
+    if code == MISSING_TOOL:
+        raise Unavailable(f"The helper image {docker.image()!r} has no 'find' or 'stat', which measuring the "
+                          "folders needs. Choose another helper image in the settings (AI-Lab's own, ubuntu).")
+    if code != 0:
+        logs = helper.logs(stdout=True, stderr=True).decode(errors="replace").strip()[-300:]
+        raise BackupError(f"Measuring the notebooks folder failed in the helper container: {logs}")
+    with docker.archive_stream(helper, LISTING_AT) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            member = tar.next()
+            listing = tar.extractfile(member) if member is not None else None
+            return parse_listing(io.BufferedReader(listing) if listing else [], skip_paths)
 
 
 def _quoted(path):
@@ -157,6 +168,15 @@ class Usage:
         self._lock = threading.Lock()  # one walk at a time; who comes meanwhile gets its answer
         self._cached = None  # (key, when, answer)
         self.walks = 0  # how many times the folder was walked (the tests and the benchmark)
+        self._helpers = set()  # the helper measuring now, if any
+        self.closed = False
+
+    def close(self):
+        """The server stops: remove a helper still measuring (its thread is not waited for)."""
+        self.closed = True
+        docker = self.manager.docker
+        for helper_id in list(self._helpers):
+            docker._remove(helper_id)
 
     def invalidate(self):
         self._cached = None
@@ -184,7 +204,9 @@ class Usage:
             files, folders = local_files(local, source.skip_paths, getattr(source, "store_paths", ()))
             how = "a walk of the folder by this server (no helper container)"
         elif isinstance(source, DockerMountSource):
-            files = helper_files(source)
+            if self.closed:
+                raise Unavailable("The server is stopping; nothing is measured any more.")
+            files = helper_files(source, self._helpers)
             how = f"find and stat in one helper container ({source.docker.image()})"
         else:  # pragma: no cover - every source is one of the two
             raise BackupError("This source cannot be measured.")

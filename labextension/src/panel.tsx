@@ -27,6 +27,7 @@ import {
 import { backupIcon } from './icon';
 import { BackupModel, title } from './model';
 import { confirmRestore } from './restore';
+import { UsageView } from './usage';
 import {
   DEFAULT_DAILY_TIME,
   IScheduleForm,
@@ -109,6 +110,7 @@ function BackupView({ model }: { model: BackupModel }): JSX.Element {
       <JobView model={model} />
       <ScheduleView model={model} />
       <SettingsView model={model} />
+      <UsageView model={model} />
       <UploadZone model={model} over={drop.over} />
       <BackupList model={model} />
     </div>
