@@ -14,6 +14,7 @@ from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.docker_helper import KEPT_LABEL
 from ailab_backup_ext.usage import parse_listing, summarize
 from restutil import call, wait_job
+from test_rest import conforms
 from test_roundtrip import fill_volume
 from treeutil import HELPER_IMAGE, our_helpers, run_in_volume
 
@@ -171,8 +172,10 @@ def test_usage_of_a_docker_volume_in_one_helper_and_cached(docker_client, volume
 async def test_usage_over_rest_toggles_and_what_a_backup_left_out(jp_fetch, jp_root_dir):
     write_tree(str(jp_root_dir))
     _, usage, _ = await call(jp_fetch, "usage")
+    conforms(usage, "/usage", "get", 200)
     assert rows_of(usage)["models_cache"]["bytes"] == 30_002
     _, changed, _ = await call(jp_fetch, "usage", method="PUT", body={"folder": "models_cache", "excluded": True})
+    conforms(changed, "/usage", "put", 200)
     assert [r["excluded"] for r in changed["folders"] if r["name"] == "models_cache"] == [True]
     _, settings, _ = await call(jp_fetch, "settings")
     assert settings["excludes"] == ["models_cache"]
@@ -185,6 +188,7 @@ async def test_usage_over_rest_toggles_and_what_a_backup_left_out(jp_fetch, jp_r
     _, body, _ = await call(jp_fetch, method="POST", body={"label": "l"}, expect=202)
     job = await wait_job(jp_fetch, body["job"]["id"])
     _, listed, _ = await call(jp_fetch)
+    conforms(listed, "/", "get", 200)
     assert listed["backups"][0]["excludes"] == ["models_cache"]
     _, shown, _ = await call(jp_fetch, job["backup_id"])
     assert shown["excludes"] == ["models_cache"] and shown["total_bytes"] == changed["estimate"]["bytes"]
@@ -202,6 +206,8 @@ async def test_a_restore_names_its_files_as_jupyter_paths_and_changes_says_it_en
     assert sorted(restored["paths"]) == ["work/analysis.ipynb", "work/models_cache/local.bin"]
     assert restored["complete"] and restored["within"] == ["work"] and restored["scs"] is False
     _, after, _ = await call(jp_fetch, "changes")
+    conforms(after, "/changes", "get", 200)
+    conforms(job, "/jobs/{job_id}", "get", 200)
     assert after["last_restore"] == {"id": job["id"], "state": "succeeded", "finished": job["finished"]}
     assert after["token"] != before["token"]
 
