@@ -52,7 +52,15 @@ class ChangeWatch:
             with owner._lock:  # not while it changes; one at a time, so no lock waits for another
                 held.append(json.dumps(owner._state, sort_keys=True, default=str))
         digest = hashlib.sha256(json.dumps(held, default=str).encode()).hexdigest()[:16]
-        return {"token": digest, "job": active.id if active else None}
+        return {"token": digest, "job": active.id if active else None, "last_restore": self.last_restore()}
+
+    def last_restore(self):
+        """{"id", "state", "finished"} of the newest finished restore or undo job of this server
+        (None before the first): the front end reloads the open documents it restored."""
+        for job in self.manager.jobs.recent():
+            if job.kind in ("restore", "undo") and job.done.is_set():
+                return {"id": job.id, "state": job.state, "finished": job.finished}
+        return None
 
     def _store_marker(self):
         try:

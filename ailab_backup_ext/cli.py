@@ -13,6 +13,7 @@ from .config import AILabBackup
 from .core import BackupManager
 from .errors import BackupError
 from .progress import Progress
+from .usage import toggled_excludes
 
 # option -> AILabBackup trait; each may stand before or after the subcommand
 OPTIONS = {
@@ -100,7 +101,32 @@ def build_parser():
                                "'schedule=daily 02:30', helper_image=ubuntu (repeatable)")
     settings.add_argument("--reset", action="append", default=[], metavar="KEY",
                           help="go back to the configuration's value of KEY (repeatable)")
+    usage = command("usage", "show the size of each top-level folder, which are left out, and an estimate "
+                    "of the next backup's size")
+    usage.add_argument("--json", action="store_true")
+    exclude = command("exclude", "leave top-level folders out of backups (kept beside the store, as the "
+                      "UIs keep them); with --include, back them up again")
+    exclude.add_argument("folders", nargs="+", metavar="FOLDER", help="a top-level folder, e.g. models_cache")
+    exclude.add_argument("--include", action="store_true", help="back these folders up again")
     return parser
+
+
+def print_usage(usage, out):
+    print(f"{'FOLDER':<32} {'SIZE':>9} {'FILES':>7}  BACKED UP", file=out)
+    for row in usage["folders"]:
+        name = "(files at the top)" if row["type"] == "files" else row["name"] + "/"
+        if row["excluded"]:
+            state = "no (excluded" + (f" by {row['excluded_by']!r})" if row["excluded_by"] != row["name"] else ")")
+        elif row["left_out_files"]:
+            state = f"yes, but {row['left_out_files']} files ({_size(row['left_out_bytes'])}) excluded"
+        else:
+            state = "yes"
+        print(f"{name:<32} {_size(row['bytes']):>9} {row['files']:>7}  {state}", file=out)
+    total, estimate = usage["total"], usage["estimate"]
+    print(f"In all {_size(total['bytes'])} in {total['files']} files. The next backup would hold "
+          f"{_size(estimate['bytes'])} in {estimate['files']} files"
+          + (f", about {_size(estimate['compressed_bytes'])} stored." if estimate["compressed_bytes"] is not None
+             else ".") + f" {estimate['note']}", file=out)
 
 
 def make_config(args):
@@ -336,6 +362,22 @@ def run(args, out=None):
             result = manager.settings.set(changes) if changes else manager.settings.describe()
             json.dump(result, out, indent=1)
             out.write("\n")
+        elif args.command == "usage":
+            usage = manager.usage()
+            if args.json:
+                json.dump(usage, out, indent=1)
+                out.write("\n")
+            else:
+                print_usage(usage, out)
+        elif args.command == "exclude":
+            manager.settings.pinned = set()  # it changes what is kept, as the settings command does
+            excludes = manager.settings.excludes
+            for name in args.folders:  # all checked before anything is kept
+                excludes = toggled_excludes(excludes, name.strip().rstrip("/"), not args.include)
+            manager.settings.set({"excludes": excludes})
+            usage = manager.usage()
+            print(f"Excludes now: {', '.join(usage['excludes']) or 'none'} (kept beside the store).", file=out)
+            print_usage(usage, out)
         elif args.command == "status":
             status = manager.status()
             json.dump(status, out, indent=1)

@@ -151,6 +151,17 @@ class BackupClient:
         value raises with status 400 and changes nothing). Returns :meth:`settings`' answer."""
         return self._json("PUT", "/settings", json=changes)
 
+    def usage(self, refresh=False):
+        """What each top-level folder holds (``folders``: name, bytes, files, excluded), the
+        ``total`` and the next backup's ``estimate``; cached by the server (``refresh``: measure
+        again)."""
+        return self._json("GET", "/usage", params={"refresh": "1"} if refresh else None)
+
+    def set_folder_excluded(self, folder, excluded):
+        """Leave the top-level ``folder`` out of backups (``excluded=True``) or back it up again;
+        kept beside the store as the excludes setting. Returns :meth:`usage`'s answer."""
+        return self._json("PUT", "/usage", json={"folder": folder, "excluded": excluded})
+
     def changes(self):
         """``{"token", "job"}``: the token changes when backups, the running job, the schedule or
         the settings may have changed. Cheap (no helper container): made for polling."""

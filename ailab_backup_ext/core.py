@@ -46,6 +46,7 @@ from .settings import Settings
 from .staged_restore import check_and_stage, clear_staging, staging_in
 from .changes import ChangeWatch
 from .checker import config_values, run_in_child
+from .usage import Usage, toggled_excludes
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
 from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
 from .stores import MirroredStore, S3Store, is_s3_url, local_path, open_writer  # s3: stores/ hooks
@@ -53,6 +54,7 @@ from .stores.age import Encryption
 from .worker.runner import NotRouted, WorkerRunner
 
 DEFAULT_STORE_VOLUME = "ailab-backups"
+MAX_RESTORED_LISTED = 2000  # restored files named in a restore's result
 JOURNAL_ATTEMPTS, JOURNAL_PAUSE = 4, 0.5
 # the settings a worker container needs (the rest is where things are, which it is told apart)
 WORKER_SETTINGS = ("compression", "excludes", "max_archive_bytes", "max_upload_bytes", "max_compression_ratio",
@@ -94,6 +96,7 @@ class BackupManager(ReleaseMoves):
         self.settings = Settings(self)  # the UIs' settings, kept beside the store
         self.revision = 0  # bumped on every change of the store made here
         self.changes = ChangeWatch(self)  # a token that tells UIs when to read again, cheaply
+        self.usage_cache = Usage(self)  # what the folder holds, measured cheaply and cached
 
     def note_change(self):
         self.revision += 1
@@ -320,6 +323,19 @@ class BackupManager(ReleaseMoves):
             f"volume '{DEFAULT_STORE_VOLUME}', which survives the container."
         )
 
+    # what the folder holds (see usage) ---------------------------------------------------------
+
+    def usage(self, refresh=False):
+        """Size and file count of each top-level folder, which ones the excludes leave out, and an
+        estimate of the next backup (cached; ``refresh`` measures again)."""
+        return self.usage_cache.get(refresh)
+
+    def set_folder_excluded(self, name, excluded):
+        """Leave the top-level folder ``name`` out of backups (or back it up again): the excludes
+        kept beside the store, as the settings keep them. Returns the new usage."""
+        self.settings.set({"excludes": toggled_excludes(self.settings.excludes, name, excluded)})
+        return self.usage()
+
     # reading the store -----------------------------------------------------------------------
 
     def list_backups(self):
@@ -514,8 +530,9 @@ class BackupManager(ReleaseMoves):
         total_bytes, total_files = self._estimate(newest)
         with open_writer(store, archive_name) as out:  # s3: a stream into the store (S3: no spool)
             progress.start("backing up", total_bytes, total_files)
+            excludes = self.settings.excludes
             with source.read_entries() as entries:
-                safe = self._safe_entries(entries, manifest.skipped, self.settings.excludes)
+                safe = self._safe_entries(entries, manifest.skipped, excludes)
                 size, digest = write_archive(out, safe, manifest, self.config.compression, progress,
                                              sync=out.sync)  # a folder store's file: fsynced on commit
             paths = {e.path for e in manifest.entries}
@@ -539,6 +556,7 @@ class BackupManager(ReleaseMoves):
                 "sha256": digest,
                 "format_version": FORMAT_VERSION,
                 "skipped": manifest.skipped,
+                "excludes": excludes,  # what it left out on purpose (the listing shows it)
                 "content_digest": digest_of_content,
                 "release": releases.summary(manifest.release_record()),
             }
@@ -568,7 +586,35 @@ class BackupManager(ReleaseMoves):
             return self.release_move(backup_id, progress)
         _check_mode(mode)
         with self._one_operation():
-            return self._restore(backup_id, mode, progress, paths)
+            result = self._restore(backup_id, mode, progress, paths)
+        self.note_change()  # the folder changed: UIs and the usage cache look again
+        return {**result, "restored": self._restored_documents(result)}
+
+    def _jupyter_prefix(self):
+        """Where the source lies below Jupyter's root folder ('' when it is the root), or None
+        when Jupyter does not show it (then no open document can be a restored file)."""
+        source = self.source
+        folder = source.path if isinstance(source, LocalFolderSource) else getattr(source, "local_path", None)
+        if not folder:
+            return None
+        rel = os.path.relpath(os.path.realpath(folder), os.path.realpath(self.root_dir))
+        if rel == ".":
+            return ""
+        return None if rel == ".." or rel.startswith("../") else rel + "/"
+
+    def _restored_documents(self, result):
+        """The restored files as Jupyter's contents paths, for the front end to reload the open
+        documents among them: {"paths", "complete" (False: only the first MAX_RESTORED_LISTED are
+        named), "within" (the restored scope), "scs" (the SCS was restored)}; None when Jupyter does
+        not show the source."""
+        files = result.pop("restored_files", None) or []
+        complete = result.pop("restored_files_complete", True)
+        prefix = self._jupyter_prefix()
+        if prefix is None:
+            return None
+        return {"paths": [prefix + p for p in files], "complete": complete,
+                "within": [prefix + p for p in result.get("paths") or []] or [prefix.rstrip("/")],
+                "scs": bool(result.get("hint"))}
 
     def _restore(self, backup_id, mode, progress, paths):
         progress = progress or Progress()
@@ -622,6 +668,9 @@ class BackupManager(ReleaseMoves):
             "total_bytes": sum(e.size for e in files),
             "safety_backup_id": safety["id"] if safety else None,
             "hint": RESTART_HINT if touches_scs else None,
+            # named for the open documents to reload (see _restored_documents); capped, a job's result stays small
+            "restored_files": [e.path for e in files[:MAX_RESTORED_LISTED]],
+            "restored_files_complete": len(files) <= MAX_RESTORED_LISTED,
         }
 
     @contextmanager

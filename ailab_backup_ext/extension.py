@@ -95,4 +95,5 @@ class BackupExtension(ExtensionApp):
         self._stopping.set()
         await asyncio.to_thread(self.manager.jobs.shutdown)
         if self.manager.docker is not None:
+            await asyncio.to_thread(self.manager.usage_cache.close)  # a helper still measuring
             await asyncio.to_thread(self.manager.docker.close)

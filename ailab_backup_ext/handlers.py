@@ -129,7 +129,7 @@ class _Reply(web.HTTPError):
 
 def _backup_json(meta):
     keys = ("id", "created", "label", "kind", "source", "size_bytes", "file_count", "total_bytes", "compression",
-            "release")
+            "release", "excludes")  # excludes: what it left out on purpose (None: not recorded, e.g. an upload)
     found = {k: meta.get(k) for k in keys}
     for key in ("where", "copy"):  # s3: where it is kept (see stores/mirror.py)
         if key in meta:
@@ -247,6 +247,23 @@ class SettingsHandler(BaseHandler):
     @authorized
     async def put(self):
         self.finish(await self.call(self.manager.settings.set, self.body_json()))
+
+
+class UsageHandler(BaseHandler):
+    """What each top-level folder holds and the next backup's estimate (cached); PUT leaves a
+    folder out of backups, or takes it in again."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        refresh = self.get_query_argument("refresh", "") in ("1", "true")
+        self.finish(await self.call_long(self.manager.usage, refresh))
+
+    @web.authenticated
+    @authorized
+    async def put(self):
+        body = self.body_json()
+        self.finish(await self.call_long(self.manager.set_folder_excluded, body.get("folder"), body.get("excluded")))
 
 
 class ChangesHandler(BaseHandler):
@@ -482,6 +499,7 @@ ROUTES = [
     (r"/schedule", ScheduleHandler),
     (r"/settings", SettingsHandler),
     (r"/changes", ChangesHandler),
+    (r"/usage", UsageHandler),
     (r"/copies", CopyHandler),
     (r"/key", KeyHandler),
     (rf"/{_ID}/copy", CopyHandler),

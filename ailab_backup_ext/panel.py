@@ -16,6 +16,7 @@ import ipywidgets as widgets
 from .client import BackupClient, BackupClientError
 from .panel_offsite import OffsiteGroup, where_tag
 from .panel_release import ReleaseMoveRow
+from .panel_usage import UsageBox, reload_note
 
 BORDER = "solid 1px"
 WIDTH = "660px"
@@ -343,6 +344,9 @@ class BackupPanel(widgets.VBox):
                            self.settings_button, self.helper_image, self.excludes, self.keep_last):
                 widget.disabled = True
             return
+        # a folder switched there changes the excludes shown under Settings
+        self.in_folder = UsageBox(self.client, self._start, lambda: self._show_settings(self.client.settings()))
+        self.children = [*self.children, _group([_header("In the folder"), self.in_folder])]
         self._show_selection()
         self._start(self._refresh, follow_running_job=True)
 
@@ -379,6 +383,7 @@ class BackupPanel(widgets.VBox):
         self._show_status(status)
         self._show_backups(self.client.list())
         self._show_settings(self.client.settings())
+        self.in_folder.load()
         job = status.get("job")
         if follow_running_job and job and job["state"] not in ("succeeded", "failed"):
             self._set_busy(True)  # a job started elsewhere (another panel, the sidebar, a script)
@@ -581,6 +586,7 @@ class BackupPanel(widgets.VBox):
         settings = self.client.set_settings(**changes)
         self._loaded_settings = None  # show what the server keeps
         self._show_settings(settings)
+        self.in_folder.load()  # other excludes: other sizes left out
         self.settings_button.icon = "check"
         self.message.value = "Settings saved beside the store."
 
@@ -806,6 +812,7 @@ class BackupPanel(widgets.VBox):
                          "“Undo restore” brings it back.")
             if result.get("hint"):
                 note += f"<br><b>{html.escape(result['hint'])}</b>"
+            note += reload_note(result)
             self.message.value = self._block(note)
         self._show_status(self.client.status())
         self._show_backups(self.client.list(), select=job.get("backup_id"))

@@ -399,3 +399,26 @@ async def test_the_store_warning_stays_red_after_a_backup(client, notebooks, mon
     monkeypatch.setattr(BackupManager, "status", status)  # the store is safe: the warning goes
     await click(panel, panel.refresh_button)
     assert not shown(panel.store_warning)
+
+
+async def test_folders_switched_in_the_panel_and_what_to_reload_after_a_restore(client, notebooks):
+    (notebooks / "models_cache").mkdir()
+    (notebooks / "models_cache" / "weights.bin").write_bytes(b"w" * 5000)
+    panel = await make_panel(client)
+    box = panel.in_folder
+    assert "models_cache/" in box.rows.children[0].children[1].value  # the largest first
+    assert "in 3 files" in box.estimate.value
+    await run(setattr, box.switches["models_cache"], "value", False)
+    await settled(panel)
+    assert panel.error.value == ""
+    assert (await run(client.settings))["excludes"] == ["models_cache"]
+    assert panel.excludes.value == "models_cache"  # the Settings show it
+    assert "in 2 files" in box.estimate.value
+
+    backup = await run(client.create, "no models", wait=True)
+    assert backup["result"]["excludes"] == ["models_cache"] and backup["result"]["file_count"] == 2
+    (notebooks / "intro.ipynb").write_text('{"cells": [1]}')
+    await click(panel, panel.refresh_button)  # the new backup is selected first
+    await click(panel, panel.restore_button)
+    await click(panel, panel.yes_button)
+    assert "reload it there" in panel.message.value and "intro.ipynb" in panel.message.value

@@ -432,6 +432,8 @@ class _MultipartWriter(ArchiveWriter):
         meta = dict(meta, encrypted=self.encrypted, stored_bytes=self.stored_bytes)
         if self.encrypted:  # readable for listing: ids, times, sizes; not which paths were left out
             meta["skipped_count"], meta["skipped"] = len(meta.get("skipped") or []), []
+            if meta.get("excludes"):  # the patterns name folders: only how many
+                meta["excludes_count"], meta["excludes"] = len(meta["excludes"]), None
         try:
             self.store._call(f"writing the metadata of {meta['id']}", "put_object",
                              Key=f"{self.store.prefix}meta/{meta['id']}.json", Body=_meta_bytes(meta),

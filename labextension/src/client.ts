@@ -202,6 +202,56 @@ export type SettingsChange = Partial<{
 export interface IChanges {
   token: string;
   job: string | null;
+  /** The newest finished restore or undo job of the server (null: none yet). */
+  last_restore?: {
+    id: string;
+    state: JobState;
+    finished: string | null;
+  } | null;
+}
+
+/** What a restore restored, as Jupyter's contents paths (the job's result). */
+export interface IRestored {
+  /** The restored files (only the first ones, unless `complete`). */
+  paths: string[];
+  complete: boolean;
+  /** The restored scope: the chosen paths, or [''] for everything. */
+  within: string[];
+  /** The Secure Configuration Storage was restored. */
+  scs: boolean;
+}
+
+/** One top-level entry of the notebooks folder (GET /usage). */
+export interface IFolderUsage {
+  /** '' for the files lying directly in the notebooks folder. */
+  name: string;
+  type: 'folder' | 'files';
+  bytes: number;
+  files: number;
+  /** Left out of backups by an exclude pattern (`excluded_by`). */
+  excluded: boolean;
+  excluded_by: string | null;
+  left_out_bytes: number;
+  left_out_files: number;
+}
+
+/** What is in the notebooks folder, and the next backup's estimate. */
+export interface IUsage {
+  folders: IFolderUsage[];
+  total: { bytes: number; files: number };
+  excludes: string[];
+  estimate: {
+    bytes: number;
+    files: number;
+    /** Guessed from the newest backup's ratio; null before the first. */
+    compressed_bytes: number | null;
+    ratio: number | null;
+    based_on: string | null;
+    note: string;
+  };
+  computed: string;
+  cached: boolean;
+  how: string;
 }
 
 export type RestoreMode = 'merge' | 'replace';
@@ -507,6 +557,23 @@ export class BackupClient {
    */
   makeKey(): Promise<INewKey> {
     return this.request<INewKey>(['key'], { method: 'POST' });
+  }
+
+  /** What each top-level folder holds (cached by the server). */
+  usage(refresh = false): Promise<IUsage> {
+    return this.request<IUsage>(
+      ['usage'],
+      {},
+      refresh ? { refresh: '1' } : undefined
+    );
+  }
+
+  /** Leave a top-level folder out of backups, or back it up again. */
+  setFolderExcluded(folder: string, excluded: boolean): Promise<IUsage> {
+    return this.request<IUsage>(['usage'], {
+      method: 'PUT',
+      body: JSON.stringify({ folder, excluded })
+    });
   }
 
   getJob(id: string): Promise<IJob> {

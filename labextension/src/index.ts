@@ -10,6 +10,7 @@ import { BackupClient } from './client';
 import { backupIcon } from './icon';
 import { BackupModel } from './model';
 import { BackupPanel, confirmUndo } from './panel';
+import reopenPlugin from './reopen';
 
 /** Command ids. */
 export namespace CommandIDs {
@@ -105,4 +106,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, reopenPlugin];

@@ -34,6 +34,7 @@ import {
 } from './offsitePanel';
 import { confirmRestore } from './restore';
 import { ReleaseMoveView } from './releasemove';
+import { UsageView } from './usage';
 import {
   DEFAULT_DAILY_TIME,
   IScheduleForm,
@@ -118,6 +119,7 @@ function BackupView({ model }: { model: BackupModel }): JSX.Element {
       <OffsiteView model={model} />
       <ScheduleView model={model} />
       <SettingsView model={model} />
+      <UsageView model={model} />
       <UploadZone model={model} over={drop.over} />
       <BackupList model={model} />
     </div>
