@@ -58,7 +58,8 @@ def test_the_clean_up_at_start_removes_spools_of_dead_processes_only(tmp_path):
     data.mkdir(parents=True)
     dead = data / f".b-1.tar.zst.{DEAD_PID}.ailab-partial"
     mine = data / f".b-2.tar.zst.{os.getpid()}.ailab-partial"  # a backup running now
-    kept = [data / "b-3.tar.zst", data / f".b-4.tar.zst.{DEAD_PID}.other", data / ".b-5.tar.zst.x.ailab-partial"]
+    # not spools: a finished archive, a name with a dead pid but another 14-character ending
+    kept = [data / "b-3.tar.zst", data / f".b-4.tar.zst.{DEAD_PID}.other-partial", data / ".b-5.tar.zst.x.ailab-partial"]
     for path in [dead, mine, *kept]:
         path.write_bytes(b"x")
     assert store.remove_stale_spools() == 1
@@ -171,3 +172,19 @@ def test_ids_are_readable_and_safe():
 def test_pid_alive():
     assert pid_alive(os.getpid())
     assert not pid_alive(DEAD_PID)
+
+
+def test_a_process_of_another_user_counts_as_alive():
+    """Its spool is kept: signalling it is not allowed (EPERM), but it runs."""
+    if os.getuid() != 0:
+        assert pid_alive(1)
+        return
+    child = os.fork()
+    if child == 0:  # as nobody, pid 1 (root's) cannot be signalled
+        try:
+            os.setuid(65534)
+            os._exit(0 if pid_alive(1) else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
