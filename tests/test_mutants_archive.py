@@ -123,3 +123,60 @@ def test_symlinks_that_stay_inside_and_those_that_escape():
         assert not symlink_escapes(path, target), (path, target)
     for path, target in escaping:
         assert symlink_escapes(path, target), (path, target)
+
+
+def test_a_set_cancel_event_stops_the_check_with_our_error():
+    import threading
+
+    from ailab_backup_ext.errors import Cancelled
+
+    data = archive(good_members())
+    cancel = threading.Event()
+    assert len(_read(data, cancel=cancel).entries) == 4  # not set: read whole
+    cancel.set()
+    with pytest.raises(Cancelled, match="its client went away. Nothing was kept"):
+        _read(data, cancel=cancel)
+
+
+def test_a_decompression_bomb_is_refused_by_the_sizes_its_headers_declare():
+    zeros = [M("notebooks", "dir"), M("notebooks/big", data=bytes(3 * 2**20))]  # 3 MiB, a few KB compressed
+    data = archive(zeros)
+    assert len(data) < 2**20
+    assert _read(data, max_ratio=0).total_bytes == 3 * 2**20  # 0: no limit (the server's own backups)
+    assert _read(data, max_ratio=4).total_bytes == 3 * 2**20  # 4 times the floor of 1 MiB: 4 MiB
+    with pytest.raises(TooLarge, match=r"more than 2 times its size \(at 'big'\): refused as a decompression bomb"):
+        _read(data, max_ratio=2)
+
+
+def test_a_flood_of_crafted_members_is_refused_by_its_headers_alone():
+    flood = [M("notebooks", "dir")] + [M(f"notebooks/{n:04d}", data=b"") for n in range(200)]  # 100 KB of headers
+    data = archive(flood)
+    assert len(data) < 64 * 1024
+    assert len(_read(data, max_ratio=200).entries) == 201  # the default ratio: 40 times at least 64 KiB
+    with pytest.raises(InvalidArchive, match="headers and names alone unpack to more than 1 times its size"):
+        _read(data, max_ratio=5)
+
+
+def _plain_tar_ending_after(zeros):
+    """A plain (uncompressed) archive: its members, one end-of-archive block, then ``zeros`` zero
+    bytes (a tar writer pads with zeros up to its record size)."""
+    import tarfile
+
+    whole = archive(good_members(), compression="none")
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        last = tar.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    assert whole[end:].count(0) == len(whole) - end
+    return whole[: end + 512] + bytes(zeros)
+
+
+def test_zeros_after_the_end_are_allowed_up_to_64_kib_and_nothing_else():
+    from ailab_backup_ext.archive.reader import MAX_TRAILING_ZEROS
+
+    assert MAX_TRAILING_ZEROS == 64 * 1024
+    for zeros in (0, 512, MAX_TRAILING_ZEROS):
+        assert len(_read(_plain_tar_ending_after(zeros)).entries) == 4, zeros
+    with pytest.raises(InvalidArchive, match="data after its end"):
+        _read(_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1))
+    with pytest.raises(InvalidArchive, match="data after its end"):
+        _read(_plain_tar_ending_after(1024) + b"\x01")

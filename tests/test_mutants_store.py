@@ -57,12 +57,13 @@ def test_the_clean_up_at_start_removes_spools_of_dead_processes_only(tmp_path):
     data = tmp_path / "store" / "data"
     data.mkdir(parents=True)
     dead = data / f".b-1.tar.zst.{DEAD_PID}.ailab-partial"
+    dead_too = data / f"{DEAD_PID + 1}.ailab-partial"  # the pid alone before the suffix
     mine = data / f".b-2.tar.zst.{os.getpid()}.ailab-partial"  # a backup running now
     # not spools: a finished archive, a name with a dead pid but another 14-character ending
     kept = [data / "b-3.tar.zst", data / f".b-4.tar.zst.{DEAD_PID}.other-partial", data / ".b-5.tar.zst.x.ailab-partial"]
-    for path in [dead, mine, *kept]:
+    for path in [dead, dead_too, mine, *kept]:
         path.write_bytes(b"x")
-    assert store.remove_stale_spools() == 1
+    assert store.remove_stale_spools() == 2
     assert sorted(os.listdir(data)) == sorted(p.name for p in [mine, *kept])
     assert store.remove_stale_spools() == 0
     assert FolderStore(tmp_path / "no-store").remove_stale_spools() == 0  # nothing there yet: nothing made
