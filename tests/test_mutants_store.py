@@ -75,16 +75,20 @@ def test_the_clean_up_at_start_removes_unlocked_worker_spools_only(tmp_path):
     data = tmp_path / "store" / "data"
     data.mkdir(parents=True)
     running = data / ".b-1.tar.zst.worker-aaaa.ailab-partial"
-    gone = data / ".b-2.tar.zst.worker-bbbb.ailab-partial"
+    gone = [data / f".b-{n}.tar.zst.worker-bbb{n}.ailab-partial" for n in range(2, 6)]
     other = data / ".b-3.tar.zst.worker-cccc.partial"
-    for path in (running, gone, other):
+    outside = tmp_path / "outside.bin"
+    for path in (running, *gone, other, outside):
         path.write_bytes(b"x")
+    link = data / ".b-9.tar.zst.worker-link.ailab-partial"  # not a spool of ours: nothing is followed
+    os.symlink(outside, link)
     with open(running, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # its worker still runs
-        assert store.remove_stale_spools() == 1
-        assert sorted(os.listdir(data)) == sorted([running.name, other.name])
+        assert store.remove_stale_spools() == 4
+        assert sorted(os.listdir(data)) == sorted([running.name, other.name, link.name])
     assert store.remove_stale_spools() == 1  # the worker ended: its lock went with it
-    assert os.listdir(data) == [other.name]
+    assert sorted(os.listdir(data)) == sorted([other.name, link.name])
+    assert outside.read_bytes() == b"x"
 
 
 def test_a_spool_is_deleted_unless_committed(tmp_path):
@@ -165,6 +169,7 @@ def test_ids_are_readable_and_safe():
     assert make_id("my notebooks/ä", created) == "my-notebooks-20261126T120005Z"
     assert make_id("--_x_--", created) == "x-20261126T120005Z"
     assert make_id("ä", created) == "backup-20261126T120005Z"
+    assert make_id("My Xylo_X", created) == "My-Xylo_X-20261126T120005Z"
     assert make_id("a" * 60, created) == "a" * 48 + "-20261126T120005Z"
     for slug in ("notebooks", "my notebooks/ä", "ä", "a" * 60, "_"):
         assert check_id(make_id(slug, created))
