@@ -254,6 +254,8 @@ class BackupManager(ReleaseMoves):
         if self.worker is None:
             raise NotRouted("no Docker")
         source, store = self.resolve()
+        if self.docker_version() is None:  # a folder store is read here; a volume then says why not
+            raise NotRouted("Docker is not reachable")
         config = {name: getattr(self.config, name) for name in WORKER_SETTINGS}
         config["excludes"] = self.settings.excludes  # a setting made in a UI wins, as in-process
         if op != "verify":  # the worker cannot see this server's container nor its defaults folder

@@ -1,0 +1,182 @@
+"""The archive reader's rules at their edges (what is just allowed, what is just refused, and the
+message that says so) and the writer's output as any tar/zstd/gzip reads it. Fast and Docker-free,
+so the mutation run (tests/MUTANTS.md) checks ailab_backup_ext/archive/ with them."""
+
+import io
+
+import pytest
+
+from ailab_backup_ext.archive import (
+    DIR,
+    FILE,
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    ROOT,
+    SYMLINK,
+    Entry,
+    EntryChecker,
+    check_path,
+    data_path,
+    read_archive,
+    symlink_escapes,
+)
+from ailab_backup_ext.errors import InvalidArchive, TooLarge
+from test_bad_input import M, archive, good_members
+
+
+def _read(data, **limits):
+    return read_archive(io.BytesIO(data), **limits)
+
+
+def test_the_entry_limit_allows_exactly_that_many_entries():
+    data = archive(good_members())  # 4 entries
+    assert len(_read(data, max_entries=4).entries) == 4
+    assert len(_read(data, max_entries=0).entries) == 4  # 0: no limit
+    with pytest.raises(TooLarge, match=r"more than 3 entries \(AILabBackup.max_entries\)"):
+        _read(data, max_entries=3)
+
+
+def test_the_size_limit_allows_exactly_that_many_bytes():
+    members = [M("notebooks", "dir"), M("notebooks/a", data=b"x" * 600), M("notebooks/b", data=b"y" * 400)]
+    data = archive(members)
+    assert _read(data, max_total_bytes=1000).total_bytes == 1000
+    with pytest.raises(TooLarge, match="more than the limit of 999 bytes"):
+        _read(data, max_total_bytes=999)
+
+
+def test_owner_and_time_limits():
+    ok = [M("notebooks", "dir"), M("notebooks/a", data=b"a", uid=2**32 - 1, gid=2**32 - 1, mtime=0)]
+    assert [(e.uid, e.gid) for e in _read(archive(ok)).entries][-1] == (2**32 - 1, 2**32 - 1)
+    for changes in ({"uid": 2**32}, {"gid": 2**32}):
+        bad = [M("notebooks", "dir"), M("notebooks/a", data=b"a", **changes)]
+        with pytest.raises(InvalidArchive, match="impossible owner or time"):
+            _read(archive(bad))
+
+
+def _check(*entries, **limits):
+    checker = EntryChecker(**limits)
+    for entry in entries:
+        checker.check(entry)
+    return checker
+
+
+def test_entry_rules_in_order():
+    root = Entry(ROOT, DIR)
+    assert _check(root, Entry("a", FILE, size=3), Entry("l", SYMLINK, target="a")).total == 3
+    cases = [
+        ((Entry(ROOT, FILE),), "the notebooks folder itself: it is a file, not a folder"),
+        ((root, Entry("a", FILE), Entry("a", DIR)), "'a': it appears twice"),
+        ((root, Entry("a", "fifo")), "a fifo is not allowed (only files, folders, symlinks)"),
+        ((root, Entry("a", FILE, mode=0o4755)), "setuid/setgid bits are not allowed"),
+        ((root, Entry("a", FILE, mode=0o2755)), "setuid/setgid bits are not allowed"),
+        ((root, Entry("l", SYMLINK, target="sub"), Entry("l/x/y", FILE)), "'l/x/y': it lies behind the symlink 'l'"),
+        ((root, Entry("l", SYMLINK, target="../up")), "points outside notebooks/ ('../up')"),
+        ((root, Entry("a", FILE, size=-1)), "impossible size -1"),
+        ((root, Entry("d", DIR, size=5)), "impossible size 5"),
+        ((root, Entry("a", FILE, uid=-1)), "impossible owner or time (-1:0, 0)"),
+        ((root, Entry("a", FILE, gid=-1)), "impossible owner or time (0:-1, 0)"),
+        ((root, Entry("a", FILE, mtime=2**63)), "impossible owner or time"),
+        ((root, Entry("a", FILE, mtime=-(2**63) - 1)), "impossible owner or time"),
+    ]
+    for entries, fragment in cases:
+        with pytest.raises(InvalidArchive) as refused:
+            _check(*entries)
+        assert fragment in str(refused.value), (entries, str(refused.value))
+    assert _check(root, Entry("a", FILE, mtime=2**63 - 1), Entry("b", FILE, mtime=-(2**63)), Entry("c", FILE, mode=0o1777))
+    assert _check(root, Entry("l", SYMLINK, target="sub"), Entry("lx", FILE), Entry("sub", DIR))  # 'lx' is not behind 'l'
+
+
+def test_member_names_inside_notebooks():
+    assert data_path("notebooks") == ROOT
+    assert data_path("notebooks/") == ROOT
+    assert data_path("./notebooks/") == ROOT
+    assert data_path("./notebooks/a/b") == "a/b"
+    assert data_path("notebooks/a/") == "a"
+    for outside in ("notebooksx", "notebooksx/a", "other/a", "ailab-backup-manifest.json", "/", "./", "/notebooks/a"):
+        assert data_path(outside) is None, outside
+
+
+def test_path_rules():
+    longest = "/".join(["y" * 199] * 19) + "z"
+    assert len(longest) == MAX_PATH_BYTES
+    for good in (ROOT, "a", "a/b.c", ".hidden/x", "x" * MAX_NAME_BYTES, longest, "ä" * 127):
+        check_path(good)
+    refused = {
+        "": "not a relative path", "/a": "not a relative path", "a/": "not a relative path",
+        "a\0b": "not a relative path", "a//b": "'..', '.' or empty parts", "./a": "'..', '.' or empty parts",
+        "a/..": "'..', '.' or empty parts", "\udcff": "not valid UTF-8",
+        "x" * (MAX_NAME_BYTES + 1): "cannot be written on Linux",
+        longest + "z": "cannot be written on Linux",
+        "ä" * 128: "cannot be written on Linux",  # 256 bytes, 128 characters
+    }
+    for path, fragment in refused.items():
+        with pytest.raises(InvalidArchive, match=fragment.replace(".", r"\.").replace("(", r"\(")):
+            check_path(path)
+
+
+def test_symlinks_that_stay_inside_and_those_that_escape():
+    inside = [("a", "b"), ("d/a", "../b"), ("d/e/a", "../../b"), ("a", "./b"), ("a", "b/"), ("d/a", ".."),
+              ("d/a", "../d/e")]
+    escaping = [("a", ""), ("a", "/etc"), ("a", ".."), ("a", "../b"), ("d/a", "../../b"), ("a", "b/../../c"),
+                ("a", "b/../c"), ("a", "b\0c"), (ROOT, "..")]
+    for path, target in inside:
+        assert not symlink_escapes(path, target), (path, target)
+    for path, target in escaping:
+        assert symlink_escapes(path, target), (path, target)
+
+
+def test_a_set_cancel_event_stops_the_check_with_our_error():
+    import threading
+
+    from ailab_backup_ext.errors import Cancelled
+
+    data = archive(good_members())
+    cancel = threading.Event()
+    assert len(_read(data, cancel=cancel).entries) == 4  # not set: read whole
+    cancel.set()
+    with pytest.raises(Cancelled, match="its client went away. Nothing was kept"):
+        _read(data, cancel=cancel)
+
+
+def test_a_decompression_bomb_is_refused_by_the_sizes_its_headers_declare():
+    zeros = [M("notebooks", "dir"), M("notebooks/big", data=bytes(3 * 2**20))]  # 3 MiB, a few KB compressed
+    data = archive(zeros)
+    assert len(data) < 2**20
+    assert _read(data, max_ratio=0).total_bytes == 3 * 2**20  # 0: no limit (the server's own backups)
+    assert _read(data, max_ratio=4).total_bytes == 3 * 2**20  # 4 times the floor of 1 MiB: 4 MiB
+    with pytest.raises(TooLarge, match=r"more than 2 times its size \(at 'big'\): refused as a decompression bomb"):
+        _read(data, max_ratio=2)
+
+
+def test_a_flood_of_crafted_members_is_refused_by_its_headers_alone():
+    flood = [M("notebooks", "dir")] + [M(f"notebooks/{n:04d}", data=b"") for n in range(200)]  # 100 KB of headers
+    data = archive(flood)
+    assert len(data) < 64 * 1024
+    assert len(_read(data, max_ratio=200).entries) == 201  # the default ratio: 40 times at least 64 KiB
+    with pytest.raises(InvalidArchive, match="headers and names alone unpack to more than 1 times its size"):
+        _read(data, max_ratio=5)
+
+
+def _plain_tar_ending_after(zeros):
+    """A plain (uncompressed) archive: its members, one end-of-archive block, then ``zeros`` zero
+    bytes (a tar writer pads with zeros up to its record size)."""
+    import tarfile
+
+    whole = archive(good_members(), compression="none")
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        last = tar.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    assert whole[end:].count(0) == len(whole) - end
+    return whole[: end + 512] + bytes(zeros)
+
+
+def test_zeros_after_the_end_are_allowed_up_to_64_kib_and_nothing_else():
+    from ailab_backup_ext.archive.reader import MAX_TRAILING_ZEROS
+
+    assert MAX_TRAILING_ZEROS == 64 * 1024
+    for zeros in (0, 512, MAX_TRAILING_ZEROS):
+        assert len(_read(_plain_tar_ending_after(zeros)).entries) == 4, zeros
+    with pytest.raises(InvalidArchive, match="data after its end"):
+        _read(_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1))
+    with pytest.raises(InvalidArchive, match="data after its end"):
+        _read(_plain_tar_ending_after(1024) + b"\x01")
