@@ -54,7 +54,8 @@ def build_parser():
     create = command("create", "back up now; prints the new backup's id last")
     create.add_argument("--label", default="")
     create.add_argument("--before-upgrade", action="store_true",
-                        help="label it 'Before upgrading (AI-Lab RELEASE)': the backup to make before moving to a new release")
+                        help="label it 'Before upgrading (AI-Lab RELEASE)': the backup to make before moving to "
+                             "a new release")
     command("list", "list the backups, newest first").add_argument("--json", action="store_true")
     command("show", "show a backup's metadata").add_argument("id")
     command("verify", "re-read a backup and check every file against its manifest").add_argument("id")
@@ -201,7 +202,8 @@ def print_move_plan(plan, out):
         print(f"new  {item['path']}  ({item['why']})", file=out)
     for item in plan["overwritten"]:
         cells = item.get("notebook")
-        extra = f" (cells: +{cells['cells_added']} -{cells['cells_removed']} ~{cells['cells_changed']})" if cells else ""
+        extra = (f" (cells: +{cells['cells_added']} -{cells['cells_removed']} ~{cells['cells_changed']})"
+                 if cells else "")
         print(f"mine {item['path']}  ({item['why']}; replaces the file here){extra}", file=out)
     for item in plan["kept_both"]:
         print(f"both  {item['path']}  (AI-Lab {release}'s version kept as {item['beside']})", file=out)

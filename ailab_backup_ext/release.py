@@ -257,14 +257,15 @@ def make_move_plan(backup_entries, old_record, new_record, current, skip=()):
         item = {"path": entry.path, "type": entry.type, "size": entry.size}
         old = old_defaults.get(entry.path) if old_defaults is not None else None
         new = new_defaults.get(entry.path)
-        if entry.type == FILE and old is not None and old == entry.sha256 and posixpath.basename(entry.path) != SCS_NAME:
+        is_scs = posixpath.basename(entry.path) == SCS_NAME
+        if entry.type == FILE and old is not None and old == entry.sha256 and not is_scs:
             change = "unchanged" if new == old else ("removed" if new is None else "updated")
             plan["left_to_release"].append({**item, "release_change": change})
         elif same:
             plan["unchanged"]["count"] += 1
             plan["unchanged"]["bytes"] += entry.size
             plan["unchanged"]["items"].append(item)
-        elif posixpath.basename(entry.path) == SCS_NAME:
+        elif is_scs:
             plan["scs"].append({**item, "action": "overwritten" if now_entry else "added"})
         elif now_entry is None:
             plan["restored"].append({**item, "why": _why(entry, old_defaults, new)})

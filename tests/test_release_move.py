@@ -171,3 +171,15 @@ def test_a_move_needs_the_running_release_defaults_and_changes_nothing_without(r
         laptop.release_move(backup["id"])
     assert folder_snapshot(v2) == before
     assert [m["kind"] for m in laptop.list_backups()] == ["manual"]  # no safety backup either
+
+
+def test_the_offer_stays_through_scheduled_backups_of_the_new_release(releases, tmp_path):
+    """The new server's schedule backs up soon after its start (a run missed meanwhile): that must
+    not hide the move; a backup the user makes in the new release ends the offer."""
+    r1, r2, store = releases
+    backup = manager_of(volume_of_release_1(tmp_path / "v1"), r1, "1.0", store).create_backup()
+    new = manager_of(make_release(tmp_path / "v2", RELEASE_2), r2, "2.0", store)
+    new.create_backup("Scheduled backup", kind="scheduled")
+    assert new.status()["release"]["move"]["backup_id"] == backup["id"]
+    new.create_backup("my first in 2.0")
+    assert new.status()["release"]["move"] is None
