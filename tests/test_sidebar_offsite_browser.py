@@ -113,7 +113,8 @@ def _scenario(lab, page, errors, docker_client, s3_server):
     assert any(k.endswith(archive + ".age") for k in s3_server.objects(lab.bucket))
 
     # the notebooks changed: a restore with replace reads the encrypted copy off the machine
-    run_in_volume(docker_client, lab.volume, "echo changed > /v/intro.ipynb && echo mine > /v/new.ipynb && rm -r /v/empty")
+    run_in_volume(docker_client, lab.volume,
+                  "echo changed > /v/intro.ipynb && echo mine > /v/new.ipynb && rm -r /v/empty")
     item.get_by_role("button", name=f"Restore {LABEL}").click()
     dialog.locator("input[value='replace']").check()
     _confirm(page, "Restore")
