@@ -102,8 +102,9 @@ class OffsiteGroup:
                          f" ({html.escape(str(self.second.get('endpoint') or self.second.get('type')))})")
             pending = (status.get("store") or {}).get("copies_pending") or []
             if pending:
-                lines.append(f'<b style="color: DarkOrange">{len(pending)} copy pending</b>: retried by the server; '
-                             "“Copy all” tries now.")
+                copies = "copy" if len(pending) == 1 else "copies"
+                lines.append(f'<b style="color: DarkOrange">{len(pending)} {copies} pending</b>: retried by the '
+                             "server; “Copy all” tries now.")
         enc = self.encryption
         if enc and enc.get("public_key"):
             lines.append(f"Encrypted ({html.escape(str(enc.get('mode')))}) with the key "

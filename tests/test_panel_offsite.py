@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from restutil import run, server_config
-from test_panel import click, make_panel, notebooks, settled, shown  # noqa: F401 - notebooks is a fixture
+from test_panel import click, make_panel, notebooks, shown  # noqa: F401 - notebooks is a fixture
 from test_s3 import own_s3  # noqa: F401 - a fixture: an S3 server of the test alone, stopped and started
 from test_s3_rest import copy_to_s3
 from treeutil import folder_snapshot

@@ -8,6 +8,7 @@ driven by Chromium through Playwright.
 - A backup is shown held "here + off the machine"; "Delete here only" leaves it "only off the
   machine"; a restore (replace) then reads the encrypted copy off the machine, and the volume
   equals the backup.
+- Without the key file, the sidebar says in red which file it needs, and so does the preview.
 - A backup whose copy off the machine was deleted is copied again with one action.
 
 Screenshots: tests/artifacts/sidebar-offsite.png, sidebar-key-dialog.png.
@@ -112,7 +113,8 @@ def _scenario(lab, page, errors, docker_client, s3_server):
     assert any(k.endswith(archive + ".age") for k in s3_server.objects(lab.bucket))
 
     # the notebooks changed: a restore with replace reads the encrypted copy off the machine
-    run_in_volume(docker_client, lab.volume, "echo changed > /v/intro.ipynb && echo mine > /v/new.ipynb && rm -r /v/empty")
+    run_in_volume(docker_client, lab.volume,
+                  "echo changed > /v/intro.ipynb && echo mine > /v/new.ipynb && rm -r /v/empty")
     item.get_by_role("button", name=f"Restore {LABEL}").click()
     dialog.locator("input[value='replace']").check()
     _confirm(page, "Restore")
@@ -120,6 +122,20 @@ def _scenario(lab, page, errors, docker_client, s3_server):
     expect(toast).not_to_have_count(0, timeout=300_000)
     assert volume_snapshot(docker_client, lab.volume) == before
     expect(panel.locator(".jp-AILabBackup-error")).to_have_count(0)
+
+    # the key gone: the sidebar says so in red, and the restore's preview says which file it needs
+    lab.key_file.rename(lab.key_file.with_suffix(".away"))
+    panel.get_by_role("button", name="Refresh status and list").click()
+    expect(offsite.get_by_role("alert", name="Off the machine problem")).to_contain_text(
+        f"encrypted, but the key is missing: put the key you saved into {lab.key_file}", timeout=60_000)
+    item.get_by_role("button", name=f"Restore {LABEL}").click()
+    expect(dialog).to_contain_text("The preview failed", timeout=120_000)
+    expect(dialog).to_contain_text(f"the key to open it is missing: put the key saved when encryption was set up "
+                                   f"into {lab.key_file}")
+    _confirm(page, "Cancel")
+    lab.key_file.with_suffix(".away").rename(lab.key_file)
+    panel.get_by_role("button", name="Refresh status and list").click()
+    expect(offsite.get_by_role("alert")).to_have_count(0, timeout=60_000)
 
     # its copy off the machine deleted too, a new backup is copied again with one action
     lab.rest("POST", expect=202, json={"label": "second"})

@@ -328,10 +328,13 @@ class _RangedReader:
             return b""
         extra = {"IfMatch": self.etag} if self.etag else {}  # AWS refuses a range of another object
         answer = self.store._call(self.doing, "get_object", Key=self.key, Range=f"bytes={start}-{end - 1}", **extra)
-        with answer["Body"] as body:
+        body = answer["Body"]  # (not "with": its __enter__ gives the raw urllib3 stream, unwrapped errors)
+        try:
             if self.etag and answer.get("ETag") not in (None, self.etag):  # servers that ignore If-Match
                 raise self.to_error(_precondition_failed())
             data = _GuardedBody(body, self.to_error).read()
+        finally:
+            body.close()
         if len(data) != end - start:
             raise Unavailable(f"{self.store._where()} sent {len(data)} bytes of {end - start} while {self.doing}. "
                               "Nothing was changed; try again.")
@@ -495,7 +498,7 @@ def _quiet_sdk_logs():
     server run with debug logging cannot write it."""
     for name in ("boto3", "botocore", "s3transfer", "urllib3"):
         logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.INFO:
+        if logger.level < logging.INFO:  # NOTSET too: a root logger set to DEBUG later must not reach it
             logger.setLevel(logging.INFO)
 
 
