@@ -214,8 +214,8 @@ class AILabBackup(Configurable):
         config=True,
         help="""How many long checks (uploads, restore previews of a local folder) run at once,
         each in a child process of its own, so that status, listings and the UIs stay quick
-        while archives are checked; more are queued. Each takes a core while it runs: raise it
-        only with cores to spare.""",
+        while archives are checked; more are queued. Each takes a core while it runs (at a lower
+        priority than the server, nice 10): raise it only with cores to spare.""",
     )
     keep_last = Int(
         0,

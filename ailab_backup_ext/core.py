@@ -448,10 +448,11 @@ class BackupManager(ReleaseMoves):
             try:
                 checker.check(entry)
             except InvalidArchive as exc:  # a fifo, a link out, a name not UTF-8 or too long: restore refuses it
+                reason = str(exc)
                 if entry.type == DIR:
                     refused_folders.add(entry.path)
-                    exc = f"{exc} Everything in the folder is left out with it."
-                skipped.append({"path": entry.path, "reason": str(exc)})
+                    reason += " Everything in the folder is left out with it."
+                skipped.append({"path": entry.path, "reason": reason})
                 continue
             yield entry, content
 

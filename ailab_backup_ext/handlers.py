@@ -385,17 +385,13 @@ class UploadHandler(BaseHandler):
         self.stall_timer = None
         seconds = self.manager.config.upload_stall_seconds
         self.log.warning("ailab-backup: an upload stalled at %d bytes for %d s; cut off", self.received, seconds)
-        self._cut_off(408, (
-            f"The upload brought less than {STALL_MIN_BYTES // 1024} KiB in {seconds} s and was cut off "
-            "(AILabBackup.upload_stall_seconds); nothing was kept. Upload again over a faster connection."))
-
-    def _cut_off(self, status, message):
-        """Answer before the body has all come in, and remove what came."""
         self._release()
-        self.set_status(status)
+        self.set_status(408)
         self.set_header("Content-Type", "application/json")
         # the body is not read to its end: tornado closes the connection after this reply
-        self.finish(json.dumps({"message": message}))
+        self.finish(json.dumps({"message": (
+            f"The upload brought less than {STALL_MIN_BYTES // 1024} KiB in {seconds} s and was cut off "
+            "(AILabBackup.upload_stall_seconds); nothing was kept. Upload again over a faster connection.")}))
 
     def _disk_full(self, exc):
         """The spool's disk filled up as the body came in (one sent without Content-Length, or
@@ -456,7 +452,7 @@ class UploadHandler(BaseHandler):
         if hasattr(self, "cancel"):
             self.cancel.set()
         if self.checking:
-            return  # the check stops at its next read; post() then removes the spool
+            return  # its check process is killed; post() then removes the spool
         self._remove_spool()  # an aborted upload leaves nothing behind
         if self.slot is not None:
             self.settings.get(UPLOADS_KEY, set()).discard(self.slot)
