@@ -8,7 +8,8 @@ did that every few seconds would keep Docker busy. The change token costs no hel
   running job, and the schedule's and the settings' state held in memory;
 - the store's own change marker, for changes made by another process (``ailab-backup`` on the
   command line, another server, ``docker run`` by hand): a folder store's ``stat`` times; for a
-  volume store, Docker's event log: containers not made by this process that mounted it.
+  volume store, Docker's event log: containers not made by this process that mounted it; none for
+  an S3 store. With a second copy elsewhere (``copy_to``), the primary is watched.
 
 Free of tornado.
 """
@@ -21,7 +22,7 @@ import time
 
 from .docker_helper import HELPER_LABEL, OWNER_LABEL, helper_labels
 from .errors import BackupError
-from .store import FolderStore
+from .store import FolderStore, VolumeStore
 
 OVERLAP = 2.0  # seconds asked again at each look, so that no event at the border is lost
 KEEP_OWN = 1000
@@ -67,6 +68,7 @@ class ChangeWatch:
             store = self.manager.store
         except BackupError as exc:
             return f"unresolved: {exc}"
+        store = getattr(store, "primary", store)  # with a second copy elsewhere, the primary is watched
         if isinstance(store, FolderStore):
             stamps = []
             for sub in ("", "meta"):
@@ -75,7 +77,9 @@ class ChangeWatch:
                 except OSError:
                     stamps.append(0)
             return stamps
-        return self._foreign_helpers(store)
+        if isinstance(store, VolumeStore):
+            return self._foreign_helpers(store)
+        return None  # an S3 store: what other processes write there shows at the next listing
 
     def _foreign_helpers(self, store):
         """How many times a container not made by this process (``ailab-backup`` on the command

@@ -198,7 +198,7 @@ def print_move_plan(plan, out):
     release = (plan.get("to_release") or {}).get("name") or "this release"
     for item in plan["scs"]:
         print(f"SCS  {item['path']}  {_size(item['size'])} ({item['action']})", file=out)
-    for item in plan["restored"]:
+    for item in plan["brought_back"]:
         print(f"new  {item['path']}  ({item['why']})", file=out)
     for item in plan["overwritten"]:
         cells = item.get("notebook")
@@ -213,7 +213,7 @@ def print_move_plan(plan, out):
     for item in plan["added_by_release"]:
         print(f"added {item['path']}  (new in AI-Lab {release}, stays)", file=out)
     counts = plan["counts"]
-    print(f"{counts['scs']} SCS, {counts['restored']} new, {counts['overwritten']} replaced by yours, "
+    print(f"{counts['scs']} SCS, {counts['brought_back']} new, {counts['overwritten']} replaced by yours, "
           f"{counts['kept_both']} kept both, {counts['left_to_release']} left to the release, "
           f"{counts['unchanged']} unchanged (into AI-Lab {release}).", file=out)
 

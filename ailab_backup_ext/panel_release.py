@@ -7,7 +7,7 @@ import ipywidgets as widgets
 
 CATEGORY_TITLES = (  # category of the plan, title, colour
     ("scs", "Secure Configuration Storage: brought back", "DarkBlue"),
-    ("restored", "Yours: brought back", "green"),
+    ("brought_back", "Yours: brought back", "green"),
     ("overwritten", "Yours: replace the file here", "DarkOrange"),
     ("kept_both", "Changed by you and by the new release: both kept", "purple"),
     ("left_to_release", "Unchanged defaults: left as this release ships them", "gray"),
@@ -18,7 +18,7 @@ LISTED = 100
 
 def release_counts(plan):
     counts = plan.get("counts") or {}
-    return (f"{counts.get('scs', 0)} SCS, {counts.get('restored', 0)} brought back, {counts.get('overwritten', 0)} "
+    return (f"{counts.get('scs', 0)} SCS, {counts.get('brought_back', 0)} brought back, {counts.get('overwritten', 0)} "
             f"replaced by yours, {counts.get('kept_both', 0)} kept both, {counts.get('left_to_release', 0)} left to "
             f"the release, {counts.get('unchanged', 0)} unchanged")
 

@@ -29,7 +29,7 @@ SCS_NAME = "ai_lab_secure_configuration_storage.sqlite"
 MAX_DEFAULTS = 5000  # more files than any release ships: the folder is not taken as its defaults
 MAX_RECORD_TEXT = 1024
 KEEP_IN_MEMORY = 16 * 1024 * 1024  # a kept current file larger than this is spooled to disk
-CATEGORIES = ("scs", "restored", "overwritten", "kept_both", "left_to_release", "added_by_release")
+CATEGORIES = ("scs", "brought_back", "overwritten", "kept_both", "left_to_release", "added_by_release")
 _HEX = set("0123456789abcdef")
 
 
@@ -229,7 +229,7 @@ def make_move_plan(backup_entries, old_record, new_record, current, skip=()):
     module's docstring); each lands in exactly one category:
 
     - ``scs``: the Secure Configuration Storage, always brought back;
-    - ``restored``: made or changed by the user, not in the current folder: written;
+    - ``brought_back``: made or changed by the user, not in the current folder: written;
     - ``overwritten``: the user's version replaces what the current folder holds (a default the
       new release did not change, or a file made here since);
     - ``kept_both``: the user's version under its name, the running release's (what the
@@ -268,7 +268,7 @@ def make_move_plan(backup_entries, old_record, new_record, current, skip=()):
         elif is_scs:
             plan["scs"].append({**item, "action": "overwritten" if now_entry else "added"})
         elif now_entry is None:
-            plan["restored"].append({**item, "why": _why(entry, old_defaults, new)})
+            plan["brought_back"].append({**item, "why": _why(entry, old_defaults, new)})
         elif (now_entry.type == FILE and new is not None and now_entry.sha256 == new
               and may_keep_both(entry, old_defaults, new_defaults)):
             beside = beside_name(entry.path, label(new_record), taken)
@@ -301,7 +301,7 @@ def _why(entry, old_defaults, new):
 
 def written_paths(plan):
     """The backup's paths a move writes, and {beside: path} of the current files moved beside."""
-    paths = {item["path"] for category in ("scs", "restored", "overwritten", "kept_both") for item in plan[category]}
+    paths = {item["path"] for category in ("scs", "brought_back", "overwritten", "kept_both") for item in plan[category]}
     return paths, {item["beside"]: item["path"] for item in plan["kept_both"]}
 
 

@@ -87,9 +87,11 @@ class ReleaseMoves:
         with self._one_operation():
             try:
                 with self._busy_guard():
-                    return self._in_worker("release_move", progress, write_source=True, backup_id=backup_id)
+                    result = self._in_worker("release_move", progress, write_source=True, backup_id=backup_id)
             except NotRouted:
-                return self._release_move(backup_id, progress, apply=True)
+                result = self._release_move(backup_id, progress, apply=True)
+        self.note_change()  # the folder changed: UIs and the usage cache look again
+        return {**result, "restored": self._restored_documents(result)}  # the open documents to reload
 
     def start_release_move(self, backup_id):
         self.get_backup(backup_id)  # an unknown id is answered now, not as a failed job
@@ -201,11 +203,14 @@ class ReleaseMoves:
         source.write_entries(_counted(stream(), progress), protected=self.settings.excludes)
         progress.complete(total, len(written) + len(beside))
         touches_scs = bool(plan["scs"]) or any(p.endswith(".sqlite") for p in written)
-        from .core import RESTART_HINT
+        from .core import MAX_RESTORED_LISTED, RESTART_HINT
 
+        changed = sorted(set(written) | set(beside))  # named for the open documents to reload
         return {"file_count": len(written) + len(beside), "total_bytes": total,
                 "safety_backup_id": safety["id"] if safety else None,
-                "hint": RESTART_HINT if touches_scs else None}
+                "hint": RESTART_HINT if touches_scs else None,
+                "restored_files": changed[:MAX_RESTORED_LISTED],
+                "restored_files_complete": len(changed) <= MAX_RESTORED_LISTED}
 
 
 def _counted(entries, progress):

@@ -44,7 +44,7 @@ EMPTY_FOLDER = "my/empty"  # made by the user, kept by a move
 # each file of the user's backup, by the category a move into 2.0 must put it in
 EXPECTED_CATEGORIES = {
     "scs": {SCS},
-    "restored": {"my/analysis.ipynb", ".gitkeep", "legacy.ipynb"},
+    "brought_back": {"my/analysis.ipynb", ".gitkeep", "legacy.ipynb"},
     "overwritten": {"sklearn/train.ipynb"},
     "kept_both": {"data/flights.ipynb"},
     "left_to_release": {"start.ipynb", "old_demo.ipynb"},
@@ -111,6 +111,6 @@ def check_plan(plan):
     kept = plan["kept_both"][0]
     assert kept["notebook"] == {"cells_added": 0, "cells_removed": 0, "cells_changed": 3}, kept
     assert plan["overwritten"][0]["notebook"] == {"cells_added": 0, "cells_removed": 0, "cells_changed": 1}
-    why = {i["path"]: i["why"] for i in plan["restored"]}
+    why = {i["path"]: i["why"] for i in plan["brought_back"]}
     assert why["legacy.ipynb"] == "changed by you; removed in the running release", why
     assert why["my/analysis.ipynb"] == "made by you", why

@@ -95,11 +95,11 @@ def test_an_old_backup_without_record_is_compared_with_the_running_release_only(
     new = manager_of(v2, r2, "2.0", store)
     assert new.status()["release"]["move"] is None  # not known to be another release: not offered
     plan = new.plan_release_move(backup["id"])
-    got = {c: {i["path"] for i in plan[c]} for c in ("kept_both", "overwritten", "restored", "left_to_release")}
+    got = {c: {i["path"] for i in plan[c]} for c in ("kept_both", "overwritten", "brought_back", "left_to_release")}
     # nothing is known to be an old default: a default of 2.0 the backup holds otherwise is kept
     # twice (data/flights); what 2.0 ships alike is unchanged; the rest is the user's
     assert got == {"kept_both": {"data/flights.ipynb", "sklearn/train.ipynb"}, "overwritten": set(),
-                   "restored": {"my/analysis.ipynb", ".gitkeep", "legacy.ipynb", "old_demo.ipynb"},
+                   "brought_back": {"my/analysis.ipynb", ".gitkeep", "legacy.ipynb", "old_demo.ipynb"},
                    "left_to_release": set()}
     assert {i["path"] for i in plan["unchanged"]["items"]} == {"start.ipynb"}
 

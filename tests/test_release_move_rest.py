@@ -62,8 +62,8 @@ async def test_preview_then_move_by_rest_holds_what_the_plan_said(jp_fetch, jp_r
     job = await wait_job(jp_fetch, body["job"]["id"])
     conforms(job, "/jobs/{job_id}", "get", 200)
     assert job["state"] == "succeeded", job
-    assert {c: job["result"][c] for c in ("kept_both", "left_to_release", "restored")} == \
-        {c: plan[c] for c in ("kept_both", "left_to_release", "restored")}
+    assert {c: job["result"][c] for c in ("kept_both", "left_to_release", "brought_back")} == \
+        {c: plan[c] for c in ("kept_both", "left_to_release", "brought_back")}
     assert file_digests(folder_snapshot(jp_root_dir)) == digests(AFTER_MOVE)
     _, status, _ = await call(jp_fetch, "status")
     assert status["release"]["move"] is None  # brought in
@@ -94,7 +94,7 @@ async def test_an_uploaded_release_record_is_bounded_like_other_metadata(jp_fetc
     assert release["defaults_count"] is None and release["unchanged_defaults"] == 0  # an index it cannot hold
     _, plan, _ = await call(jp_fetch, uploaded["id"], "restore", method="POST",
                             body={"mode": "release-move", "dry_run": True})
-    assert [i["path"] for i in plan["restored"]] == ["a.ipynb"]  # nothing taken for an old default
+    assert [i["path"] for i in plan["brought_back"]] == ["a.ipynb"]  # nothing taken for an old default
     assert json.dumps(plan).count("x" * 1025) == 0
 
 

@@ -25,7 +25,7 @@ from treeutil import HELPER_IMAGE, volume_snapshot
 
 CATEGORIES = {  # what the dialog shows of each category of the scenario (releaseutil.py)
     "scs": "Secure Configuration Storage: brought back (1)",
-    "restored": "Yours: brought back (3)",
+    "brought_back": "Yours: brought back (3)",
     "overwritten": "Yours: replace the file here (1)",
     "kept_both": "Changed by you and by the new release: both kept (1)",
     "left_to_release": "Unchanged defaults: left as this release ships them (2)",

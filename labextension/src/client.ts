@@ -145,7 +145,7 @@ export interface IReleaseMoveItem extends IPlanItem {
 
 export type ReleaseMoveCategory =
   | 'scs'
-  | 'restored'
+  | 'brought_back'
   | 'overwritten'
   | 'kept_both'
   | 'left_to_release'

@@ -19,7 +19,7 @@ import { BackupModel } from './model';
 /** The categories of a release move, in the order they are shown. */
 export const MOVE_CATEGORIES: [ReleaseMoveCategory, string][] = [
   ['scs', 'Secure Configuration Storage: brought back'],
-  ['restored', 'Yours: brought back'],
+  ['brought_back', 'Yours: brought back'],
   ['overwritten', 'Yours: replace the file here'],
   ['kept_both', 'Changed by you and by the new release: both kept'],
   ['left_to_release', 'Unchanged defaults: left as this release ships them'],
