@@ -95,6 +95,7 @@ def test_usage_per_top_level_folder_and_the_estimate_follow_the_excludes_locally
 
     # the backup holds exactly what the estimate said, and records what it left out
     backup_id = cli(capsys, *base, "create").strip().splitlines()[-1]
+    assert "(left out: models_cache, slc_workspace, *.tmp)" in cli(capsys, *base, "list")
     shown = json.loads(cli(capsys, *base, "show", backup_id))
     assert shown["excludes"] == excludes
     assert (shown["total_bytes"], shown["file_count"]) == (kept_bytes, 3)
@@ -215,3 +216,23 @@ async def test_a_restore_names_its_files_as_jupyter_paths_and_changes_says_it_en
     whole = (await wait_job(jp_fetch, body["job"]["id"]))["result"]["restored"]
     assert whole["within"] == [""] and whole["scs"] is True
     assert "ai_lab_secure_configuration_storage.sqlite" in whole["paths"]
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["streamed", "worker"])
+def test_a_restore_of_a_docker_volume_names_its_files_for_the_open_documents(
+        docker_client, volumes, tmp_path, worker, request):
+    """As in AI-Lab: the server sees the volume at its root folder (the mount of its own container),
+    so the restored files are Jupyter paths; the same whether the restore ran in the worker."""
+    volume, store = volumes
+    image = request.getfixturevalue("python_image") if worker else HELPER_IMAGE
+    fill_volume(docker_client, volume, write_tree(str(tmp_path / "tree")))
+    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image), root_dir=str(tmp_path))
+    assert manager.worker_status()["in_use"] is worker
+    backup_id = manager.create_backup()["id"]
+    manager.source.local_path = str(tmp_path)  # where this server sees the volume, as AI-Lab's does
+    result = manager.restore_backup(backup_id, paths=["work", "ai_lab_secure_configuration_storage.sqlite"])
+    assert sorted(result["restored"]["paths"]) == ["ai_lab_secure_configuration_storage.sqlite",
+                                                   "work/analysis.ipynb", "work/models_cache/local.bin"]
+    assert result["restored"]["scs"] is True and result["restored"]["complete"]
+    manager.source.local_path = None  # a volume Jupyter does not show: no open document can be one of them
+    assert manager.restore_backup(backup_id, paths=["work"])["restored"] is None

@@ -27,7 +27,7 @@ import {
 import { backupIcon } from './icon';
 import { BackupModel, title } from './model';
 import { confirmRestore } from './restore';
-import { UsageView } from './usage';
+import { UsageView, leftOut } from './usage';
 import {
   DEFAULT_DAILY_TIME,
   IScheduleForm,
@@ -540,6 +540,7 @@ function BackupItem({
         {backup.total_bytes
           ? ` · ${formatBytes(backup.total_bytes)} unpacked`
           : ''}
+        {leftOut(backup)}
       </div>
       <div className="jp-AILabBackup-actions">
         <button
