@@ -5,6 +5,7 @@ can reload open documents (the restored files, GET /changes's last restore)."""
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -236,3 +237,24 @@ def test_a_restore_of_a_docker_volume_names_its_files_for_the_open_documents(
     assert result["restored"]["scs"] is True and result["restored"]["complete"]
     manager.source.local_path = None  # a volume Jupyter does not show: no open document can be one of them
     assert manager.restore_backup(backup_id, paths=["work"])["restored"] is None
+
+
+def test_a_job_that_starts_does_not_make_it_measure_again(tmp_path):
+    source = write_tree(str(tmp_path / "notebooks"))
+    manager = BackupManager(AILabBackup(docker_url="none", source_dir=source, store=str(tmp_path / "store")))
+    manager.usage()
+    started, release = threading.Event(), threading.Event()
+
+    def slow(progress):
+        started.set()
+        release.wait(30)
+        return {}
+
+    job = manager.jobs.start("backup", slow)
+    try:
+        started.wait(30)
+        assert manager.changes.token()["job"] == job.id  # the sidebar's token moved
+        assert manager.usage()["cached"] is True and manager.usage_cache.walks == 1
+    finally:
+        release.set()
+        job.done.wait(30)
