@@ -255,7 +255,7 @@ class UsageHandler(BaseHandler):
     async def put(self):
         body = self.body_json()
         if set(body) != {"folder", "excluded"}:
-            raise web.HTTPError(400, "Send {\"folder\": \"models_cache\", \"excluded\": true} (or false to back it up).")
+            raise web.HTTPError(400, 'Send {"folder": "models_cache", "excluded": true} (or false to back it up).')
         self.finish(await self.call_long(self.manager.set_folder_excluded, body["folder"], body["excluded"]))
 
 

@@ -132,8 +132,8 @@ def test_a_notebook_open_during_a_rest_restore_shows_the_restored_content_and_sa
                 expect(cells.first).to_contain_text("CHANGED_LATER", timeout=90_000)
                 expect(page.locator(PANEL)).to_be_hidden()  # the sidebar is closed
                 # the kernel's start writes its metadata into the notebook: saved, as a user would
-                expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1,
-                                                                                                           timeout=90_000)
+                idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                expect(idle).to_have_count(1, timeout=90_000)
                 time.sleep(3)  # its kernel info too
                 _save(page, cells)
                 time.sleep(3)
