@@ -39,20 +39,23 @@ class ChangeWatch:
         self._last_marker = None
         self._ours = {}  # ids of our own helper containers seen created, oldest first
 
-    def token(self):
+    def token(self, with_job=True):
         """{"token": opaque text that changes when the backups, the running job, the schedule or
-        the settings may have changed; "job": the running job's id or None}."""
+        the settings may have changed; "job": the running job's id or None}. Without ``with_job``
+        the token leaves out the running job (what is cached until the job changes something)."""
         manager = self.manager
         marker = self._store_marker()
         if self._last_marker is not None and marker != self._last_marker:
             manager.settings.invalidate()  # another process may have changed them
         self._last_marker = marker
         active = manager.jobs.active
-        held = [manager.revision, marker, active.id if active else None]
+        held = [manager.revision, marker, active.id if active and with_job else None]
         for owner in (manager.scheduler, manager.settings):
             with owner._lock:  # not while it changes; one at a time, so no lock waits for another
                 held.append(json.dumps(owner._state, sort_keys=True, default=str))
         digest = hashlib.sha256(json.dumps(held, default=str).encode()).hexdigest()[:16]
+        if not with_job:
+            return {"token": digest}
         return {"token": digest, "job": active.id if active else None, "last_restore": self.last_restore()}
 
     def last_restore(self):

@@ -274,8 +274,9 @@ def run(args, out=None):
                       + "LABEL", file=out)
                 for b in backups:
                     place = (b.get("where", "") + (" (copy pending)" if b.get("copy") else "")).ljust(17) if where else ""
+                    left_out = f" (left out: {', '.join(b['excludes'])})" if b.get("excludes") else ""
                     print(f"{b['id']:<44} {b['created']:<21} {_size(b['size_bytes']):>9} "
-                          f"{b['file_count']:>6}  {place}{b.get('label', '')}", file=out)
+                          f"{b['file_count']:>6}  {place}{b.get('label', '')}{left_out}", file=out)
             offer = _move_offer(manager)
             if offer:
                 print(offer, file=sys.stderr)

@@ -256,14 +256,18 @@ class UsageHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        refresh = self.get_query_argument("refresh", "") in ("1", "true")
-        self.finish(await self.call_long(self.manager.usage, refresh))
+        refresh = self.get_arguments("refresh")
+        if len(refresh) > 1 or not set(refresh) <= {"0", "1", "true", "false"}:
+            raise web.HTTPError(400, "'refresh' is 1 (measure again now) or 0.")
+        self.finish(await self.call_long(self.manager.usage, bool(refresh) and refresh[0] in ("1", "true")))
 
     @web.authenticated
     @authorized
     async def put(self):
         body = self.body_json()
-        self.finish(await self.call_long(self.manager.set_folder_excluded, body.get("folder"), body.get("excluded")))
+        if set(body) != {"folder", "excluded"}:
+            raise web.HTTPError(400, 'Send {"folder": "models_cache", "excluded": true} (or false to back it up).')
+        self.finish(await self.call_long(self.manager.set_folder_excluded, body["folder"], body["excluded"]))
 
 
 class ChangesHandler(BaseHandler):

@@ -83,7 +83,8 @@ class UsageBox(widgets.VBox):
             self.rows.children = rows
             self.text.value = (f"{size_text(usage['total']['bytes'])} in {usage['total']['files']} files. "
                                "Untick a folder to leave it out of backups.")
-            self.estimate.value = f"<span title='{html.escape(usage['estimate']['note'])}'>{estimate_text(usage)}</span>"
+            note = html.escape(usage["estimate"]["note"])
+            self.estimate.value = f"<span title='{note}'>{estimate_text(usage)}</span>"
         finally:
             self._filling = False
 

@@ -184,8 +184,9 @@ class Usage:
     def get(self, refresh=False):
         manager = self.manager
         excludes = manager.settings.excludes
-        # the change token: backups, restores and settings made here, or by another process in the store
-        key = (manager.changes.token()["token"], tuple(excludes))
+        # the change token: backups, restores and settings made here, or by another process in the
+        # store; not the running job (a job that starts changes nothing yet: no second measurement)
+        key = (manager.changes.token(with_job=False)["token"], tuple(excludes))
         with self._lock:
             cached = self._cached
             now = self.clock()

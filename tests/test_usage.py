@@ -5,6 +5,7 @@ can reload open documents (the restored files, GET /changes's last restore)."""
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -89,12 +90,13 @@ def test_usage_per_top_level_folder_and_the_estimate_follow_the_excludes_locally
     assert rows_of(usage) == expected_rows(excludes)
     left = {r["name"]: r["excluded"] for r in usage["folders"]}
     assert left["models_cache"] and left["slc_workspace"] and not left["work"]
-    kept_bytes = sum(len(d) for rel, d in TREE.items()
-                     if not rel.startswith(("models_cache/", "slc_workspace/")) and rel != "work/models_cache/local.bin")
+    left_out = ("models_cache/", "slc_workspace/", "work/models_cache/")
+    kept_bytes = sum(len(d) for rel, d in TREE.items() if not rel.startswith(left_out))
     assert usage["estimate"]["bytes"] == kept_bytes and usage["estimate"]["files"] == 3
 
     # the backup holds exactly what the estimate said, and records what it left out
     backup_id = cli(capsys, *base, "create").strip().splitlines()[-1]
+    assert "(left out: models_cache, slc_workspace, *.tmp)" in cli(capsys, *base, "list")
     shown = json.loads(cli(capsys, *base, "show", backup_id))
     assert shown["excludes"] == excludes
     assert (shown["total_bytes"], shown["file_count"]) == (kept_bytes, 3)
@@ -215,3 +217,44 @@ async def test_a_restore_names_its_files_as_jupyter_paths_and_changes_says_it_en
     whole = (await wait_job(jp_fetch, body["job"]["id"]))["result"]["restored"]
     assert whole["within"] == [""] and whole["scs"] is True
     assert "ai_lab_secure_configuration_storage.sqlite" in whole["paths"]
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["streamed", "worker"])
+def test_a_restore_of_a_docker_volume_names_its_files_for_the_open_documents(
+        docker_client, volumes, tmp_path, worker, request):
+    """As in AI-Lab: the server sees the volume at its root folder (the mount of its own container),
+    so the restored files are Jupyter paths; the same whether the restore ran in the worker."""
+    volume, store = volumes
+    image = request.getfixturevalue("python_image") if worker else HELPER_IMAGE
+    fill_volume(docker_client, volume, write_tree(str(tmp_path / "tree")))
+    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image), root_dir=str(tmp_path))
+    assert manager.worker_status()["in_use"] is worker
+    backup_id = manager.create_backup()["id"]
+    manager.source.local_path = str(tmp_path)  # where this server sees the volume, as AI-Lab's does
+    result = manager.restore_backup(backup_id, paths=["work", "ai_lab_secure_configuration_storage.sqlite"])
+    assert sorted(result["restored"]["paths"]) == ["ai_lab_secure_configuration_storage.sqlite",
+                                                   "work/analysis.ipynb", "work/models_cache/local.bin"]
+    assert result["restored"]["scs"] is True and result["restored"]["complete"]
+    manager.source.local_path = None  # a volume Jupyter does not show: no open document can be one of them
+    assert manager.restore_backup(backup_id, paths=["work"])["restored"] is None
+
+
+def test_a_job_that_starts_does_not_make_it_measure_again(tmp_path):
+    source = write_tree(str(tmp_path / "notebooks"))
+    manager = BackupManager(AILabBackup(docker_url="none", source_dir=source, store=str(tmp_path / "store")))
+    manager.usage()
+    started, release = threading.Event(), threading.Event()
+
+    def slow(progress):
+        started.set()
+        release.wait(30)
+        return {}
+
+    job = manager.jobs.start("backup", slow)
+    try:
+        started.wait(30)
+        assert manager.changes.token()["job"] == job.id  # the sidebar's token moved
+        assert manager.usage()["cached"] is True and manager.usage_cache.walks == 1
+    finally:
+        release.set()
+        job.done.wait(30)

@@ -15,6 +15,8 @@ import json
 import os
 import time
 
+import requests
+
 from playwright.sync_api import expect, sync_playwright
 
 from ailab_backup_ext.archive import read_archive
@@ -22,6 +24,8 @@ from test_roundtrip import fill_volume, make_tree
 from test_sidebar_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PANEL, TOKEN, _item, _shot, running_lab, \
     shown_on_failure
 from treeutil import run_in_volume
+
+SCS = "ai_lab_secure_configuration_storage.sqlite"
 
 
 def _browser_page(p):
@@ -78,7 +82,9 @@ def test_a_folder_switched_off_in_the_sidebar_is_missing_from_the_next_backup(tm
 
                 panel.locator("input[name='label']").fill("without the models")
                 panel.get_by_role("button", name="Back up now").click()
-                expect(_item(panel, "without the models")).to_be_visible(timeout=300_000)
+                item = _item(panel, "without the models")
+                expect(item).to_be_visible(timeout=300_000)
+                expect(item).to_contain_text("left out: models_cache")  # the backup says what it left out
             [backup] = lab.backups()
             shown = lab.rest("GET", backup["id"]).json()
             assert shown["excludes"] == ["models_cache"]
@@ -112,6 +118,7 @@ def test_a_notebook_open_during_a_rest_restore_shows_the_restored_content_and_sa
     with sync_playwright() as p, running_lab(tmp_path, docker_client, "unused", str(tmp_path / "store"), args) as lab:
         notebook = root / "work.ipynb"
         notebook.write_text(_notebook("RESTORED_VERSION"))
+        (root / "ai_lab_secure_configuration_storage.sqlite").write_bytes(b"scs v1")
         job = lab.rest("POST", json={"label": "good"}, expect=202).json()["job"]
         backup_id = _wait_job(lab, job["id"])["backup_id"]
         notebook.write_text(_notebook("CHANGED_LATER"))
@@ -125,8 +132,8 @@ def test_a_notebook_open_during_a_rest_restore_shows_the_restored_content_and_sa
                 expect(cells.first).to_contain_text("CHANGED_LATER", timeout=90_000)
                 expect(page.locator(PANEL)).to_be_hidden()  # the sidebar is closed
                 # the kernel's start writes its metadata into the notebook: saved, as a user would
-                expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1,
-                                                                                                           timeout=90_000)
+                idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                expect(idle).to_have_count(1, timeout=90_000)
                 time.sleep(3)  # its kernel info too
                 _save(page, cells)
                 time.sleep(3)
@@ -161,6 +168,25 @@ def test_a_notebook_open_during_a_rest_restore_shows_the_restored_content_and_sa
                 dialog.get_by_role("button", name="Take the restored one").click()
                 expect(cells.first).to_contain_text("RESTORED_VERSION", timeout=30_000)
                 expect(page.locator(".jp-NotebookPanel")).not_to_contain_text("UNSAVED_EDIT")
+
+                # a restore of the SCS: the kernels of open notebooks are offered a restart
+                kernels = requests.get(f"{lab.base}api/kernels", headers={"Authorization": f"token {TOKEN}"},
+                                       timeout=30).json()
+                assert len(kernels) == 1
+                job = lab.rest("POST", backup_id, "restore", json={"paths": [SCS]}, expect=202).json()["job"]
+                assert _wait_job(lab, job["id"])["result"]["restored"]["scs"] is True
+                toast = page.locator(".Toastify__toast").filter(
+                    has_text="Secure Configuration Storage was restored")
+                expect(toast).to_contain_text("work.ipynb", timeout=30_000)
+                log = tmp_path / "lab.log"
+                assert f"Kernel restarted: {kernels[0]['id']}" not in log.read_text(errors="replace")
+                page.get_by_role("button", name="Restart kernels").click()
+                for _ in range(150):  # the notebook's kernel, started again by the server
+                    if f"Kernel restarted: {kernels[0]['id']}" in log.read_text(errors="replace"):
+                        break
+                    time.sleep(0.2)
+                else:
+                    raise AssertionError("the kernel was not restarted")
             assert not errors, errors
         finally:
             browser.close()

@@ -34,7 +34,7 @@ import {
 } from './offsitePanel';
 import { confirmRestore } from './restore';
 import { ReleaseMoveView } from './releasemove';
-import { UsageView } from './usage';
+import { UsageView, leftOut } from './usage';
 import {
   DEFAULT_DAILY_TIME,
   IScheduleForm,
@@ -550,6 +550,7 @@ function BackupItem({
         {backup.total_bytes
           ? ` · ${formatBytes(backup.total_bytes)} unpacked`
           : ''}
+        {leftOut(backup)}
       </div>
       <div className="jp-AILabBackup-actions">
         <button

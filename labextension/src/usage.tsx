@@ -8,8 +8,22 @@
 import { Button, refreshIcon } from '@jupyterlab/ui-components';
 import React, { useEffect, useState } from 'react';
 
-import { IFolderUsage, IUsage, describeError, formatBytes } from './client';
+import {
+  IBackup,
+  IFolderUsage,
+  IUsage,
+  describeError,
+  formatBytes
+} from './client';
 import { BackupModel } from './model';
+
+/** What a backup of the list left out on purpose (its excludes), or ''. */
+export function leftOut(backup: IBackup): string {
+  const excludes = backup.excludes;
+  return Array.isArray(excludes) && excludes.length
+    ? ` · left out: ${excludes.join(', ')}`
+    : '';
+}
 
 /** The estimate in one line. */
 export function estimateText(usage: IUsage): string {
