@@ -121,7 +121,16 @@ class _PlacingWriter(FolderWriter):
         if st is not None and stat.S_ISDIR(st.st_mode):
             remove_at(parent, name)
         # atomic, as a copied file's rename: a reader never sees half a file; a symlink there is replaced
-        os.replace(staged, name, src_dir_fd=self.staging.fd, dst_dir_fd=parent)
+        try:
+            os.replace(staged, name, src_dir_fd=self.staging.fd, dst_dir_fd=parent)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # another file system mounted inside the folder: copied from the staged file (checked)
+            fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.staging.fd)
+            with os.fdopen(fd, "rb") as content:
+                super().write_file(parent, name, entry, content)
+            os.unlink(staged, dir_fd=self.staging.fd)
 
 
 @contextmanager

