@@ -695,6 +695,8 @@ class BackupManager(ReleaseMoves):
         remove (replace only) and leave unchanged. Changes nothing. ``cancel`` (an Event) set by
         a client that went away stops it when it runs in a child process. ``release-move``: see
         :meth:`plan_release_move`."""
+        if progress is None and cancel is not None:  # here or in a worker: it stops at its next progress
+            progress = Progress(on_change=lambda _p: cancel.is_set() and _preview_abandoned())
         if mode == MOVE_MODE:
             _no_paths_with_move(paths)
             return self.plan_release_move(backup_id, progress)
@@ -931,6 +933,10 @@ def _number_in_second(backup_id):
 
 def _newest_first(metas):
     return sorted((m for m in metas if meta_is_sound(m)), key=lambda m: (m.get("created", ""), _number_in_second(m["id"]), m["id"]), reverse=True)
+
+
+def _preview_abandoned():
+    raise Cancelled("The restore preview was stopped: its client went away. Nothing was changed.")
 
 
 def _check_mode(mode):

@@ -255,3 +255,34 @@ def test_a_killed_servers_kept_worker_goes_by_itself(docker_client, make_volume,
         if server.poll() is None:
             server.kill()
         remove_our_helpers(docker_client, server.pid)
+
+
+def test_a_preview_whose_client_went_away_stops_in_the_kept_worker(
+        docker_client, make_volume, volume_120mb, python_image):
+    """A restore preview run by the server's kept worker stops when its client goes away (the
+    handler sets the event): its process in the worker ends, and the next preview works."""
+    from ailab_backup_ext.errors import Cancelled
+
+    store = make_volume("ailabstore")
+    manager = server_manager(volume_120mb, store, python_image)
+    try:
+        backup = manager.create_backup()
+        worker = our_worker(docker_client)
+        alone = len(worker.top()["Processes"])  # the worker's own process(es), no job running
+        gone = threading.Event()
+
+        def client_leaves_once_the_preview_runs():
+            if wait_until(lambda: len(worker.top()["Processes"]) > alone, 30, 0.05):
+                gone.set()
+
+        watcher = threading.Thread(target=client_leaves_once_the_preview_runs)
+        watcher.start()
+        with pytest.raises(Cancelled, match="client went away"):
+            manager.plan_restore(backup["id"], "replace", None, None, gone)
+        watcher.join()
+        assert gone.is_set()
+        assert wait_until(lambda: len(worker.top()["Processes"]) == alone, 15), "the preview still runs"
+        plan = manager.plan_restore(backup["id"], "replace")
+        assert plan["unchanged"]["count"] == 4
+    finally:
+        manager.docker.close()
