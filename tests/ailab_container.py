@@ -49,9 +49,10 @@ SERVER_DISTRIBUTIONS = ["jupyterlab", "jupyter_server", "ipywidgets", "ipykernel
 LEFT_OUT_DISTRIBUTIONS = {"debugpy", "jedi", "parso"}
 LEFT_OUT_STDLIB = {"test", "site-packages", "ensurepip", "idlelib", "tkinter", "turtledemo", "lib2to3",
                    "pydoc_data", "__phello__", "distutils"}
+# (only the interpreter's own _test* modules: anyio._core._testing is needed to open a notebook)
 _LEFT_OUT_FILE = re.compile(
     r"(/tests?/|\.map$|\.pyi$|\.opt-[12]\.pyc$|/__pycache__/.*\.cpython-(?!311)|"
-    r"/babel/locale-data/(?!(en|root)[._])|/nbextensions/|_tkinter|_test|xxlimited|"
+    r"/babel/locale-data/(?!(en|root)[._])|/nbextensions/|_tkinter|/lib-dynload/_(ctypes_)?test|xxlimited|"
     r"/zstandard/_cffi\.|/site-packages/jupyterlab/(static|galata)/|/lib-dynload/nis\.)")
 SUDO_KEEPS = ("COLORS", "DISPLAY", "HOSTNAME", "KRB5CCNAME", "LS_COLORS", "PS1", "PS2", "TZ", "XAUTHORITY",
               "XAUTHORIZATION", "XDG_CURRENT_DESKTOP", "TERM")  # sudo's own env_keep list (sudo -V)
@@ -152,18 +153,21 @@ def _norm(name):
 
 
 def needed_distributions(roots=SERVER_DISTRIBUTIONS, left_out=LEFT_OUT_DISTRIBUTIONS):
-    """The installed distributions ``roots`` need (without extras), minus ``left_out``."""
-    found, todo = {}, list(roots)
+    """The installed distributions ``roots`` need, minus ``left_out``: with the extras a
+    requirement names (nbconvert needs ``bleach[css]``: without tinycss2 it cannot be imported),
+    not the roots' own optional extras."""
+    found, todo, seen = {}, [(name, ()) for name in roots], set()
     while todo:
-        name = todo.pop()
-        if _norm(name) in found or _norm(name) in left_out:
+        name, extras = todo.pop()
+        if _norm(name) in left_out or (_norm(name), extras) in seen:
             continue
-        dist = metadata.distribution(name)
-        found[_norm(name)] = dist
+        seen.add((_norm(name), extras))
+        dist = found.setdefault(_norm(name), metadata.distribution(name))
         for text in dist.requires or []:
             requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra})
+                                                 for extra in ("", *extras)):
+                todo.append((requirement.name, tuple(sorted(requirement.extras))))
     return found
 
 
@@ -380,6 +384,11 @@ class AILabContainer:
 
     def logs(self):
         return self.container.logs().decode(errors="replace")[-4000:]
+
+    def errors(self):
+        """The server's log lines of errors and warnings, with their tracebacks."""
+        lines = self.container.logs().decode(errors="replace").splitlines()
+        return "\n".join(line for line in lines if not line.startswith("[I "))[-6000:]
 
     @property
     def id(self):

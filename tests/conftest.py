@@ -180,10 +180,11 @@ def ailab_image(docker_client, tmp_path_factory):
 
 
 @pytest.fixture
-def ailab_server(docker_client, ailab_image):
+def ailab_server(docker_client, ailab_image, make_volume):
     """Starts AI-Lab-like server containers, ``ailab_server(notebooks=None or a volume name or a
     host folder, socket=True, env={...})``, and removes them (with their anonymous volumes) after
-    the test."""
+    the test. (It asks for make_volume so that the containers are removed first: a volume still
+    mounted by one cannot be removed, and was left behind.)"""
     started = []
 
     def start(image=None, **kwargs):

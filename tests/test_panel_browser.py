@@ -65,6 +65,24 @@ def running_lab(tmp_path, extra_args=()):
         log.close()
 
 
+def run_all_cells_for_the_panel(page):
+    """In the notebook open on ``page``: wait for its kernel, Run All Cells from the menu, and
+    return the notebook panel (BackupPanel) the cells show; fails with the cell's error instead."""
+    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for()
+    expect(page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")).to_have_text("Python 3 (ipykernel)",
+                                                                                  timeout=90_000)
+    expect(page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")).to_be_visible(
+        timeout=90_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    panel = page.locator(".ailab-backup-panel")
+    error = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    expect(panel.or_(error).first).to_be_visible(timeout=90_000)
+    assert not error.count(), "the panel's cell failed:\n" + error.first.inner_text()
+    expect(panel).to_contain_text("AI-Lab Backup")
+    return panel
+
+
 @pytest.fixture
 def lab(tmp_path):
     with running_lab(tmp_path) as lab:
@@ -87,20 +105,7 @@ def test_demo_notebook_backs_up_from_the_browser(lab):
         try:
             page.set_default_timeout(90_000)
             page.goto(f"{base}lab/tree/{NOTEBOOK.name}?token={TOKEN}")
-            # the notebook is open and its kernel is ready
-            page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for()
-            expect(page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")).to_have_text("Python 3 (ipykernel)")
-            expect(page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")).to_be_visible(
-                timeout=90_000)
-
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-
-            panel = page.locator(".ailab-backup-panel")
-            error = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-            expect(panel.or_(error).first).to_be_visible(timeout=90_000)
-            assert not error.count(), "the panel's cell failed:\n" + error.first.inner_text()
-            expect(panel).to_contain_text("AI-Lab Backup")
+            panel = run_all_cells_for_the_panel(page)
             expect(panel).to_contain_text("No backups yet")
             expect(panel).to_contain_text("local")
 
@@ -171,13 +176,7 @@ def test_panel_store_warning_stays_red_and_times_are_utc(warned_lab):
         try:
             page.set_default_timeout(90_000)
             page.goto(f"{base}lab/tree/{NOTEBOOK.name}?token={TOKEN}")
-            page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for()
-            expect(page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle")).to_be_visible(
-                timeout=90_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-            panel = page.locator(".ailab-backup-panel")
-            expect(panel).to_contain_text("AI-Lab Backup", timeout=90_000)
+            panel = run_all_cells_for_the_panel(page)
             warning = panel.locator("p", has_text=WARNING)
             expect(warning).to_be_visible()
             assert warning.evaluate("e => getComputedStyle(e).color") == "rgb(255, 0, 0)"

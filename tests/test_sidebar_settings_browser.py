@@ -64,6 +64,11 @@ def setup(tmp_path, docker_client, make_volume, other_image):
 def _open_sidebar(page, base):
     page.goto(f"{base}lab?token={TOKEN}")
     page.locator("#jp-main-dock-panel").wait_for()
+    return show_sidebar(page)
+
+
+def show_sidebar(page):
+    """Open the "Backups" sidebar of the JupyterLab page, by its tab on the left; returns it."""
     page.locator(f".jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id='{PANEL[1:]}']").click()
     panel = page.locator(PANEL)
     expect(panel).to_be_visible()
