@@ -279,6 +279,11 @@ export class BackupModel {
       this._token = token;
       if (seen !== null && seen !== token) {
         await this.refresh();
+        if (this.loadError) {
+          // Not read whole (the list or the status failed, e.g. a slow server):
+          // the change is not taken as seen, so the next look reads again.
+          this._token = seen;
+        }
       }
     } catch {
       // The server is away for a moment; the next look tries again.
