@@ -22,7 +22,7 @@ import time
 
 from .docker_helper import HELPER_LABEL, OWNER_LABEL, helper_labels
 from .errors import BackupError
-from .store import FolderStore, VolumeStore
+from .stores import FolderStore, VolumeStore
 
 OVERLAP = 2.0  # seconds asked again at each look, so that no event at the border is lost
 KEEP_OWN = 1000

@@ -48,8 +48,8 @@ from .changes import ChangeWatch
 from .checker import config_values, run_in_child
 from .usage import Usage, toggled_excludes
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
-from .store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
-from .stores import MirroredStore, S3Store, is_s3_url, local_path, open_writer  # s3: stores/ hooks
+from .stores import (FolderStore, MirroredStore, S3Store, VolumeStore, check_id, is_s3_url, local_path, make_id,
+                     meta_is_sound, open_writer)
 from .stores.age import Encryption
 from .worker.runner import NotRouted, WorkerRunner
 

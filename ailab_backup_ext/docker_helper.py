@@ -18,7 +18,7 @@ from contextlib import closing, contextmanager
 
 from .archive import CHUNK, IterStream, TarReader
 from .errors import BackupError, NotFound, Unavailable
-from .store import pid_alive
+from .stores.spool import pid_alive
 
 HELPER_LABEL = "ailab-backup.helper"
 OWNER_LABEL = "ailab-backup.owner"

@@ -10,7 +10,7 @@ from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.docker_helper import DockerHelper, find_covering_mount
 from ailab_backup_ext.sources import DockerMountSource, LocalFolderSource
-from ailab_backup_ext.store import FolderStore, VolumeStore
+from ailab_backup_ext.stores import FolderStore, VolumeStore
 from treeutil import HELPER_IMAGE
 
 ROOT = "/home/jupyter/notebooks"

@@ -10,7 +10,7 @@ import pytest
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError, NotFound
-from ailab_backup_ext.store import FolderStore
+from ailab_backup_ext.stores.folder import FolderStore
 from ailab_backup_ext.stores.mirror import MirroredStore
 from treeutil import folder_snapshot
 

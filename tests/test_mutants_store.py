@@ -12,7 +12,9 @@ import pytest
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import NotFound
-from ailab_backup_ext.store import FolderStore, check_id, make_id, meta_is_sound, pid_alive
+from ailab_backup_ext.stores.folder import FolderStore
+from ailab_backup_ext.stores.records import check_id, make_id, meta_is_sound
+from ailab_backup_ext.stores.spool import pid_alive
 
 DEAD_PID = 2**22 + 4321  # above the kernel's largest pid (pid_max is at most 2**22): no process
 

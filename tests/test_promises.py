@@ -283,7 +283,7 @@ def test_status_says_what_is_backed_up_and_where(tmp_path, capsys):
 def test_a_backup_cut_short_while_it_is_stored_is_never_listed(tmp_path, monkeypatch):
     """The archive is synced and in place before its metadata is written: the server dying
     (here: an error) at the archive's rename leaves no listed backup; the one before stays."""
-    from ailab_backup_ext import store as store_module
+    from ailab_backup_ext.stores import folder as store_module
 
     source, manager = local_manager(tmp_path)
     (source / "a.txt").write_text("1")

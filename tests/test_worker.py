@@ -72,12 +72,13 @@ def test_worker_round_trips_are_identical_and_nothing_passes_through_the_server(
 
     monkeypatch.setattr(docker_helper.DockerHelper, "archive_stream", metadata_only)
     monkeypatch.setattr(docker_helper.DockerHelper, "put_archive", None)  # nor was anything sent
-    import ailab_backup_ext.store as store_module
+    from ailab_backup_ext.stores import folder, volume
 
     def no_spool(*_args):
         raise AssertionError("the server spooled an archive")
 
-    monkeypatch.setattr(store_module, "_spool", no_spool)  # nothing in the server's temp folder
+    for store_module in (folder, volume):
+        monkeypatch.setattr(store_module, "spool_file", no_spool)  # nothing in the server's temp folder
     counted.clear()
     backup = manager.create_backup(label="worker")
     assert len(counted) == 1  # one worker container for the whole backup, nothing else; kept for the next

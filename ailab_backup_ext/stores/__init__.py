@@ -1,11 +1,13 @@
 """Where backups are kept: one interface (:mod:`.base`), one module per kind.
 
-FolderStore and VolumeStore still live in :mod:`ailab_backup_ext.store` (moving them here is a
-pure move left for after the worker branch, which changes VolumeStore, is merged); they are
-re-exported so that code asks this package for every kind.
+A kind per module: :mod:`.folder` (a folder of this machine), :mod:`.volume` (a Docker volume),
+:mod:`.s3` (an S3 bucket prefix), :mod:`.mirror` (a store plus a second copy elsewhere); what they
+share: :mod:`.records` (ids, metadata) and :mod:`.spool` (partial archives). Encryption: :mod:`.age`.
 """
 
-from ..store import FolderStore, VolumeStore, check_id, make_id, meta_is_sound
+from .folder import FolderStore
+from .records import check_id, make_id, meta_is_sound
+from .volume import VolumeStore
 from .base import HERE, OFF, ArchiveWriter, Store, local_path, location_of, open_writer
 from .mirror import MirroredStore
 from .s3 import S3Store, is_s3_url

@@ -3,8 +3,8 @@
 A store keeps ``data/<archive>`` (the compressed tar, ``<id>.tar.zst`` or ``.tar.gz``) and
 ``meta/<id>.json`` for each backup, plus small JSON state documents (the schedule, pending copies).
 The metadata is the commit marker: written last, after the archive is complete and verified, so an
-interrupted backup has none and is never listed. Kinds: :class:`~ailab_backup_ext.store.FolderStore`
-(a folder of this machine), :class:`~ailab_backup_ext.store.VolumeStore` (a Docker volume),
+interrupted backup has none and is never listed. Kinds: :class:`~ailab_backup_ext.stores.folder.FolderStore`
+(a folder of this machine), :class:`~ailab_backup_ext.stores.volume.VolumeStore` (a Docker volume),
 :class:`~ailab_backup_ext.stores.s3.S3Store` (an S3 bucket prefix), and
 :class:`~ailab_backup_ext.stores.mirror.MirroredStore` (a store plus a second copy elsewhere).
 """
@@ -106,7 +106,7 @@ def open_writer(store, archive_name):
         with store.open_writer(archive_name) as writer:
             yield writer
         return
-    from ..store import FolderStore  # the folder store's spool is the final file's neighbour
+    from .folder import FolderStore  # the folder store's spool is the final file's neighbour
 
     with store.spool(archive_name) as path, open(path, "wb") as f:
         yield _SpoolingWriter(store, archive_name, path, f, sync=isinstance(store, FolderStore))
@@ -117,7 +117,7 @@ def local_path(store, archive_name):
     store), so that a restore reads it in place instead of copying it first; else None."""
     if hasattr(store, "local_path"):
         return store.local_path(archive_name)
-    from ..store import FolderStore
+    from .folder import FolderStore
 
     if isinstance(store, FolderStore):
         path = os.path.join(store.path, "data", archive_name)

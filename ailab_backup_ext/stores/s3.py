@@ -23,9 +23,10 @@ from contextlib import contextmanager
 
 from ..archive import Worker
 from ..errors import BackupError, NotFound, Unavailable
-from ..store import _meta_bytes, _remove_stale_spools, _spool
 from .age import DecryptingReader, EncryptingWriter
 from .base import ArchiveWriter
+from .records import meta_bytes
+from .spool import remove_stale_spools_in, spool_file
 
 PART_BYTES = 8 * 1024 * 1024  # S3 wants >= 5 MiB but the last; grows so 10 000 parts always do
 PARTS_IN_FLIGHT = 2
@@ -203,7 +204,7 @@ class S3Store:
 
     def write_state(self, name, data):
         self._call(f"writing {name}.json", "put_object", Key=f"{self.prefix}{name}.json",
-                   Body=_meta_bytes(data), ContentType="application/json")
+                   Body=meta_bytes(data), ContentType="application/json")
 
     def _archive_key(self, archive_name):
         """The key holding the archive, whether it is encrypted, and its head (size, ETag);
@@ -251,7 +252,7 @@ class S3Store:
 
     def spool(self, name):
         """A temporary file of this machine (an upload arrives in one before it is checked)."""
-        return _spool(tempfile.gettempdir(), name)
+        return spool_file(tempfile.gettempdir(), name)
 
     def commit(self, spool_path, archive_name, meta):
         with self.open_writer(archive_name) as writer, open(spool_path, "rb") as f:
@@ -265,7 +266,7 @@ class S3Store:
             self._call(f"deleting {backup_id}", "delete_object", Key=key)
 
     def remove_stale_spools(self, now=None):
-        removed = _remove_stale_spools(tempfile.gettempdir())
+        removed = remove_stale_spools_in(tempfile.gettempdir())
         now = now or datetime.datetime.now(datetime.timezone.utc)
         page = self._call("looking for unfinished uploads", "list_multipart_uploads", Prefix=self.prefix + "data/")
         for upload in page.get("Uploads", []) or []:
@@ -439,7 +440,7 @@ class _MultipartWriter(ArchiveWriter):
                 meta["excludes_count"], meta["excludes"] = len(meta["excludes"]), None
         try:
             self.store._call(f"writing the metadata of {meta['id']}", "put_object",
-                             Key=f"{self.store.prefix}meta/{meta['id']}.json", Body=_meta_bytes(meta),
+                             Key=f"{self.store.prefix}meta/{meta['id']}.json", Body=meta_bytes(meta),
                              ContentType="application/json")
         except BackupError:
             self._delete_quietly()

@@ -26,7 +26,8 @@ from ..core import BackupManager
 from ..errors import BackupError
 from ..progress import Progress
 from ..sources import LocalFolderSource
-from ..store import SPOOL_SUFFIX, WORKER_SPOOL_TAG, FolderStore, remove_unlocked_worker_spools
+from ..stores.folder import FolderStore
+from ..stores.spool import SPOOL_SUFFIX, WORKER_SPOOL_TAG, remove_unlocked_worker_spools
 from .runner import JOB_ENV
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress lines: the server relays each one

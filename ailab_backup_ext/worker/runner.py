@@ -26,7 +26,7 @@ import uuid
 from ..errors import BackupError, Busy, InvalidArchive, NotFound, TooLarge, Unavailable
 from ..jobs import Cancelled
 from ..sources import DockerMountSource
-from ..store import FolderStore, VolumeStore
+from ..stores import FolderStore, VolumeStore
 
 WORKER_LABEL = "ailab-backup.worker"
 SOURCE_AT, STORE_AT = "/ailab/mount", "/ailab/store"

@@ -1,0 +1,124 @@
+"""Backups in a Docker volume, reached through helper containers. It survives the removal of the
+AI-Lab container and of the notebooks volume."""
+
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+
+from ..archive import FILE, Entry, tar_stream
+from ..errors import NotFound
+from .records import meta_bytes
+from .spool import remove_stale_spools_in, spool_file
+
+
+class VolumeStore:
+    """Backups in a Docker volume, reached through helper containers."""
+
+    kind = "volume"
+    MOUNT_POINT = "/ailab/store"
+
+    def __init__(self, docker, volume):
+        self.docker = docker
+        self.volume = volume
+
+    @property
+    def name(self):
+        return self.volume
+
+    def describe(self):
+        return {"type": self.kind, "name": self.volume}
+
+    def _mounts(self):
+        self.docker.ensure_volume(self.volume)
+        return [self.docker.mount("volume", self.volume, self.MOUNT_POINT)]
+
+    def _members(self, helper, path):
+        try:
+            yield from self.docker.tar_members(helper, path)
+        except NotFound:
+            return
+
+    def _read_meta(self, helper):
+        found = []
+        for tar, info in self._members(helper, f"{self.MOUNT_POINT}/meta"):
+            if info.isreg() and info.name.endswith(".json"):
+                try:
+                    found.append(json.loads(tar.data(info).read()))
+                except ValueError:
+                    continue
+        return found
+
+    def read_all_meta(self):
+        if self.docker.keep_helpers:  # a server: one kept helper, and the listing cached
+            return self.docker.cached_read(("listing", self.volume), self._mounts(), f"{self.MOUNT_POINT}/meta",
+                                           self._read_meta)
+        with self.docker.container(self._mounts()) as helper:
+            return self._read_meta(helper)
+
+    def invalidate(self):
+        """Our own write: the next listing reads the store again."""
+        self.docker.invalidate(("listing", self.volume))
+
+    def read_state(self, name):
+        if not self.docker.volume_exists(self.volume):  # reading a setting never creates the store
+            return None
+        with self.docker.container(self._mounts()) as helper:
+            for tar, info in self._members(helper, f"{self.MOUNT_POINT}/{name}.json"):
+                try:
+                    return json.loads(tar.data(info).read())
+                except ValueError:
+                    return None
+        return None
+
+    def write_state(self, name, data):
+        payload = meta_bytes(data)
+        with self.docker.container(self._mounts()) as helper:
+            # written under a temporary name first would need a rename in a running helper; the
+            # archive API writes one small file in one piece, which is enough for a setting
+            self.docker.put_archive(helper, self.MOUNT_POINT, tar_stream(
+                [(Entry(path=name + ".json", type=FILE, size=len(payload)), io.BytesIO(payload))], None),
+                f"the store volume {self.volume!r}")
+
+    def spool(self, name):
+        """A temporary file of this machine, copied into the volume when committed."""
+        return spool_file(tempfile.gettempdir(), name)
+
+    def remove_stale_spools(self):
+        return remove_stale_spools_in(tempfile.gettempdir())
+
+    def commit(self, spool_path, archive_name, meta):
+        size = os.path.getsize(spool_path)
+        what = f"the store volume {self.volume!r}"
+        with self.docker.container(self._mounts()) as helper, open(spool_path, "rb") as f:
+            self.docker.put_archive(helper, self.MOUNT_POINT, _file_tar("data/" + archive_name, f, size), what)
+            data = meta_bytes(meta)
+            self.docker.put_archive(
+                helper, self.MOUNT_POINT, _file_tar(f"meta/{meta['id']}.json", io.BytesIO(data), len(data)), what)
+        self.invalidate()
+
+    @contextmanager
+    def open_archive(self, archive_name):
+        with self.docker.container(self._mounts()) as helper:
+            for tar, info in self._members(helper, f"{self.MOUNT_POINT}/data/{archive_name}"):
+                yield tar.data(info)
+                return
+        raise NotFound(f"The archive {archive_name} is missing from the volume {self.volume}.")
+
+
+    def remove(self, backup_id, archive_name):
+        try:
+            self.docker.run(
+                self._mounts(),
+                ["rm", "-f", f"{self.MOUNT_POINT}/meta/{backup_id}.json", f"{self.MOUNT_POINT}/data/{archive_name}"],
+            )
+        finally:
+            self.invalidate()
+
+
+def _file_tar(name, fileobj, size):
+    """A tar, as chunks, of one file streamed from ``fileobj`` into the folder it names. No entry
+    for the folder itself (Docker makes a missing one, 0755): Docker would set the folder's time to
+    that entry's, and the time of meta/ is how a server sees that another process wrote there."""
+    return tar_stream([(Entry(path=name, type=FILE, size=size), fileobj)], None)
