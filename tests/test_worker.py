@@ -72,12 +72,12 @@ def test_worker_round_trips_are_identical_and_nothing_passes_through_the_server(
 
     monkeypatch.setattr(docker_helper.DockerHelper, "archive_stream", metadata_only)
     monkeypatch.setattr(docker_helper.DockerHelper, "put_archive", None)  # nor was anything sent
-    from ailab_backup_ext.stores import folder, volume
+    from ailab_backup_ext.stores import folder as folder_store, volume as volume_store
 
     def no_spool(*_args):
         raise AssertionError("the server spooled an archive")
 
-    for store_module in (folder, volume):
+    for store_module in (folder_store, volume_store):
         monkeypatch.setattr(store_module, "spool_file", no_spool)  # nothing in the server's temp folder
     counted.clear()
     backup = manager.create_backup(label="worker")
