@@ -76,6 +76,16 @@ def _created(text):
         return str(text)[:19].replace("T", " ")
 
 
+def _runs(status):
+    """Where backups and restores run (Docker mode): next to the data, or through the server and why."""
+    worker = status.get("worker")
+    if status.get("mode") != "docker" or not worker:
+        return ""
+    if worker.get("in_use"):
+        return "<br>Runs: next to the data (helper container)"
+    return f"<br>Runs: through the server: {html.escape(str(worker.get('why')))}"
+
+
 def _place(place):
     return f"{place['type']} <b>{html.escape(place['name'])}</b>" if place else "<i>unknown</i>"
 
@@ -409,7 +419,8 @@ class BackupPanel(widgets.VBox):
             reach = "<b>NOT REACHABLE</b>"
         source, store, mode = _place(status.get("source")), _place(status.get("store")), status.get("mode")
         self.status.value = self._block(f"Backs up {source}<br>into {store}<br>"
-                                        f"Mode: <b>{html.escape(str(mode))}</b> · Docker: {reach}")
+                                        f"Mode: <b>{html.escape(str(mode))}</b> · Docker: {reach}"
+                                        + _runs(status))
         self._warn(status.get("hint"))
         # where the backups are and what deletes them: stays, in red, also after a backup
         warning = status.get("store_warning")

@@ -26,6 +26,7 @@ import time
 import uuid
 
 import requests
+import docker.errors
 from importlib import metadata
 from packaging.requirements import Requirement
 
@@ -444,4 +445,7 @@ class AILabContainer:
         for helper in self.docker.api.containers(all=True, filters={"label": "ailab-backup.helper=1"}):
             owner = (helper.get("Labels") or {}).get("ailab-backup.owner", "").rpartition(":")[0]
             if owner in (self.container.id, self.name):  # a job cut short by the removal
-                self.docker.api.remove_container(helper["Id"], v=True, force=True)
+                try:
+                    self.docker.api.remove_container(helper["Id"], v=True, force=True)
+                except docker.errors.NotFound:
+                    pass  # a kept worker goes by itself once its server is gone (auto_remove)

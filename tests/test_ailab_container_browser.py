@@ -139,14 +139,21 @@ def test_warning_in_both_uis_and_a_panel_backup_shows_in_the_sidebar_by_itself(
         panel = run_all_cells_for_the_panel(page)
         expect(panel).to_contain_text("No backups yet", timeout=LOADING)
         panel_warning = panel.locator("p", has_text="deletes them")
+        runs = sidebar.get_by_label("Where the work runs")
         if socket:
             expect(sidebar.get_by_role("alert")).to_have_count(0)
             expect(panel_warning).to_have_count(0)
+            # the image is the server's own, with Python: the work runs next to the data, and both say so
+            assert client.status()["worker"]["in_use"] is True
+            expect(runs).to_have_text("next to the data (helper container)")
+            expect(panel).to_contain_text("Runs: next to the data (helper container)")
         else:
             for warning in (sidebar_warning, panel_warning):
                 expect(warning).to_be_visible()
                 expect(warning).to_have_text(warning_text)
                 assert is_red(warning)
+            expect(runs).to_have_count(0)  # a local folder: no helper container to speak of
+            expect(panel).not_to_contain_text("Runs:")
 
         # the sidebar, open beside the panel all the while, shows each backup clicked in the panel
         # without a click on Refresh (it once showed 3 backups while 4 existed)

@@ -422,3 +422,20 @@ async def test_folders_switched_in_the_panel_and_what_to_reload_after_a_restore(
     await click(panel, panel.restore_button)
     await click(panel, panel.yes_button)
     assert "reload it there" in panel.message.value and "intro.ipynb" in panel.message.value
+
+
+@pytest.mark.parametrize("worker, shown_text", [
+    ({"in_use": True, "why": "the helper image has Python 3.11"}, "Runs: next to the data (helper container)"),
+    ({"in_use": False, "why": "the helper image busybox has no Python 3.10+; set AILabBackup.helper_image"},
+     "Runs: through the server: the helper image busybox has no Python 3.10+; set AILabBackup.helper_image"),
+], ids=["worker", "streaming"])
+async def test_the_panel_says_where_the_work_runs_in_docker_mode(client, notebooks, monkeypatch, worker, shown_text):
+    from ailab_backup_ext.core import BackupManager
+
+    status = BackupManager.status
+    monkeypatch.setattr(BackupManager, "status", lambda self: {**status(self), "mode": "docker", "worker": worker})
+    panel = await make_panel(client)
+    assert shown_text in panel.status.value
+    monkeypatch.setattr(BackupManager, "status", status)  # local mode: nothing runs in a container
+    await click(panel, panel.refresh_button)
+    assert "Runs:" not in panel.status.value

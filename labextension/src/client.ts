@@ -114,6 +114,11 @@ export interface IStatus {
    * container's own filesystem): where they are and what deletes them.
    */
   store_warning?: string | null;
+  /**
+   * Whether backups and restores run in a helper container next to the data
+   * (faster), and why or why not (null until the source and store are known).
+   */
+  worker?: { in_use: boolean; why: string } | null;
   /** The running AI-Lab release and the release move offered, if any. */
   release?: { running: IRelease | null; move: IReleaseMove | null } | null;
 }

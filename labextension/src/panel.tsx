@@ -178,6 +178,16 @@ function StatusView({
               ? 'INACCESSIBLE'
               : 'not reachable (not needed)'}
         </dd>
+        {status.mode === 'docker' && status.worker && (
+          <>
+            <dt>Runs</dt>
+            <dd title={status.worker.why} aria-label="Where the work runs">
+              {status.worker.in_use
+                ? 'next to the data (helper container)'
+                : `through the server: ${status.worker.why}`}
+            </dd>
+          </>
+        )}
       </dl>
       {status.store_warning && (
         <div
