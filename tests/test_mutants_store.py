@@ -99,6 +99,8 @@ def test_a_spool_is_deleted_unless_committed(tmp_path):
         with open(path, "wb") as f:
             f.write(b"half")
     assert os.listdir(tmp_path / "store" / "data") == []
+    with store.spool("b-1.tar.zst") as first, store.spool("b-9.tar.zst") as second:
+        assert first != second  # an upload while a backup is written: two files, not one
     with store.spool("b-2.tar.zst") as path:
         with open(path, "wb") as f:
             f.write(b"whole")
