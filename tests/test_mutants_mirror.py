@@ -305,3 +305,55 @@ def test_state_documents_are_kept_in_the_primary_store(tmp_path):
     assert json.loads((tmp_path / "here" / "schedule.json").read_text()) == {"every": "1d"}
     assert not (tmp_path / "there" / "schedule.json").exists()
     assert store.name == str(tmp_path / "here") and store.stores == [store.primary, store.second]
+
+
+def test_the_copy_keeps_the_backups_own_metadata_not_what_a_listing_or_the_source_store_added(tmp_path):
+    store = _mirror(tmp_path)
+    added = {"locations": ["here"], "where": "here", "copy": "pending", "encrypted_copy": False,
+             "encrypted": True, "stored_bytes": 99}
+    _commit(store, "nb-1", label="mine", **added)
+    copied = json.loads((tmp_path / "there" / "meta" / "nb-1.json").read_text())
+    assert copied["label"] == "mine" and not set(added) & set(copied)
+    assert set(added) <= set(json.loads((tmp_path / "here" / "meta" / "nb-1.json").read_text()))
+
+
+def test_while_the_second_store_is_down_every_copy_waits_and_the_last_drop_clears_the_error(tmp_path):
+    store = _mirror(tmp_path)
+    store.second.down = True
+    for n in range(3):
+        _commit(store, f"nb-{n}")
+    result = store.copy_pending()
+    assert result["copied"] == [] and sorted(result["pending"]) == ["nb-0", "nb-1", "nb-2"]
+    assert result["error"] == "The second store is unreachable (test)."
+    for n in range(3):
+        store.remove(f"nb-{n}", f"nb-{n}.tar.zst", "here")
+    assert store.describe()["copies_pending"] == [] and store.describe()["copy_error"] is None
+    assert not store.retry_due()
+
+
+def test_the_copy_error_messages_say_what_happened_and_what_is_done(tmp_path):
+    store = _mirror(tmp_path)
+    store.second.down = True
+    archive = _commit(store, "nb-1")
+    (tmp_path / "here" / "data" / archive).write_bytes(b"altered")
+    store.second.down = False
+    assert store.copy_pending()["error"] == "The archive of nb-1 here does not match its checksum; it was not copied. Verify it."
+    altering = MirroredStore(FolderStore(tmp_path / "here2"), AlteringFolderStore(tmp_path / "there2"))
+    _commit(altering, "nb-2")
+    assert altering.describe()["copy_error"] == (f"The copy of nb-2 in {tmp_path / 'there2'} reads back differently; "
+                                                 "it was removed there and will be copied again.")
+
+
+class UnreadableFolderStore(DownFolderStore):
+    """A second store that takes a copy but fails when it is read back."""
+
+    def open_archive(self, archive_name):
+        raise BackupError("The second store timed out (test).")
+
+
+def test_a_copy_that_cannot_be_read_back_is_removed_there_and_stays_pending(tmp_path):
+    store = MirroredStore(FolderStore(tmp_path / "here"), UnreadableFolderStore(tmp_path / "there"))
+    _commit(store, "nb-1")
+    assert store.describe()["copy_error"] == "The second store timed out (test)."
+    assert store.describe()["copies_pending"] == ["nb-1"]
+    assert _held(tmp_path / "there") == ([], [])
