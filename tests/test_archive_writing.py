@@ -104,3 +104,22 @@ def test_a_stream_made_ahead_and_left_midway_is_closed_at_its_source():
     assert len(next(chunks)) >= 1024 * 1024
     chunks.close()  # the reader (the request to Docker) gave up
     assert closed.wait(5)
+
+
+class _NotAFile:
+    """Where an S3 upload streams: it takes bytes, and has no file descriptor to sync."""
+
+    def __init__(self):
+        self.out = io.BytesIO()
+
+    def write(self, data):
+        return self.out.write(data)
+
+
+def test_an_archive_streamed_to_something_that_is_not_a_file_is_never_synced(monkeypatch):
+    monkeypatch.setattr(archive_writer._VerifiedSink, "SYNC_EVERY", 64 * 1024)  # a file would sync often
+    noise = os.urandom(1024 * 1024)
+    out = _NotAFile()
+    size, _ = write_archive(out, entries({"noise.bin": noise}), Manifest("now", {}), "zstd", sync=False)
+    assert size == len(out.out.getvalue()) > len(noise)
+    assert [e.size for e in read_archive(io.BytesIO(out.out.getvalue())).entries] == [0, len(noise)]
