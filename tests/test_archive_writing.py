@@ -123,3 +123,29 @@ def test_an_archive_streamed_to_something_that_is_not_a_file_is_never_synced(mon
     size, _ = write_archive(out, entries({"noise.bin": noise}), Manifest("now", {}), "zstd", sync=False)
     assert size == len(out.out.getvalue()) > len(noise)
     assert [e.size for e in read_archive(io.BytesIO(out.out.getvalue())).entries] == [0, len(noise)]
+
+
+class _UnendedCompressor(archive_writer._Compressor):
+    """Our compressor, which forgets to end its last frame (no end block, no checksum)."""
+
+    def close(self):
+        import zstandard
+
+        self.stream.flush(zstandard.FLUSH_BLOCK)
+
+
+def test_an_archive_whose_last_frame_is_not_ended_is_not_kept(monkeypatch):
+    monkeypatch.setattr(archive_writer, "_Compressor", _UnendedCompressor)
+    with pytest.raises(BackupError, match=r"compressed stream does not end \(\d+ of \d+ bytes decoded\): it is cut short"):
+        write_archive(io.BytesIO(), entries({"a.ipynb": notebook_text(100)}), Manifest("now", {}), "zstd")
+
+
+def test_a_file_is_synced_while_it_is_written_and_reads_back_whole(monkeypatch, tmp_path):
+    monkeypatch.setattr(archive_writer._VerifiedSink, "SYNC_EVERY", 64 * 1024)
+    noise = os.urandom(512 * 1024)
+    path = tmp_path / "a.tar.zst"
+    with open(path, "wb") as out:
+        size, _ = write_archive(out, entries({"noise.bin": noise}), Manifest("now", {}), "zstd", sync=True)
+    assert size == path.stat().st_size
+    with open(path, "rb") as f:
+        assert [e.size for e in read_archive(f).entries] == [0, len(noise)]
