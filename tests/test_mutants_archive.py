@@ -180,3 +180,17 @@ def test_zeros_after_the_end_are_allowed_up_to_64_kib_and_nothing_else():
         _read(_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1))
     with pytest.raises(InvalidArchive, match="data after its end"):
         _read(_plain_tar_ending_after(1024) + b"\x01")
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_the_manifest_names_the_compression_it_was_written_with(compression):
+    from ailab_backup_ext.archive import Manifest, write_archive
+
+    out = io.BytesIO()
+    manifest = Manifest("2026-01-01T00:00:00Z", {"type": "folder"}, compression="none given")
+    write_archive(out, [(Entry(ROOT, DIR, mode=0o755), None), (Entry("a", FILE, size=2), io.BytesIO(b"ab"))],
+                  manifest, compression)
+    out.seek(0)
+    read = read_archive(out)
+    assert read.compression == compression and manifest.compression == compression
+    assert [(e.path, e.size) for e in read.entries] == [(ROOT, 0), ("a", 2)]
