@@ -149,3 +149,20 @@ def test_a_file_is_synced_while_it_is_written_and_reads_back_whole(monkeypatch, 
     assert size == path.stat().st_size
     with open(path, "rb") as f:
         assert [e.size for e in read_archive(f).entries] == [0, len(noise)]
+
+
+def _has_raw_frame(files):
+    out = io.BytesIO()
+    write_archive(out, entries(files), Manifest("now", {}), "zstd")
+    return archive_writer._RAW_FRAME_HEADER in out.getvalue()
+
+
+def test_files_of_1_mib_or_more_that_do_not_compress_are_stored_raw_and_no_others():
+    """The README's promise: from STORE_MIN_BYTES on, an incompressible file goes into a frame of
+    raw blocks (our own frame header, without a checksum flag), smaller or compressible ones not."""
+    size = archive_writer.STORE_MIN_BYTES
+    assert size == 1024 * 1024
+    assert _has_raw_frame({"noise.bin": os.urandom(size)})
+    assert not _has_raw_frame({"noise.bin": os.urandom(size - 1)})
+    assert not _has_raw_frame({"text.ipynb": notebook_text(60_000)[: 2 * size]})
+    assert not _has_raw_frame({"a.txt": b"small", "b.txt": b"files"})
