@@ -116,7 +116,7 @@ def test_path_rules():
 
 def test_symlinks_that_stay_inside_and_those_that_escape():
     inside = [("a", "b"), ("d/a", "../b"), ("d/e/a", "../../b"), ("a", "./b"), ("a", "b/"), ("d/a", ".."),
-              ("d/a", "../d/e")]
+              ("d/a", "../d/e"), ("d/e/a", "..//../x"), ("d/a", "./../x")]
     escaping = [("a", ""), ("a", "/etc"), ("a", ".."), ("a", "../b"), ("d/a", "../../b"), ("a", "b/../../c"),
                 ("a", "b/../c"), ("a", "b\0c"), (ROOT, "..")]
     for path, target in inside:
