@@ -194,3 +194,19 @@ def test_the_manifest_names_the_compression_it_was_written_with(compression):
     read = read_archive(out)
     assert read.compression == compression and manifest.compression == compression
     assert [(e.path, e.size) for e in read.entries] == [(ROOT, 0), ("a", 2)]
+
+
+def test_the_manifest_member_is_a_plain_readable_file_of_now():
+    """What ``tar -x`` gives a user who unpacks a backup by hand."""
+    import tarfile
+    import time
+
+    from ailab_backup_ext.archive import MANIFEST_NAME, Manifest, write_archive
+
+    out = io.BytesIO()
+    write_archive(out, [(Entry(ROOT, DIR, mode=0o755), None)], Manifest("now", {}), "gzip")
+    out.seek(0)
+    with tarfile.open(fileobj=out, mode="r:gz") as tar:
+        member = tar.getmember(MANIFEST_NAME)
+    assert member.isreg() and member.mode == 0o644
+    assert abs(member.mtime - time.time()) < 300
