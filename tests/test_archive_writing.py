@@ -166,3 +166,19 @@ def test_files_of_1_mib_or_more_that_do_not_compress_are_stored_raw_and_no_other
     assert not _has_raw_frame({"noise.bin": os.urandom(size - 1)})
     assert not _has_raw_frame({"text.ipynb": notebook_text(60_000)[: 2 * size]})
     assert not _has_raw_frame({"a.txt": b"small", "b.txt": b"files"})
+
+
+class _OneMoreFrameCompressor(archive_writer._Compressor):
+    """Our compressor, which adds a frame of its own at the end (one byte more than went in)."""
+
+    def close(self):
+        import zstandard
+
+        super().close()
+        self.raw.write(zstandard.ZstdCompressor().compress(b"x"))
+
+
+def test_an_archive_that_decodes_to_more_than_went_in_is_not_kept(monkeypatch):
+    monkeypatch.setattr(archive_writer, "_Compressor", _OneMoreFrameCompressor)
+    with pytest.raises(BackupError, match=r"^The archive decodes to (\d+) bytes instead of (?!\1)\d+; it was not kept\.$"):
+        write_archive(io.BytesIO(), entries({"a.ipynb": notebook_text(100)}), Manifest("now", {}), "zstd")

@@ -357,3 +357,13 @@ def test_a_copy_that_cannot_be_read_back_is_removed_there_and_stays_pending(tmp_
     assert store.describe()["copy_error"] == "The second store timed out (test)."
     assert store.describe()["copies_pending"] == ["nb-1"]
     assert _held(tmp_path / "there") == ([], [])
+
+
+def test_the_listing_says_whether_the_copy_there_is_encrypted(tmp_path):
+    store = _mirror(tmp_path)
+    _commit(store, "nb-1")
+    _commit(store, "nb-2")
+    assert [m["encrypted_copy"] for m in store.read_all_meta()] == [False, False]
+    there = tmp_path / "there" / "meta" / "nb-2.json"
+    there.write_text(json.dumps({**json.loads(there.read_text()), "encrypted": True}))
+    assert {m["id"]: m["encrypted_copy"] for m in store.read_all_meta()} == {"nb-1": False, "nb-2": True}

@@ -184,6 +184,7 @@ def test_pid_alive():
 
 def test_a_process_of_another_user_counts_as_alive():
     """Its spool is kept: signalling it is not allowed (EPERM), but it runs."""
+    assert pid_alive(1)  # here too, so that the mutation run sees this test call pid_alive
     if os.getuid() != 0:
         assert pid_alive(1)
         return
