@@ -16,7 +16,7 @@ cd "$PROJECT"
 export DOCKER_HOST=unix:///nonexistent/ailab-mutation.sock
 unset PYTHONPATH
 "$VENV/bin/mutmut" run --max-children "${JOBS:-1}" "$@"
-"$VENV/bin/mutmut" results --all false 2>/dev/null | grep -v ': killed$' || true
+"$VENV/bin/mutmut" results --all false 2>/dev/null | grep -Ev ': (killed|not checked)$' || true
 "$VENV/bin/python" - "$@" <<'PY'
 # the score over the mutants of this run (the names given, or all); "no tests": no fast test runs
 # that code (Docker-only code), counted as not killed

@@ -104,3 +104,81 @@ def test_a_stream_made_ahead_and_left_midway_is_closed_at_its_source():
     assert len(next(chunks)) >= 1024 * 1024
     chunks.close()  # the reader (the request to Docker) gave up
     assert closed.wait(5)
+
+
+class _NotAFile:
+    """Where an S3 upload streams: it takes bytes, and has no file descriptor to sync."""
+
+    def __init__(self):
+        self.out = io.BytesIO()
+
+    def write(self, data):
+        return self.out.write(data)
+
+
+def test_an_archive_streamed_to_something_that_is_not_a_file_is_never_synced(monkeypatch):
+    monkeypatch.setattr(archive_writer._VerifiedSink, "SYNC_EVERY", 64 * 1024)  # a file would sync often
+    noise = os.urandom(1024 * 1024)
+    out = _NotAFile()
+    size, _ = write_archive(out, entries({"noise.bin": noise}), Manifest("now", {}), "zstd", sync=False)
+    assert size == len(out.out.getvalue()) > len(noise)
+    assert [e.size for e in read_archive(io.BytesIO(out.out.getvalue())).entries] == [0, len(noise)]
+
+
+class _UnendedCompressor(archive_writer._Compressor):
+    """Our compressor, which forgets to end its last frame (no end block, no checksum)."""
+
+    def close(self):
+        import zstandard
+
+        self.stream.flush(zstandard.FLUSH_BLOCK)
+
+
+def test_an_archive_whose_last_frame_is_not_ended_is_not_kept(monkeypatch):
+    monkeypatch.setattr(archive_writer, "_Compressor", _UnendedCompressor)
+    with pytest.raises(BackupError, match=r"compressed stream does not end \(\d+ of \d+ bytes decoded\): it is cut short"):
+        write_archive(io.BytesIO(), entries({"a.ipynb": notebook_text(100)}), Manifest("now", {}), "zstd")
+
+
+def test_a_file_is_synced_while_it_is_written_and_reads_back_whole(monkeypatch, tmp_path):
+    monkeypatch.setattr(archive_writer._VerifiedSink, "SYNC_EVERY", 64 * 1024)
+    noise = os.urandom(512 * 1024)
+    path = tmp_path / "a.tar.zst"
+    with open(path, "wb") as out:
+        size, _ = write_archive(out, entries({"noise.bin": noise}), Manifest("now", {}), "zstd", sync=True)
+    assert size == path.stat().st_size
+    with open(path, "rb") as f:
+        assert [e.size for e in read_archive(f).entries] == [0, len(noise)]
+
+
+def _has_raw_frame(files):
+    out = io.BytesIO()
+    write_archive(out, entries(files), Manifest("now", {}), "zstd")
+    return archive_writer._RAW_FRAME_HEADER in out.getvalue()
+
+
+def test_files_of_1_mib_or_more_that_do_not_compress_are_stored_raw_and_no_others():
+    """The README's promise: from STORE_MIN_BYTES on, an incompressible file goes into a frame of
+    raw blocks (our own frame header, without a checksum flag), smaller or compressible ones not."""
+    size = archive_writer.STORE_MIN_BYTES
+    assert size == 1024 * 1024
+    assert _has_raw_frame({"noise.bin": os.urandom(size)})
+    assert not _has_raw_frame({"noise.bin": os.urandom(size - 1)})
+    assert not _has_raw_frame({"text.ipynb": notebook_text(60_000)[: 2 * size]})
+    assert not _has_raw_frame({"a.txt": b"small", "b.txt": b"files"})
+
+
+class _OneMoreFrameCompressor(archive_writer._Compressor):
+    """Our compressor, which adds a frame of its own at the end (one byte more than went in)."""
+
+    def close(self):
+        import zstandard
+
+        super().close()
+        self.raw.write(zstandard.ZstdCompressor().compress(b"x"))
+
+
+def test_an_archive_that_decodes_to_more_than_went_in_is_not_kept(monkeypatch):
+    monkeypatch.setattr(archive_writer, "_Compressor", _OneMoreFrameCompressor)
+    with pytest.raises(BackupError, match=r"^The archive decodes to (\d+) bytes instead of (?!\1)\d+; it was not kept\.$"):
+        write_archive(io.BytesIO(), entries({"a.ipynb": notebook_text(100)}), Manifest("now", {}), "zstd")

@@ -32,16 +32,20 @@ def test_the_entry_limit_allows_exactly_that_many_entries():
     data = archive(good_members())  # 4 entries
     assert len(_read(data, max_entries=4).entries) == 4
     assert len(_read(data, max_entries=0).entries) == 4  # 0: no limit
-    with pytest.raises(TooLarge, match=r"more than 3 entries \(AILabBackup.max_entries\)"):
+    with pytest.raises(TooLarge) as refused:
         _read(data, max_entries=3)
+    assert str(refused.value) == ("The archive has more than 3 entries (AILabBackup.max_entries): refused. Raise "
+                                  "the limit if the archive is trusted.")
 
 
 def test_the_size_limit_allows_exactly_that_many_bytes():
     members = [M("notebooks", "dir"), M("notebooks/a", data=b"x" * 600), M("notebooks/b", data=b"y" * 400)]
     data = archive(members)
     assert _read(data, max_total_bytes=1000).total_bytes == 1000
-    with pytest.raises(TooLarge, match="more than the limit of 999 bytes"):
+    with pytest.raises(TooLarge) as refused:
         _read(data, max_total_bytes=999)
+    assert str(refused.value) == ("The archive unpacks to more than the limit of 999 bytes "
+                                  "(AILabBackup.max_archive_bytes). Raise the limit if the archive is trusted.")
 
 
 def test_owner_and_time_limits():
@@ -116,7 +120,7 @@ def test_path_rules():
 
 def test_symlinks_that_stay_inside_and_those_that_escape():
     inside = [("a", "b"), ("d/a", "../b"), ("d/e/a", "../../b"), ("a", "./b"), ("a", "b/"), ("d/a", ".."),
-              ("d/a", "../d/e")]
+              ("d/a", "../d/e"), ("d/e/a", "..//../x"), ("d/a", "./../x")]
     escaping = [("a", ""), ("a", "/etc"), ("a", ".."), ("a", "../b"), ("d/a", "../../b"), ("a", "b/../../c"),
                 ("a", "b/../c"), ("a", "b\0c"), (ROOT, "..")]
     for path, target in inside:
@@ -180,3 +184,33 @@ def test_zeros_after_the_end_are_allowed_up_to_64_kib_and_nothing_else():
         _read(_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1))
     with pytest.raises(InvalidArchive, match="data after its end"):
         _read(_plain_tar_ending_after(1024) + b"\x01")
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_the_manifest_names_the_compression_it_was_written_with(compression):
+    from ailab_backup_ext.archive import Manifest, write_archive
+
+    out = io.BytesIO()
+    manifest = Manifest("2026-01-01T00:00:00Z", {"type": "folder"}, compression="none given")
+    write_archive(out, [(Entry(ROOT, DIR, mode=0o755), None), (Entry("a", FILE, size=2), io.BytesIO(b"ab"))],
+                  manifest, compression)
+    out.seek(0)
+    read = read_archive(out)
+    assert read.compression == compression and manifest.compression == compression
+    assert [(e.path, e.size) for e in read.entries] == [(ROOT, 0), ("a", 2)]
+
+
+def test_the_manifest_member_is_a_plain_readable_file_of_now():
+    """What ``tar -x`` gives a user who unpacks a backup by hand."""
+    import tarfile
+    import time
+
+    from ailab_backup_ext.archive import MANIFEST_NAME, Manifest, write_archive
+
+    out = io.BytesIO()
+    write_archive(out, [(Entry(ROOT, DIR, mode=0o755), None)], Manifest("now", {}), "gzip")
+    out.seek(0)
+    with tarfile.open(fileobj=out, mode="r:gz") as tar:
+        member = tar.getmember(MANIFEST_NAME)
+    assert member.isreg() and member.mode == 0o644
+    assert abs(member.mtime - time.time()) < 300

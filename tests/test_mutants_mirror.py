@@ -116,8 +116,64 @@ def test_older_backups_are_copied_on_request_and_unknown_ids_are_refused(tmp_pat
     assert result["copied"] == [old[1]] and result["already"] == [old[0]]
     assert manager.copy_backups([old[1]]) == {"copied": [], "pending": [], "error": None, "already": [old[1]]}
     assert {m["where"] for m in manager.list_backups()} == {"both"}
-    with pytest.raises(NotFound, match="nosuch-20260101T000000Z"):
-        manager.copy_backups([old[0], "nosuch-20260101T000000Z"])
+    with pytest.raises(NotFound) as refused:
+        manager.copy_backups([old[0], "nosuch-20260101T000000Z", "gone-20260101T000000Z"])
+    assert str(refused.value) == (f"nosuch-20260101T000000Z, gone-20260101T000000Z: not a backup in {tmp_path / 'here'} "
+                                  "(only backups held here can be copied). List the backups to see their ids.")
+
+
+def test_deleting_a_backup_made_before_copy_to_was_set(tmp_path):
+    nb = _source(tmp_path)
+    made = BackupManager(AILabBackup(docker_url="none", source_dir=str(nb), store=str(tmp_path / "here"))).create_backup()
+    manager = _manager(tmp_path)  # no copy made yet: no record of copies in the store
+    manager.delete_backup(made["id"], "here")
+    assert manager.list_backups() == [] and _held(tmp_path / "here") == ([], [])
+
+
+def test_metadata_that_is_not_ours_is_left_out_of_the_listing_and_the_copies(tmp_path):
+    store = _mirror(tmp_path)
+    for n in range(3):
+        _commit(store, f"nb-{n}")
+    for folder in ("here", "there"):  # written by something else: no id, or not an object at all
+        for name, text in (("a-no-id", '{"archive": "x.tar"}'), ("b-list", '["nb-1"]'), ("c-id-number", '{"id": 7}'),
+                           ("z-text", '"nb-2"')):
+            (tmp_path / folder / "meta" / f"{name}.json").write_text(text)
+    assert sorted(m["id"] for m in store.read_all_meta()) == ["nb-0", "nb-1", "nb-2"]
+    assert {m["where"] for m in store.read_all_meta()} == {"both"}
+    result = store.copy_missing()
+    assert (result["copied"], result["pending"], sorted(result["already"])) == ([], [], ["nb-0", "nb-1", "nb-2"])
+    (tmp_path / "there" / "meta" / "nb-1.json").unlink()
+    assert store.copy_missing()["copied"] == ["nb-1"]
+
+
+def test_a_tampered_metadata_file_never_makes_a_copy_read_or_write_outside_data(tmp_path):
+    store = _mirror(tmp_path)
+    store.second.down = True
+    _commit(store, "nb-1")  # pending
+    (tmp_path / "here" / "secret.tar.zst").write_bytes(b"not a backup")
+    (tmp_path / "here" / "meta" / "nb-1.json").write_text('{"id": "nb-1", "archive": "../secret.tar.zst"}')
+    (tmp_path / "here" / "meta" / "nb-2.json").write_text('{"id": "nb-2", "archive": "../secret.tar.zst"}')
+    store.second.down = False
+    assert store.copy_missing()["copied"] == []
+    assert store.copy_pending()["copied"] == []
+    assert not (tmp_path / "there" / "secret.tar.zst").exists()
+    assert _held(tmp_path / "there") == ([], [])
+    assert store.describe()["copies_pending"] == []  # not a backup: nothing to wait for
+
+
+def test_labels_say_here_and_off_the_machine_for_s3_and_name_two_folders():
+    from ailab_backup_ext.stores.base import HERE, OFF, location_of
+    from ailab_backup_ext.stores.s3 import S3Store
+
+    s3 = S3Store("s3://bucket/backups")  # no connection made until it is used
+    folder = FolderStore("/srv/here")
+    assert (location_of(folder), location_of(s3), location_of(object())) == (HERE, OFF, HERE)
+    assert (HERE, OFF) == ("here", "off the machine")
+    assert MirroredStore(folder, s3).labels() == ("here", "off the machine")
+    assert MirroredStore(s3, folder).labels() == ("off the machine", "here")
+    assert MirroredStore(folder, FolderStore("/srv/there")).labels() == ("/srv/here", "/srv/there")
+    assert MirroredStore(folder, s3).held_by_primary({"locations": ["here", "off the machine"]})
+    assert not MirroredStore(folder, s3).held_by_primary({"locations": ["off the machine"]})
 
 
 def _mirror(tmp_path):
@@ -154,6 +210,7 @@ def test_a_second_store_down_leaves_the_copy_pending_until_a_retry(tmp_path):
 
     store.remove("nb-2", "nb-2.tar.zst", "here")  # deleted meanwhile: no longer pending
     assert store.describe()["copies_pending"] == ["nb-1"]
+    assert "unreachable" in store.describe()["copy_error"]  # the other still waits, for that reason
     store.second.down = False
     assert store.copy_pending() == {"copied": ["nb-1"], "pending": [], "error": None}
     assert store.describe()["copies_pending"] == [] and store.describe()["copy_error"] is None
@@ -241,8 +298,72 @@ def test_stale_spools_are_removed_in_both_stores_even_when_the_second_is_down(tm
 
 def test_state_documents_are_kept_in_the_primary_store(tmp_path):
     store = _mirror(tmp_path)
+    with store.spool("nb-1.tar.zst") as first, store.spool("nb-2.tar.zst") as second:
+        assert first != second and os.path.dirname(first) == str(tmp_path / "here" / "data")
     store.write_state("schedule", {"every": "1d"})
     assert store.read_state("schedule") == {"every": "1d"}
     assert json.loads((tmp_path / "here" / "schedule.json").read_text()) == {"every": "1d"}
     assert not (tmp_path / "there" / "schedule.json").exists()
     assert store.name == str(tmp_path / "here") and store.stores == [store.primary, store.second]
+
+
+def test_the_copy_keeps_the_backups_own_metadata_not_what_a_listing_or_the_source_store_added(tmp_path):
+    store = _mirror(tmp_path)
+    added = {"locations": ["here"], "where": "here", "copy": "pending", "encrypted_copy": False,
+             "encrypted": True, "stored_bytes": 99}
+    _commit(store, "nb-1", label="mine", **added)
+    copied = json.loads((tmp_path / "there" / "meta" / "nb-1.json").read_text())
+    assert copied["label"] == "mine" and not set(added) & set(copied)
+    assert set(added) <= set(json.loads((tmp_path / "here" / "meta" / "nb-1.json").read_text()))
+
+
+def test_while_the_second_store_is_down_every_copy_waits_and_the_last_drop_clears_the_error(tmp_path):
+    store = _mirror(tmp_path)
+    store.second.down = True
+    for n in range(3):
+        _commit(store, f"nb-{n}")
+    result = store.copy_pending()
+    assert result["copied"] == [] and sorted(result["pending"]) == ["nb-0", "nb-1", "nb-2"]
+    assert result["error"] == "The second store is unreachable (test)."
+    for n in range(3):
+        store.remove(f"nb-{n}", f"nb-{n}.tar.zst", "here")
+    assert store.describe()["copies_pending"] == [] and store.describe()["copy_error"] is None
+    assert not store.retry_due()
+
+
+def test_the_copy_error_messages_say_what_happened_and_what_is_done(tmp_path):
+    store = _mirror(tmp_path)
+    store.second.down = True
+    archive = _commit(store, "nb-1")
+    (tmp_path / "here" / "data" / archive).write_bytes(b"altered")
+    store.second.down = False
+    assert store.copy_pending()["error"] == "The archive of nb-1 here does not match its checksum; it was not copied. Verify it."
+    altering = MirroredStore(FolderStore(tmp_path / "here2"), AlteringFolderStore(tmp_path / "there2"))
+    _commit(altering, "nb-2")
+    assert altering.describe()["copy_error"] == (f"The copy of nb-2 in {tmp_path / 'there2'} reads back differently; "
+                                                 "it was removed there and will be copied again.")
+
+
+class UnreadableFolderStore(DownFolderStore):
+    """A second store that takes a copy but fails when it is read back."""
+
+    def open_archive(self, archive_name):
+        raise BackupError("The second store timed out (test).")
+
+
+def test_a_copy_that_cannot_be_read_back_is_removed_there_and_stays_pending(tmp_path):
+    store = MirroredStore(FolderStore(tmp_path / "here"), UnreadableFolderStore(tmp_path / "there"))
+    _commit(store, "nb-1")
+    assert store.describe()["copy_error"] == "The second store timed out (test)."
+    assert store.describe()["copies_pending"] == ["nb-1"]
+    assert _held(tmp_path / "there") == ([], [])
+
+
+def test_the_listing_says_whether_the_copy_there_is_encrypted(tmp_path):
+    store = _mirror(tmp_path)
+    _commit(store, "nb-1")
+    _commit(store, "nb-2")
+    assert [m["encrypted_copy"] for m in store.read_all_meta()] == [False, False]
+    there = tmp_path / "there" / "meta" / "nb-2.json"
+    there.write_text(json.dumps({**json.loads(there.read_text()), "encrypted": True}))
+    assert {m["id"]: m["encrypted_copy"] for m in store.read_all_meta()} == {"nb-1": False, "nb-2": True}

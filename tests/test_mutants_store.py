@@ -101,6 +101,8 @@ def test_a_spool_is_deleted_unless_committed(tmp_path):
         with open(path, "wb") as f:
             f.write(b"half")
     assert os.listdir(tmp_path / "store" / "data") == []
+    with store.spool("b-1.tar.zst") as first, store.spool("b-9.tar.zst") as second:
+        assert first != second  # an upload while a backup is written: two files, not one
     with store.spool("b-2.tar.zst") as path:
         with open(path, "wb") as f:
             f.write(b"whole")
@@ -184,6 +186,7 @@ def test_pid_alive():
 
 def test_a_process_of_another_user_counts_as_alive():
     """Its spool is kept: signalling it is not allowed (EPERM), but it runs."""
+    assert pid_alive(1)  # here too, so that the mutation run sees this test call pid_alive
     if os.getuid() != 0:
         assert pid_alive(1)
         return

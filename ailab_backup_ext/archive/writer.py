@@ -84,7 +84,12 @@ class _VerifiedSink:
             self.writer.close()
         except (zlib.error, zstandard.ZstdError) as exc:
             raise BackupError(f"The archive did not decode back to what was written ({exc}); it was not kept.") from None
-        if not self.decoder.eof or self.decoded != expected_length:
+        if not self.decoder.eof:
+            raise BackupError(
+                f"The archive's compressed stream does not end ({self.decoded} of {expected_length} bytes "
+                "decoded): it is cut short; it was not kept."
+            )
+        if self.decoded != expected_length:
             raise BackupError(
                 f"The archive decodes to {self.decoded} bytes instead of {expected_length}; it was not kept."
             )

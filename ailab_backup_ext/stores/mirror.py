@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager
 
 from ..archive import CHUNK
 from ..errors import BackupError, NotFound
+from ..store import meta_is_sound
 from .base import HERE, OFF, location_of, open_writer
 
 STATE = "copies"
@@ -154,7 +155,7 @@ class MirroredStore:
             pending = self._state().get("pending", [])
             wanted = {m["id"]: m for m in also}
             if pending:
-                known = {m["id"]: m for m in self.primary.read_all_meta() if isinstance(m, dict) and "id" in m}
+                known = {m["id"]: m for m in self.primary.read_all_meta() if meta_is_sound(m)}
                 wanted.update({i: known[i] for i in pending if i in known})
                 gone = [i for i in pending if i not in known]  # deleted meanwhile
             else:
@@ -165,7 +166,8 @@ class MirroredStore:
         """Copy the given backups (all those only here, when None) to the second store."""
         with self._lock:
             there = {m.get("id") for m in self.second.read_all_meta() if isinstance(m, dict)}
-            metas = [m for m in self.primary.read_all_meta() if isinstance(m, dict) and "id" in m]
+            # as listings do: a tampered file could name an archive outside data/, read and written
+            metas = [m for m in self.primary.read_all_meta() if meta_is_sound(m)]
             if backup_ids is not None:
                 known = {m["id"] for m in metas}
                 missing = [i for i in backup_ids if i not in known]
