@@ -1,6 +1,6 @@
 """The folder store as a user meets it: what a backup leaves in the folder, what delete and the
 clean-up at start remove, which ids and metadata are trusted. Fast and Docker-free, so the
-mutation run (tests/MUTANTS.md) checks store.py with them."""
+mutation run (tests/MUTANTS.md) checks stores/ (folder, records, spool) with them."""
 
 import datetime
 import fcntl

@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 
 from ..archive import CHUNK
 from ..errors import BackupError, NotFound
-from ..store import meta_is_sound
+from .records import meta_is_sound
 from .base import HERE, OFF, location_of, open_writer
 
 STATE = "copies"
