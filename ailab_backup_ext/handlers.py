@@ -153,7 +153,10 @@ class BackupsHandler(BaseHandler):
         label = body.get("label", "")
         if not isinstance(label, str) or len(label) > 200:
             raise web.HTTPError(400, "The label must be a text of at most 200 characters.")
-        if body.get("before_upgrade") is True:  # labelled so, with the release it came from
+        before_upgrade = body.get("before_upgrade", False)
+        if not isinstance(before_upgrade, bool):
+            raise web.HTTPError(400, "before_upgrade must be true or false.")
+        if before_upgrade:  # labelled so, with the release it came from
             label = await self.call(self.manager.before_upgrade_label)
         job = await self.call(self.manager.start_backup, label)
         self.accepted(job)

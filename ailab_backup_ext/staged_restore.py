@@ -21,6 +21,7 @@ import uuid
 from contextlib import contextmanager
 
 from .archive import CHUNK, FILE, FeedingReader, Manifest, hashing_worker, iter_archive
+from .archive.reader import _READ_ERRORS as READ_ERRORS
 from .errors import InvalidArchive
 from .sources import FolderWriter, remove_at
 
@@ -165,12 +166,18 @@ def check_and_stage(path, meta, staging, config, progress):
     manifest = None
     with open(path, "rb") as raw, hashing_worker() as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
-        for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
-                                           max_entries=config.max_entries):
-            if isinstance(entry, Manifest):
-                manifest = entry
-            elif entry.type == FILE:
-                staging.stage(entry, content)
+        try:
+            for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
+                                               max_entries=config.max_entries):
+                if isinstance(entry, Manifest):
+                    manifest = entry
+                elif entry.type == FILE:
+                    staging.stage(entry, content)  # reads the file here: its read errors come here
+        except READ_ERRORS as exc:
+            raise InvalidArchive(
+                f"The archive is damaged or truncated ({exc or type(exc).__name__}). "
+                "Nothing was changed; use another backup."
+            ) from None
         while hashed.read(CHUNK):  # whatever follows the compressed stream (bounded)
             pass
     if manifest is None:

@@ -77,6 +77,11 @@ async def test_a_before_upgrading_backup_is_one_call_and_labelled_so(jp_fetch, j
     conforms(backup, "/{backup_id}", "get", 200)
     assert backup["label"] == "Before upgrading (AI-Lab 2.0)"
     assert backup["release"]["defaults_count"] == len(RELEASE_2)
+    for wrong in ("yes", {}, 1):  # not a yes or no: refused, and no backup made
+        _, refused, _ = await call(jp_fetch, method="POST", body={"before_upgrade": wrong}, expect=400)
+        assert "before_upgrade must be true or false" in refused["message"]
+    _, listed, _ = await call(jp_fetch)
+    assert [b["id"] for b in listed["backups"]] == [backup["id"]]
 
 
 async def test_an_uploaded_release_record_is_bounded_like_other_metadata(jp_fetch, jp_root_dir):
