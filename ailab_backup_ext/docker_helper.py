@@ -328,6 +328,8 @@ class DockerHelper:
         import docker
 
         with self._kept_lock:
+            if not self.keep_helpers:  # closed meanwhile (the server stops): nothing may be kept now
+                return self._read_once(mounts, read)
             for _attempt in range(2):
                 helper = self._kept.get(key)
                 if helper is None:
@@ -359,6 +361,15 @@ class DockerHelper:
                 return copy.deepcopy(value)
             return read(helper)
 
+    def _read_once(self, mounts, read):
+        with self.answering("create a helper container"):
+            helper = self.client.containers.create(self.image(), [JOB_SCRIPT], entrypoint=["sh"], user="0:0",
+                                                   mounts=mounts, labels=helper_labels(), network_disabled=True)
+        try:
+            return read(helper)
+        finally:
+            self._remove(helper.id)
+
     def invalidate(self, key):
         """Forget what :meth:`cached_read` keeps for ``key`` (after our own writes)."""
         with self._kept_lock:
@@ -367,6 +378,7 @@ class DockerHelper:
     def close(self):
         """Remove the kept helpers (the server stops)."""
         with self._kept_lock:
+            self.keep_helpers = False  # a request still being served must not keep a new one
             kept, self._kept, self._cached = self._kept, {}, {}
         for helper in kept.values():
             self._remove(helper.id)
