@@ -447,5 +447,5 @@ class AILabContainer:
             if owner in (self.container.id, self.name):  # a job cut short by the removal
                 try:
                     self.docker.api.remove_container(helper["Id"], v=True, force=True)
-                except docker.errors.NotFound:
-                    pass  # a kept worker goes by itself once its server is gone (auto_remove)
+                except (docker.errors.NotFound, docker.errors.APIError):
+                    pass  # a kept worker goes by itself once its server is gone (auto_remove; 409 meanwhile)
