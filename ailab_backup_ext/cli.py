@@ -194,6 +194,11 @@ def print_plan(plan, out):
           f"removed, {unchanged['count']} unchanged ({plan['mode']}). Nothing was changed.", file=out)
 
 
+def _print_json(value, out):
+    json.dump(value, out, indent=1)
+    out.write("\n")
+
+
 def print_move_plan(plan, out):
     release = (plan.get("to_release") or {}).get("name") or "this release"
     for item in plan["scs"]:
@@ -266,8 +271,7 @@ def run(args, out=None):
         elif args.command == "list":
             backups = manager.list_backups()
             if args.json:
-                json.dump(backups, out, indent=1)
-                out.write("\n")
+                _print_json(backups, out)
             else:
                 where = any("where" in b for b in backups)
                 print(f"{'ID':<44} {'CREATED':<21} {'SIZE':>9} {'FILES':>6}  " + ("WHERE            " if where else "")
@@ -281,8 +285,7 @@ def run(args, out=None):
             if offer:
                 print(offer, file=sys.stderr)
         elif args.command == "show":
-            json.dump(manager.get_backup(args.id), out, indent=1)
-            out.write("\n")
+            _print_json(manager.get_backup(args.id), out)
         elif args.command == "verify":
             result = manager.verify_backup(args.id, progress)
             bar.close()
@@ -363,13 +366,11 @@ def run(args, out=None):
             changes = _setting_changes(args.changes, args.reset)
             manager.settings.pinned = set()  # the settings command shows and changes what is kept
             result = manager.settings.set(changes) if changes else manager.settings.describe()
-            json.dump(result, out, indent=1)
-            out.write("\n")
+            _print_json(result, out)
         elif args.command == "usage":
             usage = manager.usage()
             if args.json:
-                json.dump(usage, out, indent=1)
-                out.write("\n")
+                _print_json(usage, out)
             else:
                 print_usage(usage, out)
         elif args.command == "exclude":
@@ -383,8 +384,7 @@ def run(args, out=None):
             print_usage(usage, out)
         elif args.command == "status":
             status = manager.status()
-            json.dump(status, out, indent=1)
-            out.write("\n")
+            _print_json(status, out)
             move = (status.get("release") or {}).get("move")
             if move:
                 print(f"note: {move['message']} Preview: ailab-backup restore {move['backup_id']} "
