@@ -75,9 +75,6 @@ def show_sidebar(page):
     return panel
 
 
-@pytest.mark.xfail(reason="KNOWN REGRESSION of 2026-12-02 (see the closing note): in this set-up (host server, "
-                          "busybox helper, a volume store) the sidebar does not show a REST backup by itself; "
-                          "to be fixed first", strict=False)
 def test_sidebar_warning_updates_by_itself_utc_and_settings_that_survive_a_restart(
         tmp_path, docker_client, setup, other_image):
     volume, store, args = setup

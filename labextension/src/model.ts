@@ -105,6 +105,10 @@ export class BackupModel {
     }
     this._setActivity('loading');
     try {
+      // The change token is read before what it stands for: a change made
+      // while (or just after) the list is read then differs from it, so the
+      // next look reads again. Read after, such a change would be missed.
+      const changes = await settle(this.client.getChanges());
       // Independent: a failing list must not hide the status, and back.
       const [status, backups, settings] = await Promise.all([
         settle(this.client.status()),
@@ -133,6 +137,11 @@ export class BackupModel {
       this.loadError = errors.length
         ? Array.from(new Set(errors)).join(' ')
         : null;
+      // Not read whole (e.g. a slow server): the old token stays, so the
+      // next look reads again instead of showing a stale list.
+      if (changes.ok && !this.loadError) {
+        this._token = changes.value.token;
+      }
     } finally {
       this._setActivity('idle');
     }
@@ -275,15 +284,8 @@ export class BackupModel {
     this._looking = true;
     try {
       const { token } = await this.client.getChanges();
-      const seen = this._token;
-      this._token = token;
-      if (seen !== null && seen !== token) {
-        await this.refresh();
-        if (this.loadError) {
-          // Not read whole (the list or the status failed, e.g. a slow server):
-          // the change is not taken as seen, so the next look reads again.
-          this._token = seen;
-        }
+      if (token !== this._token) {
+        await this.refresh(); // takes the token it read first as seen
       }
     } catch {
       // The server is away for a moment; the next look tries again.
