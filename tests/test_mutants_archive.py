@@ -214,3 +214,84 @@ def test_the_manifest_member_is_a_plain_readable_file_of_now():
         member = tar.getmember(MANIFEST_NAME)
     assert member.isreg() and member.mode == 0o644
     assert abs(member.mtime - time.time()) < 300
+
+
+def _manifest_document(**extra):
+    from ailab_backup_ext.archive import FORMAT, FORMAT_VERSION
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "entries": [], **extra}
+
+
+def test_the_manifest_as_written_names_counts_skipped_and_release():
+    """What a user reading ``ailab-backup-manifest.json`` (or an older reader) finds, key by key."""
+    from ailab_backup_ext.archive import FORMAT, FORMAT_VERSION, Manifest
+    entries = [Entry(ROOT, DIR, mode=0o755), Entry("b.ipynb", FILE, size=3, sha256="bb"),
+               Entry("a.ipynb", FILE, size=5, sha256="aa"), Entry("c.txt", FILE, size=7, sha256="cc"),
+               Entry("d", DIR), Entry("z", FILE, size=0, sha256=None), Entry("l", SYMLINK, target="a.ipynb")]
+    release = {"image": "exasol/ai-lab:1.0", "defaults": {"a.ipynb": "aa", "b.ipynb": "bb", "c.txt": "other",
+                                                          "d": "aa", "z": None}}
+    skipped = [{"path": "sock", "reason": "a socket"}]
+    manifest = Manifest(created="2026-12-02T00:00:00Z", source={"type": "folder"}, label="L",
+                        compression="zstd", entries=entries, skipped=skipped, release=release)
+    document = manifest.to_json()
+    assert document == {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "created": "2026-12-02T00:00:00Z",
+        "source": {"type": "folder"}, "label": "L", "compression": "zstd",
+        "file_count": 4, "total_bytes": 15, "entries": [e.to_json() for e in entries], "skipped": skipped,
+        # unchanged defaults: files whose SHA-256 is the release's, sorted; not a changed file, a
+        # folder named like a default, nor a file without a hash
+        "release": {**release, "unchanged_defaults": ["a.ipynb", "b.ipynb"]},
+    }
+    assert Manifest(created="", source={}, release={"image": "x"}).release_record() == \
+        {"image": "x", "unchanged_defaults": []}  # a record without an index of defaults
+    assert "release" not in Manifest(created="", source={}).to_json()  # older backups have none
+    assert Manifest(created="", source={}).release_record() is None
+    again = Manifest.from_json(document)
+    assert (again.created, again.source, again.label, again.compression, again.skipped) == \
+        ("2026-12-02T00:00:00Z", {"type": "folder"}, "L", "zstd", skipped)
+    assert again.release == {**release, "unchanged_defaults": ["a.ipynb", "b.ipynb"]}
+    assert [e.to_json() for e in again.entries] == [e.to_json() for e in entries]
+
+
+def test_a_manifest_with_missing_or_wrongly_typed_fields_reads_as_empty_ones():
+    from ailab_backup_ext.archive import Manifest
+    bare = Manifest.from_json(_manifest_document())
+    assert (bare.created, bare.source, bare.label, bare.compression, bare.skipped, bare.release) == \
+        ("", {}, "", "", [], None)
+    odd = Manifest.from_json(_manifest_document(created=5, source=["x"], label=7, compression=1,
+                                                skipped={"a": 1}, release=["r"]))
+    assert (odd.created, odd.source, odd.label, odd.compression, odd.skipped, odd.release) == \
+        ("5", {}, "7", "1", [], None)
+
+
+def test_a_manifest_that_is_not_ours_is_refused_with_a_message_that_says_so():
+    from ailab_backup_ext.archive import Manifest
+    for document in ([], {"format": "other"}, {}):
+        with pytest.raises(InvalidArchive) as refused:
+            Manifest.from_json(document)
+        assert str(refused.value) == "The archive's manifest is not an ailab-backup manifest."
+    for entries in (None, {"a": 1}, [{"path": "a", "type": "file"}, 1]):
+        with pytest.raises(InvalidArchive) as refused:
+            Manifest.from_json(_manifest_document(entries=entries))
+        assert str(refused.value) == "The archive's manifest has no valid list of entries."
+
+
+def test_backup_times_have_no_fraction_of_a_second():
+    from ailab_backup_ext.archive import utc_now
+    now = utc_now()
+    assert now.microsecond == 0 and "." not in now.isoformat()
+
+
+def test_a_too_long_path_is_named_by_its_first_60_characters():
+    path = "a" * 100 + "/" + "b" * (MAX_NAME_BYTES + 1)
+    with pytest.raises(InvalidArchive) as refused:
+        check_path(path)
+    assert str(refused.value) == (f"Refused {'a' * 60!r}...: a name longer than {MAX_NAME_BYTES} bytes or a path "
+                                  f"longer than {MAX_PATH_BYTES} bytes cannot be written on Linux.")
+
+
+def test_a_link_with_dot_dot_after_a_name_could_escape_even_when_its_text_stays_inside():
+    # 'sub/l -> ../a/..' reads as 'sub/..' = inside, but if 'a' is itself a link (a -> x/y) the
+    # kernel climbs from where 'a' points; only leading '..' are allowed
+    assert symlink_escapes("sub/l", "../a/..")
+    assert symlink_escapes("sub/l", "../a/../b")
+    assert not symlink_escapes("sub/l", "../a/b")
