@@ -18,7 +18,7 @@ import hashlib
 import os
 import stat
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from .archive import CHUNK, FILE, FeedingReader, Manifest, hashing_worker, iter_archive
 from .archive.reader import _READ_ERRORS as READ_ERRORS
@@ -160,11 +160,13 @@ def staging_in(source):
 
 
 def check_and_stage(path, meta, staging, config, progress):
-    """Read the archive file ``path`` once: check everything (as a restore's check does) while
-    each file is written into ``staging``; the manifest. Raises InvalidArchive on any fault."""
+    """Read the archive file ``path`` (or a readable stream of it, e.g. a store's download: then
+    nothing is spooled) once: check everything (as a restore's check does) while each file is
+    written into ``staging``; the manifest. Raises InvalidArchive on any fault (a stream's own
+    errors, such as a store gone or a wrong key, are raised as they are)."""
     digest = hashlib.sha256()
     manifest = None
-    with open(path, "rb") as raw, hashing_worker() as hasher:
+    with _opened(path) as raw, hashing_worker() as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
         try:
             for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
@@ -188,3 +190,8 @@ def check_and_stage(path, meta, staging, config, progress):
             "or damaged in the store."
         )
     return manifest
+
+
+def _opened(archive):
+    """The archive file ``archive`` opened, or the stream ``archive`` as it is (its owner closes it)."""
+    return open(archive, "rb") if isinstance(archive, (str, bytes, os.PathLike)) else nullcontext(archive)
