@@ -4,7 +4,7 @@ hidden staging folder in the target gets every checked file; nothing is spooled 
 real S3 server (rclone serve s3): the round trips are identical, and every fault found while
 staging (a wrong key, the server killed, a damaged, cut or rewritten object) is our clear error
 and changes nothing: the folder (with its own time) is as it was, no staging folder is left, and
-nothing is left in temp."""
+nothing is left in temp. The same one read for a store in a Docker volume."""
 
 import os
 import shutil
@@ -203,3 +203,23 @@ def test_an_object_rewritten_while_staging_changes_nothing(tmp_path, s3_server, 
         manager.restore_backup(meta["id"], "replace", progress=progress)
     assert progress.seen["staging"]
     unchanged(nb, before, temp)
+
+
+# the same one read for a store in a Docker volume (reached through a helper container) --------
+
+def test_a_restore_from_a_volume_store_into_a_folder_reads_it_once_and_leaves_no_helper(
+        tmp_path, temp, docker_client, make_volume):
+    from treeutil import our_helpers
+
+    nb = make_tree(str(tmp_path / "nb"), big_mb=12)
+    before = folder_snapshot(nb)
+    manager = BackupManager(AILabBackup(source_dir=nb, store=make_volume("ailabtest-store"), safety_backup=False))
+    assert manager.store.kind == "volume"
+    meta = manager.create_backup()
+    shutil.rmtree(nb)
+    os.makedirs(nb)
+    progress = At(4 * MB, nb, temp)
+    manager.restore_backup(meta["id"], "replace", progress=progress)
+    assert len(progress.seen["staging"]) == 1 and progress.seen["temp"] == []
+    unchanged(nb, before, temp)
+    assert our_helpers(docker_client) == []
