@@ -125,17 +125,26 @@ def test_a_restore_from_s3_reads_the_download_once_into_the_staging_folder(tmp_p
     unchanged(nb, before, temp)
 
 
-def test_a_wrong_key_found_while_staging_changes_nothing(tmp_path, s3_server, s3_bucket, temp):
+@pytest.mark.parametrize("decryptor", ["child process", "thread"])
+def test_a_wrong_key_found_while_staging_changes_nothing(tmp_path, s3_server, s3_bucket, temp, monkeypatch, decryptor):
+    if decryptor == "thread":  # where no child can be run (no sys.executable), pyrage decrypts in a thread
+        monkeypatch.setattr("sys.executable", "")
     nb = make_tree(str(tmp_path / "nb"), big_mb=4)
     manager = manager_for(tmp_path, s3_server, s3_bucket, encrypted=True)
     meta = manager.create_backup()
     with open(os.path.join(nb, "intro.ipynb"), "w") as f:
         f.write('{"cells": ["changed since"]}')
     before = folder_snapshot(nb)
-    (tmp_path / "keys" / "age.key").write_text(str(pyrage.x25519.Identity.generate()) + "\n")
+    key_file = tmp_path / "keys" / "age.key"
+    right_key = key_file.read_text()
+    key_file.write_text(str(pyrage.x25519.Identity.generate()) + "\n")
     with pytest.raises(BackupError, match="does not open .*nothing was changed"):
         manager.restore_backup(meta["id"], "replace")
     unchanged(nb, before, temp)
+    key_file.write_text(right_key)  # and with the right key it restores
+    manager.restore_backup(meta["id"], "replace")
+    assert (tmp_path / "nb" / "intro.ipynb").read_text() == '{"cells": [], "nbformat": 4}'
+    assert staging_left(nb) == [] and our_children() == {}
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
