@@ -1,8 +1,9 @@
 """Encryption at rest in the age format (https://age-encryption.org), with pyrage.
 
 Streams both ways in bounded memory: pyrage's ``encrypt_io``/``decrypt_io`` pull from a reader
-and push to a writer, so each runs in a thread of its own, fed (or drained) through a
-:class:`Pipe`. What a store holds is an ordinary age file: ``age -d -i KEY FILE | tar --zstd -x``
+and push to a writer. Encrypting runs in a thread of its own, fed through a :class:`Pipe`;
+decrypting in a child process (pyrage holds the GIL while it works), fed by a thread, or in a
+thread where no child can be run. What a store holds is an ordinary age file: ``age -d -i KEY FILE | tar --zstd -x``
 opens it without this extension.
 
 The private key (an X25519 identity, ``AGE-SECRET-KEY-1...``) is kept in one file of this machine,
