@@ -194,15 +194,19 @@ def _damaged(what, name):
 # The child: keys from the pipe ``argv[1]`` (never in its arguments or environment), the age
 # stream on stdin, the plaintext on stdout; exit 3: the key does not open it, 4: damaged or cut.
 _CHILD = """
-import os, sys
+import io, os, sys
 sys.path.insert(0, sys.argv[2])
 with os.fdopen(int(sys.argv[1]), "rb") as keys:
     lines = keys.read().decode().split()
 import pyrage
 from pyrage import x25519
+# pyrage reads and writes 8 KiB at a time: served from 1 MiB buffers, not a system call (and a
+# wake-up of the other side) each
+source = io.BufferedReader(io.FileIO(0, "rb", closefd=False), 1 << 20)
+out = io.BufferedWriter(io.FileIO(1, "wb", closefd=False), 1 << 20)
 try:
-    pyrage.decrypt_io(sys.stdin.buffer, sys.stdout.buffer, [x25519.Identity.from_str(k) for k in lines])
-    sys.stdout.buffer.flush()
+    pyrage.decrypt_io(source, out, [x25519.Identity.from_str(k) for k in lines])
+    out.flush()
 except pyrage.DecryptError:
     sys.exit(3)
 except BrokenPipeError:
