@@ -678,17 +678,23 @@ class BackupManager(ReleaseMoves):
 
     @contextmanager
     def _checked_and_staged(self, meta, source, paths, progress):
-        """(archive file, manifest, staging or None): a whole restore of a folder of this process
-        from an archive file it reads is checked and staged in one read (see staged_restore); other
-        restores are checked here and read again to write."""
-        path = local_path(self.store, meta["archive"])
-        if paths is not None or not path or not isinstance(source, LocalFolderSource):
+        """(archive file or None, manifest, staging or None): a whole restore of a folder of this
+        process is checked and staged in one read (see staged_restore), of the archive file when
+        the store has one here, else of the store's stream (S3: the ranged download, decrypted,
+        with no spool); other restores are checked here and read again to write."""
+        if paths is not None or not isinstance(source, LocalFolderSource):
             with self._checked_copy(meta, progress) as (path, manifest):
                 yield path, manifest, None
             return
+        path = local_path(self.store, meta["archive"])
         source.check_space(meta.get("total_bytes", 0))  # all of it is staged before any file moves
         with staging_in(source) as staging:
-            yield path, check_and_stage(path, meta, staging, self.config, progress), staging
+            if path:
+                yield path, check_and_stage(path, meta, staging, self.config, progress), staging
+                return
+            with self.store.open_archive(meta["archive"]) as stream:  # closed before the files move
+                manifest = check_and_stage(stream, meta, staging, self.config, progress)
+            yield None, manifest, staging
 
     def plan_restore(self, backup_id, mode="merge", paths=None, progress=None, cancel=None):
         """A dry run: what restoring would add, overwrite (with a cell summary for notebooks),

@@ -18,9 +18,9 @@ import hashlib
 import os
 import stat
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
-from .archive import CHUNK, FILE, FeedingReader, Manifest, hashing_worker, iter_archive
+from .archive import CHUNK, FILE, FeedingReader, Manifest, Worker, hashing_worker, iter_archive
 from .archive.reader import _READ_ERRORS as READ_ERRORS
 from .errors import InvalidArchive
 from .sources import FolderWriter, remove_at
@@ -85,12 +85,17 @@ def remove_stale_staging(path):
 class Staging:
     """The staging folder of one restore: the checked files' content, each under a number."""
 
-    def __init__(self, fd, name):
+    def __init__(self, fd, name, behind=None):
         self.fd, self.name = fd, name
         self.files = {}  # path in the backup -> name in the staging folder
+        self.behind = behind  # a Worker making and writing the staged files, or None: this thread
 
     def stage(self, entry, content):
         staged = str(len(self.files))
+        if self.behind is not None:
+            self._stage_behind(staged, entry, content)
+            self.files[entry.path] = staged
+            return
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.fd)
         with os.fdopen(fd, "wb") as out:
             while chunk := content.read(CHUNK):
@@ -101,9 +106,48 @@ class Staging:
             os.utime(out.fileno(), (entry.mtime, entry.mtime))
         self.files[entry.path] = staged
 
+    def _stage_behind(self, staged, entry, content):
+        """As :meth:`stage`, but the file is made and written by the worker ``behind`` while this
+        thread reads (decompresses, checks) on: a file's creation costs as much as writing 100 KB."""
+        out = _StagedFile(self.fd, staged)
+        self.behind.submit(out.open)
+        while chunk := content.read(CHUNK):  # fresh bytes each time: safe to hand over
+            self.behind.submit(out.write, chunk)
+        self.behind.submit(out.finish, entry)
+
+    def written(self):
+        """Wait until every staged file is written; raise the first error writing one raised."""
+        if self.behind is not None:
+            self.behind.close()
+
     def writer(self, root_fd, path):
         """A :class:`FolderWriter` that renames staged files into place instead of copying."""
         return _PlacingWriter(root_fd, path, self)
+
+
+class _StagedFile:
+    """One staged file, written by the staging's worker: open, write..., finish (closed on any error)."""
+
+    def __init__(self, dir_fd, name):
+        self.dir_fd, self.name, self.out = dir_fd, name, None
+
+    def open(self):
+        fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.dir_fd)
+        self.out = os.fdopen(fd, "wb")
+
+    def write(self, chunk):
+        try:
+            self.out.write(chunk)
+        except BaseException:
+            self.out.close()
+            raise
+
+    def finish(self, entry):
+        with self.out as out:
+            out.flush()
+            os.fchmod(out.fileno(), entry.mode)
+            FolderWriter._own_fd(out.fileno(), entry)
+            os.utime(out.fileno(), (entry.mtime, entry.mtime))
 
 
 class _PlacingWriter(FolderWriter):
@@ -135,9 +179,10 @@ class _PlacingWriter(FolderWriter):
 
 
 @contextmanager
-def staging_in(source):
+def staging_in(source, behind=True):
     """A locked staging folder in ``source`` (a LocalFolderSource), left out of everything the
-    source reads or removes meanwhile, and removed on leaving; the source's own time is kept."""
+    source reads or removes meanwhile, and removed on leaving; the source's own time is kept.
+    ``behind``: its files are written by a worker thread (ended before the folder is removed)."""
     root = source._open_root()
     try:
         clear_staging(source)
@@ -148,7 +193,8 @@ def staging_in(source):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held until removed: see remove_stale_staging
             source.skip_paths.append(name)
-            yield Staging(fd, name)
+            with Worker("ailab-backup-stage") if behind else nullcontext() as worker:
+                yield Staging(fd, name, worker)
         finally:
             if name in source.skip_paths:
                 source.skip_paths.remove(name)
@@ -160,11 +206,13 @@ def staging_in(source):
 
 
 def check_and_stage(path, meta, staging, config, progress):
-    """Read the archive file ``path`` once: check everything (as a restore's check does) while
-    each file is written into ``staging``; the manifest. Raises InvalidArchive on any fault."""
+    """Read the archive file ``path`` (or a readable stream of it, e.g. a store's download: then
+    nothing is spooled) once: check everything (as a restore's check does) while each file is
+    written into ``staging``; the manifest. Raises InvalidArchive on any fault (a stream's own
+    errors, such as a store gone or a wrong key, are raised as they are)."""
     digest = hashlib.sha256()
     manifest = None
-    with open(path, "rb") as raw, hashing_worker() as hasher:
+    with _opened(path) as raw, hashing_worker() as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
         try:
             for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
@@ -180,6 +228,7 @@ def check_and_stage(path, meta, staging, config, progress):
             ) from None
         while hashed.read(CHUNK):  # whatever follows the compressed stream (bounded)
             pass
+    staging.written()
     if manifest is None:
         raise InvalidArchive("The archive has no manifest: it was cut short or is not a backup.")
     if meta.get("sha256") and digest.hexdigest() != meta["sha256"]:
@@ -188,3 +237,8 @@ def check_and_stage(path, meta, staging, config, progress):
             "or damaged in the store."
         )
     return manifest
+
+
+def _opened(archive):
+    """The archive file ``archive`` opened, or the stream ``archive`` as it is (its owner closes it)."""
+    return open(archive, "rb") if isinstance(archive, (str, bytes, os.PathLike)) else nullcontext(archive)
