@@ -44,7 +44,7 @@ from . import release as releases
 from .release_move import MOVE_MODE, ReleaseMoves
 from .schedule import Scheduler
 from .settings import Settings
-from .staged_restore import check_and_stage, clear_staging, staging_in
+from .staged_restore import check_and_stage, clear_staging, staging_in, sync_filesystem
 from .changes import ChangeWatch
 from .checker import config_values, run_in_child
 from .usage import Usage, toggled_excludes
@@ -658,6 +658,8 @@ class BackupManager(ReleaseMoves):
                     safety = self._create(f"Before restoring {backup_id}", "safety", progress, unchanged=unchanged)
                 if staging is not None:
                     staging.check_same()  # nothing found identical changed since: only then does anything move
+                    if staging.files:  # the staged files on disk before any rename names them
+                        sync_filesystem(staging.fd)
                 wanted = {e.path for e in restored}
                 progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))
                 with open(path, "rb") if staging is None else nullcontext() as f:

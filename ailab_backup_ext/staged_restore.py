@@ -88,6 +88,21 @@ def remove_stale_staging(path):
     return held
 
 
+def sync_filesystem(fd):
+    """Everything written on the file system of ``fd`` on disk: one ``syncfs`` for all the staged
+    files (not an fsync each), so that no rename into place can outlive, in a crash, the data it
+    names. Falls back to ``sync`` where syncfs is missing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError, ImportError):
+        pass
+    os.sync()
+
+
 def signature(st):
     """What tells that a file was not changed since it was compared: any write, chmod, chown or
     utime changes its ctime; a replaced file has another inode."""
