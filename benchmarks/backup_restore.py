@@ -882,11 +882,11 @@ def run_benchmark(args):
             ops.append(server_backup("server worker backup (volume)", servers["volume"]))
             server_id = ops[-1].backup_id
             ops.append(server_backup("server worker backup (folder)", servers["folder"]))
-            ops.append(server_restore(res, "server worker restore (replace)", servers["restore"], server_id, expected))
+            ops.append(server_restore(res, "server worker restore into empty", servers["restore"], server_id, expected))
             # the volume holds the backup now: over itself, then with ~10 % of the files changed
-            ops.append(server_restore(res, "server restore over itself", servers["restore"], server_id, expected,
+            ops.append(server_restore(res, "server worker restore over itself", servers["restore"], server_id, expected,
                                       prepare=None))
-            ops.append(server_restore(res, "server restore, 10% differ", servers["restore"], server_id, expected,
+            ops.append(server_restore(res, "server worker restore, 10% differ", servers["restore"], server_id, expected,
                                       prepare=TENTH_DIFFERS))
             file_name = f"vackup-{i}.tar.zst"
             ops.append(vackup_backup(res, volume, tar_image, vackup_folder, file_name))
@@ -957,7 +957,7 @@ def print_table(info, rows, args):
           f"(archive {info.get('archive_mb')} MB), {args.repeat} round(s), median seconds; "
           f"RSS measurement floor {info['rss_floor_mb']:.0f} MB; load average {info['load_before']:.1f} before, "
           f"{info['load_after']:.1f} after, on {os.cpu_count()} CPUs")
-    header = f"{'operation':<30} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} {'/DD ext.':>8} " \
+    header = f"{'operation':<34} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} {'/DD ext.':>8} " \
              f"{'RSS ratio':>9} {'child CPU s':>11} {'engine CPU s':>13}  restored ok"
     print(header)
     print("-" * len(header))
@@ -968,7 +968,7 @@ def print_table(info, rows, args):
         ok = "-" if r["verified"] is None else ("yes" if r["verified"] else "NO")
         vratio = f"{r['vackup_ratio']:.2f}" if r["vackup_ratio"] is not None else "-"
         rss = f"{r['rss_mb']:.1f}" if r["rss_mb"] is not None else "-"
-        print(f"{r['name']:<30} {r['seconds']:>8.2f} {rss:>11} {ratio:>15} {vratio:>8} {rss_ratio:>9} "
+        print(f"{r['name']:<34} {r['seconds']:>8.2f} {rss:>11} {ratio:>15} {vratio:>8} {rss_ratio:>9} "
               f"{r['cpu']:>11.1f} {dcpu:>13}  {ok}{'  (' + r['note'] + ')' if r['note'] else ''}")
     print()
     for what, figures in info.get("worker_phases", {}).items():
