@@ -213,3 +213,13 @@ def test_worker_restore_over_a_changed_volume_is_exact_and_leaves_identical_file
     run_in_volume(docker_client, volume, "cd /v && echo edited > data/big.bin")  # undo is exact all the same
     manager.undo_last_restore()
     assert volume_snapshot(docker_client, volume) == before
+
+
+def test_a_release_move_from_a_partial_safety_backup_is_refused(local):
+    source, manager = local
+    backup = manager.create_backup()
+    result = manager.restore_backup(backup["id"], "replace")
+    before = folder_snapshot(source)
+    with pytest.raises(BackupError, match="holds only what its restore changed"):
+        manager.restore_backup(result["safety_backup_id"], "release-move")
+    assert folder_snapshot(source) == before
