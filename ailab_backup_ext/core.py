@@ -22,6 +22,7 @@ from .archive import (
     DIR,
     FILE,
     FORMAT_VERSION,
+    PARTIAL_FORMAT_VERSION,
     SUFFIXES,
     EntryChecker,
     FeedingReader,
@@ -43,7 +44,7 @@ from . import release as releases
 from .release_move import MOVE_MODE, ReleaseMoves
 from .schedule import Scheduler
 from .settings import Settings
-from .staged_restore import check_and_stage, clear_staging, staging_in
+from .staged_restore import check_and_stage, clear_staging, staging_in, sync_filesystem
 from .changes import ChangeWatch
 from .checker import config_values, run_in_child
 from .usage import Usage, toggled_excludes
@@ -372,7 +373,8 @@ class BackupManager(ReleaseMoves):
         with hashing_worker() as hasher:  # the archive's own hash, in a thread of its own
             hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
             manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio,
-                                    max_entries=self.config.max_entries, cancel=cancel)
+                                    max_entries=self.config.max_entries, cancel=cancel,
+                                    unchanged_files=(meta or {}).get("unchanged_files", 0))
             while hashed.read(CHUNK):  # whatever follows the compressed stream (compressed: bounded)
                 pass
         digest = digest.hexdigest()
@@ -491,16 +493,20 @@ class BackupManager(ReleaseMoves):
         self.last_safety_backup()  # nothing to undo is answered now
         return self.jobs.start("undo", lambda progress: self.undo_last_restore(progress))
 
-    def _create(self, label, kind, progress, skip_unchanged=False):
+    def _create(self, label, kind, progress, skip_unchanged=False, unchanged=None):
         """A backup that never holds a torn SQLite copy: if a database was caught mid-write
-        (its ``-journal`` beside it), the backup is taken again, a few times at most."""
-        try:
-            return self._in_worker("backup", progress, label=label, kind=kind, skip_unchanged=skip_unchanged)
-        except NotRouted:
-            pass
+        (its ``-journal`` beside it), the backup is taken again, a few times at most.
+        ``unchanged`` (a one-pass restore's safety backup): {path: (Entry, signature, id of the
+        backup holding it, its archive's SHA-256)} of files left out of the archive and listed as
+        unchanged, provided each is still as it was when found identical."""
+        if unchanged is None:
+            try:
+                return self._in_worker("backup", progress, label=label, kind=kind, skip_unchanged=skip_unchanged)
+            except NotRouted:
+                pass
         for attempt in range(JOURNAL_ATTEMPTS):
             try:
-                meta = self._create_once(label, kind, progress, skip_unchanged)
+                meta = self._create_once(label, kind, progress, skip_unchanged, unchanged)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise BackupError(
@@ -518,7 +524,7 @@ class BackupManager(ReleaseMoves):
             "back up again."
         )
 
-    def _create_once(self, label, kind, progress, skip_unchanged=False):
+    def _create_once(self, label, kind, progress, skip_unchanged=False, unchanged=None):
         source, store = self.resolve()
         backups = self.list_backups()
         newest = next((m for m in backups if m.get("source") == source.describe()), None)
@@ -536,9 +542,11 @@ class BackupManager(ReleaseMoves):
             excludes = self.settings.excludes
             with source.read_entries() as entries:
                 safe = self._safe_entries(entries, manifest.skipped, excludes)
+                if unchanged:
+                    safe = _leaving_out(safe, unchanged, manifest)
                 size, digest = write_archive(out, safe, manifest, self.config.compression, progress,
                                              sync=out.sync)  # a folder store's file: fsynced on commit
-            paths = {e.path for e in manifest.entries}
+            paths = {e.path for e in manifest.entries} | {e.path for e, _ in manifest.unchanged}
             if any(p.endswith("-journal") and p[: -len("-journal")] in paths for p in paths):
                 return None  # a database was mid-write: try again
             digest_of_content = manifest.content_digest()
@@ -557,12 +565,14 @@ class BackupManager(ReleaseMoves):
                 "compression": self.config.compression,
                 "archive": archive_name,
                 "sha256": digest,
-                "format_version": FORMAT_VERSION,
+                "format_version": PARTIAL_FORMAT_VERSION if manifest.unchanged else FORMAT_VERSION,
                 "skipped": manifest.skipped,
                 "excludes": excludes,  # what it left out on purpose (the listing shows it)
                 "content_digest": digest_of_content,
                 "release": releases.summary(manifest.release_record()),
             }
+            if manifest.unchanged:  # the files left out are in these backups (kept by prune)
+                meta.update(unchanged_files=len(manifest.unchanged), bases=dict(manifest.bases))
             progress.start("storing", size, 1)
             out.commit(meta)
             self.note_change()
@@ -633,14 +643,23 @@ class BackupManager(ReleaseMoves):
             source.check_exists()
             progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with self._checked_and_staged(meta, source, paths, progress) as (path, manifest, staging):
-                chosen = normalize_paths(paths, {e.path for e in manifest.entries})
-                restored = selected(manifest.entries, chosen)
+                everything = manifest.entries + [e for e, _ in manifest.unchanged]
+                chosen = normalize_paths(paths, {e.path for e in everything})
+                restored = selected(everything, chosen)
                 total = sum(e.size for e in restored if e.type == FILE)
+                unchanged = None
                 if staging is None:
                     source.check_space(total)
+                    restored = self._unchanged_in_place(source, manifest, restored)
+                else:
+                    unchanged = self._stage_unchanged(meta, manifest, staging, progress)
                 safety = None
                 if self.config.safety_backup:
-                    safety = self._create(f"Before restoring {backup_id}", "safety", progress)
+                    safety = self._create(f"Before restoring {backup_id}", "safety", progress, unchanged=unchanged)
+                if staging is not None:
+                    staging.check_same()  # nothing found identical changed since: only then does anything move
+                    if staging.files:  # the staged files on disk before any rename names them
+                        sync_filesystem(staging.fd)
                 wanted = {e.path for e in restored}
                 progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))
                 with open(path, "rb") if staging is None else nullcontext() as f:
@@ -675,6 +694,71 @@ class BackupManager(ReleaseMoves):
             "restored_files": [e.path for e in files[:MAX_RESTORED_LISTED]],
             "restored_files_complete": len(files) <= MAX_RESTORED_LISTED,
         }
+
+    def _stage_unchanged(self, meta, manifest, staging, progress):
+        """After a one-pass check: the files a partial backup lists as unchanged that the folder
+        does not hold as listed (SHA-256 computed) staged from the backups holding them (each
+        checked completely); what the safety backup may leave out ({path: (Entry, signature,
+        holder's id, holder's archive SHA-256)}: the files found identical)."""
+        needed = {}
+        for entry, held_by in manifest.unchanged:
+            if not staging.hashes_as(entry):
+                needed.setdefault(held_by, {})[entry.path] = entry
+        for held_by, entries in needed.items():
+            try:
+                base = self.get_backup(held_by)
+            except NotFound:
+                raise BackupError(
+                    f"This backup holds only what its restore changed; {len(entries)} other files (e.g. "
+                    f"{sorted(entries)[0]!r}) differ now and are in backup {held_by}, which was deleted. "
+                    "Nothing was changed."
+                ) from None
+            if base.get("sha256") != manifest.bases.get(held_by):
+                raise BackupError(f"Backup {held_by}, which holds files of this one, is not the one it was made "
+                                  "with. Nothing was changed.")
+            path = local_path(self.store, base["archive"])
+            with nullcontext(path) if path else self.store.open_archive(base["archive"]) as archive:
+                found = check_and_stage(archive, base, staging, self.config, progress, only=set(entries))
+            held = {e.path: e for e in found.entries}
+            for p, entry in entries.items():
+                if p not in held or not held[p].same_as(entry) or p not in staging.files:
+                    raise InvalidArchive(f"Backup {held_by} does not hold {p!r} as this backup lists it. "
+                                         "Nothing was changed.")
+        holders = {e.path: held_by for e, held_by in manifest.unchanged}
+        entries = {e.path: e for e in manifest.entries} | {e.path: e for e, _ in manifest.unchanged}
+        unchanged = {}
+        for p, sig in staging.same.items():
+            held_by = holders.get(p, meta["id"])
+            unchanged[p] = (entries[p], sig, held_by, manifest.bases.get(held_by, meta.get("sha256")))
+        return unchanged if all(u[3] for u in unchanged.values()) else None
+
+    def _unchanged_in_place(self, source, manifest, restored):
+        """A restore that is not one pass (chosen paths, or through Docker) of a partial backup:
+        each file it lists as unchanged, within the restored paths, must be in the folder as
+        listed (SHA-256 computed); it is kept, not written. Else nothing is changed."""
+        unchanged = {e.path: e for e, _ in manifest.unchanged}
+        wanted = {e.path for e in restored} & set(unchanged)
+        if not wanted:
+            return restored
+        found = set()
+        with source.read_entries() as entries:
+            for entry, content in entries:
+                if entry.path not in wanted or entry.type != FILE:
+                    continue
+                digest = hashlib.sha256()
+                while chunk := content.read(CHUNK):
+                    digest.update(chunk)
+                entry.sha256 = digest.hexdigest()
+                if entry.same_as(unchanged[entry.path]):
+                    found.add(entry.path)
+        if found != wanted:
+            missing = sorted(wanted - found)
+            raise BackupError(
+                f"This backup holds only what its restore changed; {len(missing)} other files it lists (e.g. "
+                f"{missing[0]!r}) differ now and are in backup {dict((e.path, h) for e, h in manifest.unchanged)[missing[0]]}. "
+                "Restore the whole backup, with no paths chosen, from a folder or volume store. Nothing was changed."
+            )
+        return restored
 
     @contextmanager
     def _checked_and_staged(self, meta, source, paths, progress):
@@ -726,12 +810,13 @@ class BackupManager(ReleaseMoves):
         source = self.source
         source.check_exists()
         with self._checked_copy(meta, progress) as (path, manifest):
-            backup = {e.path: e for e in manifest.entries}
+            backup = {e.path: e for e in manifest.entries} | {e.path: e for e, _ in manifest.unchanged}
             chosen = normalize_paths(paths, set(backup))
             progress.start("comparing", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with source.read_entries() as entries:
                 current = scan(_counted(entries, progress), lambda p: p.endswith(".ipynb"))
-            plan = make_plan(manifest.entries, current, mode, chosen, self.settings.excludes, source.skip_paths)
+            everything = manifest.entries + [e for e, _ in manifest.unchanged]
+            plan = make_plan(everything, current, mode, chosen, self.settings.excludes, source.skip_paths)
             notebooks = {item["path"]: item for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
             if notebooks:
                 with open(path, "rb") as f:
@@ -767,9 +852,11 @@ class BackupManager(ReleaseMoves):
         doomed = []
         for store in getattr(self.store, "stores", [self.store]):  # s3: retention in each store
             backups = _newest_first(store.read_all_meta())
-            newest_safety = next((m["id"] for m in backups if m.get("kind") == "safety"), None)
+            newest_safety = next((m for m in backups if m.get("kind") == "safety"), None)
+            # the newest safety backup, and the backups holding the files it lists as unchanged
+            kept = {newest_safety["id"], *(newest_safety.get("bases") or ())} if newest_safety else set()
             for meta in backups[keep:]:
-                if meta["id"] != newest_safety:
+                if meta["id"] not in kept:
                     store.remove(meta["id"], meta["archive"])
                     doomed.append(meta["id"])
         if doomed:
@@ -863,6 +950,12 @@ class BackupManager(ReleaseMoves):
         # an upload is untrusted: it also meets the compression-ratio limit (our own backups do
         # not, so that a big file of zeros never makes a backup unrestorable)
         manifest, digest = self._checked(path, max_ratio=self.config.max_compression_ratio, cancel=cancel)
+        if manifest.unchanged:
+            raise InvalidArchive(
+                "This archive is a safety backup that holds only what its restore changed: the other "
+                f"{len(manifest.unchanged)} files it lists are in other backups of the store it was made in. "
+                "It cannot be brought in alone; bring in a whole backup."
+            )
         return {"sha256": digest, "label": manifest.label[:MAX_LABEL_CHARS], "source": _capped_source(manifest.source),
                 "created": manifest.created[:64].strip(), "file_count": manifest.file_count,
                 "total_bytes": manifest.total_bytes, "skipped": _capped_skipped(manifest.skipped),
@@ -971,6 +1064,25 @@ def _sniff_compression(path):
     if head[:2] == b"\x1f\x8b":
         return "gzip"
     return "none"
+
+
+def _leaving_out(entries, unchanged, manifest):
+    """The entries of a safety backup without the files ``unchanged`` names (see
+    :meth:`BackupManager._create`), each listed in the manifest as unchanged instead, held by the
+    backup it was found identical to; one changed since it was compared stops the restore."""
+    from .staged_restore import changed_meanwhile, same_meta, signature
+
+    for entry, content in entries:
+        found = unchanged.get(entry.path) if entry.type == FILE else None
+        if found is None:
+            yield entry, content
+            continue
+        listed, sig, held_by, archive_sha = found
+        st = os.fstat(content.fileno())
+        if signature(st) != sig or not same_meta(st, listed):
+            raise changed_meanwhile(entry.path)
+        manifest.unchanged.append((listed, held_by))
+        manifest.bases[held_by] = archive_sha
 
 
 def _data_only(items):

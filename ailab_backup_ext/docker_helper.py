@@ -27,6 +27,7 @@ STARTED_LABEL = "ailab-backup.started"  # the owner's start time: a pid can be r
 JOB_SCRIPT = "/ailab/job.sh"  # what a started helper runs: see DockerHelper.run
 FALLBACK_IMAGE = "ubuntu"
 _CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+_CONTAINER_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _CONTAINER_ID_ONLY = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -34,10 +35,16 @@ def own_container_id():
     """The id of the Docker container this process runs in, or None outside a container."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            match = _CONTAINER_ID.search(f.read())
+            lines = f.read().splitlines()
     except OSError:
         return None
-    return match.group(1) if match else None
+    # only the files Docker mounts into its container (on the engine's host, the shm mounts of
+    # running containers, /var/lib/docker/containers/ID/mounts/shm, are in mountinfo too)
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in _CONTAINER_FILES and (match := _CONTAINER_ID.search(fields[3] + "/")):
+            return match.group(1)
+    return None
 
 
 def owner_host():

@@ -100,6 +100,9 @@ class ReleaseMoves:
     def _release_move(self, backup_id, progress, apply):
         progress = progress or Progress()
         meta = self.get_backup(backup_id)
+        if meta.get("unchanged_files"):
+            raise BackupError(f"{backup_id} is a safety backup that holds only what its restore changed; a release "
+                              "move needs a whole backup. Undo the restore instead, or move from another backup.")
         with self._busy_guard() if apply else nullcontext():
             progress.start("checking", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with self._checked_copy(meta, progress) as (path, manifest):

@@ -9,20 +9,27 @@ nothing visible changes before. The staging folder is locked (flock) while its r
 out of backups and of a replace's removals, and removed at the end; one left by a killed restore
 goes with the next restore or worker job. The folder's own time is kept across the staging
 folder's making and removal, so that a safety backup, and an undo, see the folder as it was.
+
+A file the folder already holds as the backup has it (same content, compared byte for byte with
+the archive's checked content, same mode, owner and time in seconds) is neither staged nor moved:
+it is recorded in :attr:`Staging.same` with what its ``lstat`` was, left out of the safety backup
+(which names it as unchanged, held by the restored backup) and checked again, unchanged since,
+before anything moves.
 """
 
 import errno
 import fcntl
 import functools
 import hashlib
+import itertools
 import os
 import stat
 import uuid
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 
 from .archive import CHUNK, FILE, FeedingReader, Manifest, Worker, hashing_worker, iter_archive
 from .archive.reader import _READ_ERRORS as READ_ERRORS
-from .errors import InvalidArchive
+from .errors import BackupError, InvalidArchive
 from .sources import FolderWriter, remove_at
 
 STAGING_PREFIX = ".ailab-restore-"
@@ -82,47 +89,178 @@ def remove_stale_staging(path):
     return held
 
 
-class Staging:
-    """The staging folder of one restore: the checked files' content, each under a number."""
+def sync_filesystem(fd):
+    """Everything written on the file system of ``fd`` on disk: one ``syncfs`` for all the staged
+    files (not an fsync each), so that no rename into place can outlive, in a crash, the data it
+    names. Falls back to ``sync`` where syncfs is missing."""
+    try:
+        import ctypes
 
-    def __init__(self, fd, name, behind=None):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError, ImportError):
+        pass
+    os.sync()
+
+
+def signature(st):
+    """What tells that a file was not changed since it was compared: any write, chmod, chown or
+    utime changes its ctime; a replaced file has another inode."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def same_meta(st, entry):
+    """The folder's file (an lstat) has the entry's type, size, mode, owner and time (seconds:
+    what an archive keeps)."""
+    return (stat.S_ISREG(st.st_mode) and st.st_size == entry.size and stat.S_IMODE(st.st_mode) == entry.mode
+            and st.st_uid == entry.uid and st.st_gid == entry.gid and st.st_mtime_ns // 10**9 == entry.mtime)
+
+
+class ChangedMeanwhile(BackupError):
+    """A file found identical to the backup's was changed before the restore moved anything."""
+
+
+def changed_meanwhile(path):
+    return ChangedMeanwhile(
+        f"{path!r} was changed while the restore was being prepared; nothing was changed. Restore "
+        "again once nothing else writes to the folder."
+    )
+
+
+class Staging:
+    """The staging folder of one restore: the checked files' content, each under a number, and
+    the files the folder already holds as the backup has them."""
+
+    def __init__(self, fd, name, root_fd=None, root_path=None, current=None, behind=None):
         self.fd, self.name = fd, name
         self.files = {}  # path in the backup -> name in the staging folder
+        self.current = current or {}  # path -> lstat of the folder's regular files before the restore
+        self.same = {}  # path -> signature() of the folder's file found identical (not staged)
+        self._reader = FolderWriter(os.dup(root_fd), root_path) if root_fd is not None else None
+        self.compared_bytes = 0
         self.behind = behind  # a Worker making and writing the staged files, or None: this thread
 
-    def stage(self, entry, content):
+    def close(self):
+        if self._reader is not None:
+            self._reader.__exit__(None, None, None)
+            self._reader = None
+
+    def open_current(self, path):
+        """The folder's file ``path`` opened for reading (never through a symlink) with its
+        fstat, if it is still the regular file listed before the restore; else None."""
+        listed = self.current.get(path)
+        if listed is None or self._reader is None:
+            return None
+        parent, name = self._reader.parent_of(path)
+        if parent is None:
+            return None
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (listed.st_dev, listed.st_ino):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0), st
+
+    def stage(self, entry, content, compare=True):
+        listed = self.current.get(entry.path) if compare else None
+        opened = self.open_current(entry.path) if listed is not None and same_meta(listed, entry) else None
+        if opened is None:
+            return self._write(entry, content)
+        mine, st = opened
+        with mine:
+            if not same_meta(st, entry):
+                return self._write(entry, content)
+            matched = 0
+            while True:
+                chunk = content.read(CHUNK)
+                if not chunk:
+                    if matched == entry.size and not mine.read(1):
+                        self.same[entry.path] = signature(st)  # identical: neither staged nor moved
+                        self.compared_bytes += matched
+                        return
+                    return self._write(entry, content, mine, matched)
+                if mine.read(len(chunk)) != chunk:
+                    return self._write(entry, content, mine, matched, chunk)
+                matched += len(chunk)
+
+    def _write(self, entry, content, prefix_from=None, prefix=0, pending=b""):
+        """Stage the entry: ``prefix`` bytes equal to the archive's read from ``prefix_from`` (a
+        file compared that far), then ``pending`` and the rest of ``content``. With a worker
+        ``behind``, the file is made and written by it while this thread reads (decompresses,
+        checks) on: a file's creation costs as much as writing 100 KB."""
         staged = str(len(self.files))
-        if self.behind is not None:
-            self._stage_behind(staged, entry, content)
-            self.files[entry.path] = staged
-            return
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.fd)
-        with os.fdopen(fd, "wb") as out:
-            while chunk := content.read(CHUNK):
-                out.write(chunk)
-            out.flush()
-            os.fchmod(out.fileno(), entry.mode)
-            FolderWriter._own_fd(out.fileno(), entry)
-            os.utime(out.fileno(), (entry.mtime, entry.mtime))
+        out = _StagedFile(self.fd, staged)
+        pieces = itertools.chain(_compared_prefix(entry, prefix_from, prefix), (pending,),
+                                 iter(functools.partial(content.read, CHUNK), b""))
+        run = self.behind.submit if self.behind is not None else (lambda step, *args: step(*args))
+        run(out.open)
+        try:
+            for piece in pieces:  # fresh bytes each time: safe to hand over
+                run(out.write, piece)
+        except BaseException:
+            with suppress(Exception):  # the worker's own failure is raised by written()
+                run(out.abandon)  # the archive or the compared file failed: not left open
+            raise
+        run(out.finish, entry)
         self.files[entry.path] = staged
 
-    def _stage_behind(self, staged, entry, content):
-        """As :meth:`stage`, but the file is made and written by the worker ``behind`` while this
-        thread reads (decompresses, checks) on: a file's creation costs as much as writing 100 KB."""
-        out = _StagedFile(self.fd, staged)
-        self.behind.submit(out.open)
-        while chunk := content.read(CHUNK):  # fresh bytes each time: safe to hand over
-            self.behind.submit(out.write, chunk)
-        self.behind.submit(out.finish, entry)
+    def hashes_as(self, entry):
+        """True when the folder's file ``entry.path`` is the entry (its SHA-256 computed now,
+        mode, owner, time); then it counts as found identical."""
+        listed = self.current.get(entry.path)
+        opened = self.open_current(entry.path) if listed is not None and same_meta(listed, entry) else None
+        if opened is None:
+            return False
+        mine, st = opened
+        with mine:
+            if not same_meta(st, entry):
+                return False
+            digest = hashlib.sha256()
+            while chunk := mine.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != entry.sha256:
+            return False
+        self.same[entry.path] = signature(st)
+        self.compared_bytes += entry.size
+        return True
+
+    def check_same(self):
+        """Raise :class:`ChangedMeanwhile` when a file found identical has changed since."""
+        for path, sig in self.same.items():
+            parent, name = self._reader.parent_of(path)
+            try:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False) if parent is not None else None
+            except FileNotFoundError:
+                st = None
+            if st is None or signature(st) != sig:
+                raise changed_meanwhile(path)
 
     def written(self):
-        """Wait until every staged file is written; raise the first error writing one raised."""
+        """Wait until every staged file is written; raise the first error writing one raised.
+        Files staged after this (an undo's unchanged files, from another backup) are written here."""
         if self.behind is not None:
-            self.behind.close()
+            behind, self.behind = self.behind, None
+            behind.close()
 
     def writer(self, root_fd, path):
         """A :class:`FolderWriter` that renames staged files into place instead of copying."""
         return _PlacingWriter(root_fd, path, self)
+
+
+def _compared_prefix(entry, prefix_from, prefix):
+    """The first ``prefix`` bytes of the folder's file ``prefix_from``, found equal to the archive's."""
+    done = 0
+    while done < prefix:
+        piece = os.pread(prefix_from.fileno(), min(CHUNK, prefix - done), done)
+        if not piece:
+            raise changed_meanwhile(entry.path)  # shrunk while compared
+        yield piece
+        done += len(piece)
 
 
 class _StagedFile:
@@ -142,6 +280,10 @@ class _StagedFile:
             self.out.close()
             raise
 
+    def abandon(self):
+        if self.out is not None:
+            self.out.close()
+
     def finish(self, entry):
         with self.out as out:
             out.flush()
@@ -156,6 +298,10 @@ class _PlacingWriter(FolderWriter):
         self.staging = staging
 
     def write_file(self, parent, name, entry, content):
+        if entry.path in self.staging.same:  # identical already: left where it is
+            if self.staging.same[entry.path][3] != entry.mtime * 10**9:  # only the time's fraction differs
+                os.utime(name, ns=(entry.mtime * 10**9, entry.mtime * 10**9), dir_fd=parent, follow_symlinks=False)
+            return
         staged = self.staging.files.get(entry.path)
         if staged is None:  # not staged (never happens for a checked archive): copied as before
             return super().write_file(parent, name, entry, content)
@@ -194,7 +340,12 @@ def staging_in(source, behind=True):
             fcntl.flock(fd, fcntl.LOCK_EX)  # held until removed: see remove_stale_staging
             source.skip_paths.append(name)
             with Worker("ailab-backup-stage") if behind else nullcontext() as worker:
-                yield Staging(fd, name, worker)
+                current = {rel: st for rel, st, _, _ in source._walk() if stat.S_ISREG(st.st_mode)}
+                staging = Staging(fd, name, root, source.path, current, worker)
+                try:
+                    yield staging
+                finally:
+                    staging.close()
         finally:
             if name in source.skip_paths:
                 source.skip_paths.remove(name)
@@ -205,22 +356,25 @@ def staging_in(source, behind=True):
         os.close(root)
 
 
-def check_and_stage(path, meta, staging, config, progress):
+def check_and_stage(path, meta, staging, config, progress, only=None):
     """Read the archive file ``path`` (or a readable stream of it, e.g. a store's download: then
     nothing is spooled) once: check everything (as a restore's check does) while each file is
-    written into ``staging``; the manifest. Raises InvalidArchive on any fault (a stream's own
-    errors, such as a store gone or a wrong key, are raised as they are)."""
+    written into ``staging`` (unless the folder holds it identical already); the manifest. With
+    ``only`` (a set of paths), only those files are staged, never compared. Raises InvalidArchive
+    on any fault (a stream's own errors, such as a store gone or a wrong key, are raised as they
+    are)."""
     digest = hashlib.sha256()
     manifest = None
     with _opened(path) as raw, hashing_worker() as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
         try:
             for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
-                                               max_entries=config.max_entries):
+                                               max_entries=config.max_entries,
+                                               unchanged_files=meta.get("unchanged_files", 0)):
                 if isinstance(entry, Manifest):
                     manifest = entry
-                elif entry.type == FILE:
-                    staging.stage(entry, content)  # reads the file here: its read errors come here
+                elif entry.type == FILE and (only is None or entry.path in only):
+                    staging.stage(entry, content, compare=only is None)  # reads the file here: its read errors come here
         except READ_ERRORS as exc:
             raise InvalidArchive(
                 f"The archive is damaged or truncated ({exc or type(exc).__name__}). "

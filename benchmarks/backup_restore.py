@@ -738,11 +738,24 @@ def server_backup(name, manager):
     return op
 
 
-def server_restore(res, name, manager, backup_id, expected):
-    """A replace restore by the server's kept worker into its (emptied) volume."""
+# what is in the volume before a timed restore, made outside the timing
+EMPTY_VOLUME = "rm -rf /v/* /v/.[!.]*; true"
+# ~10 % of the files differ: every 20th notebook changed (a byte appended), every 20th other one
+# removed, as many new files added; the big files and the SCS stay as they are
+TENTH_DIFFERS = (
+    "cd /v && i=0; for f in $(find . -name '*.ipynb' | sort); do i=$((i+1)); "
+    "case $((i % 20)) in 0) printf ' ' >> \"$f\";; 10) rm \"$f\"; head -c 30000 /dev/urandom > \"$f.new\";; esac; done"
+)
+
+
+def server_restore(res, name, manager, backup_id, expected, prepare=EMPTY_VOLUME):
+    """A replace restore by the server's kept worker into its volume: emptied first (default),
+    or as it is (``prepare=None``: the backup's own content, a restore over itself), or changed
+    by the script ``prepare``."""
     volume = manager.source.mount_name
-    res.client.containers.run(res.image, ["sh", "-c", "rm -rf /v/* /v/.[!.]*; true"], remove=True,
-                              volumes={volume: {"bind": "/v"}}, network_disabled=True, labels={res.LABEL: res.prefix})
+    if prepare:
+        res.client.containers.run(res.image, ["sh", "-c", prepare], remove=True, volumes={volume: {"bind": "/v"}},
+                                  network_disabled=True, labels={res.LABEL: res.prefix})
     op = Operation(name, "restore", "ours")
     with op:
         op.steps.append(InProcess(name, lambda: manager.restore_backup(backup_id, "replace")))
@@ -750,7 +763,7 @@ def server_restore(res, name, manager, backup_id, expected):
     return op
 
 
-def worker_phases(volume, store, image):
+def worker_phases(volume, store, image, run_in):
     """One instrumented backup and replace restore in this process: when each phase began
     (from the worker's progress) and what the containers cost, to show where the time goes."""
     import docker.models.containers as containers
@@ -779,7 +792,9 @@ def worker_phases(volume, store, image):
     try:
         manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image))
         manager.worker.probe()
-        for what in ("backup", "restore"):
+        for what in ("backup", "restore", "restore (10% differ)", "restore (into empty)"):
+            if what != "backup" and what != "restore":
+                run_in(volume, TENTH_DIFFERS if "10%" in what else EMPTY_VOLUME)
             phases, t0 = [], time.perf_counter()
 
             def on_change(progress, phases=phases):
@@ -846,13 +861,16 @@ def run_benchmark(args):
             print(f"round {i + 1}/{args.repeat} ...", file=sys.stderr)
             op, seed_dir = seed_backup(res, volume, args.image, args.tmp_dir)
             ops.append(op)
-            ops.append(our_backup("our backup (volume store)", volume, store_volume, args.image))
-            vol_id = ops[-1].backup_id
-            ops.append(our_backup("our backup (folder store)", volume, store_folder, args.image))
-            folder_id = ops[-1].backup_id
+            if not args.worker_only:
+                ops.append(our_backup("our backup (volume store)", volume, store_volume, args.image))
+                vol_id = ops[-1].backup_id
+                ops.append(our_backup("our backup (folder store)", volume, store_folder, args.image))
+                folder_id = ops[-1].backup_id
             ops.append(seed_restore(res, seed_dir, args.image, expected))
-            ops.append(our_restore(res, "our restore (volume store)", store_volume, vol_id, args.image, expected))
-            ops.append(our_restore(res, "our restore (folder store)", store_folder, folder_id, args.image, expected))
+            if not args.worker_only:
+                ops.append(our_restore(res, "our restore (volume store)", store_volume, vol_id, args.image, expected))
+                ops.append(our_restore(res, "our restore (folder store)", store_folder, folder_id, args.image,
+                                       expected))
             cli_tmp = res.folder("cli-tmp", args.tmp_dir)
             ops.append(worker_backup(res, "worker backup (volume store)", volume, worker_store_volume, worker_image,
                                      cli_tmp))
@@ -864,22 +882,32 @@ def run_benchmark(args):
             ops.append(server_backup("server worker backup (volume)", servers["volume"]))
             server_id = ops[-1].backup_id
             ops.append(server_backup("server worker backup (folder)", servers["folder"]))
-            ops.append(server_restore(res, "server worker restore (replace)", servers["restore"], server_id, expected))
+            ops.append(server_restore(res, "server worker restore into empty", servers["restore"], server_id, expected))
+            # the volume holds the backup now: over itself, then with ~10 % of the files changed
+            ops.append(server_restore(res, "server worker restore over itself", servers["restore"], server_id, expected,
+                                      prepare=None))
+            ops.append(server_restore(res, "server worker restore, 10% differ", servers["restore"], server_id, expected,
+                                      prepare=TENTH_DIFFERS))
             file_name = f"vackup-{i}.tar.zst"
             ops.append(vackup_backup(res, volume, tar_image, vackup_folder, file_name))
             ops.append(vackup_restore(res, vackup_folder, file_name, tar_image, expected))
             os.unlink(os.path.join(vackup_folder, file_name))
-            ops.append(api_only_backup(res, volume, args.image))
-            seed_tar = os.path.join(seed_dir, "notebooks.tar")  # made outside the timing
-            subprocess.run(["tar", "-C", seed_dir, "-cf", seed_tar, "notebooks"], check=True)
-            ops.append(api_only_restore(res, seed_tar, args.image, expected))
+            if not args.worker_only:
+                ops.append(api_only_backup(res, volume, args.image))
+                seed_tar = os.path.join(seed_dir, "notebooks.tar")  # made outside the timing
+                subprocess.run(["tar", "-C", seed_dir, "-cf", seed_tar, "notebooks"], check=True)
+                ops.append(api_only_restore(res, seed_tar, args.image, expected))
             shutil.rmtree(seed_dir, ignore_errors=True)
-        data_dir = os.path.join(store_folder, "data")
+        data_dir = os.path.join(worker_store_folder if args.worker_only else store_folder, "data")
         sizes = {n: os.path.getsize(os.path.join(data_dir, n)) for n in os.listdir(data_dir)}
         info["store_folder_files"] = sizes
         archives = [size for name, size in sizes.items() if not name.startswith(".")]
         info["archive_mb"] = round(max(archives) / MB, 1) if archives else None
-        info["worker_phases"] = worker_phases(volume, worker_store_volume, worker_image)
+        def run_in(vol, script):
+            res.client.containers.run(res.image, ["sh", "-c", script], remove=True, volumes={vol: {"bind": "/v"}},
+                                      network_disabled=True, labels={res.LABEL: res.prefix})
+
+        info["worker_phases"] = worker_phases(volume, worker_store_volume, worker_image, run_in)
         info["load_after"] = os.getloadavg()[0]
         finished = True
     finally:
@@ -929,7 +957,7 @@ def print_table(info, rows, args):
           f"(archive {info.get('archive_mb')} MB), {args.repeat} round(s), median seconds; "
           f"RSS measurement floor {info['rss_floor_mb']:.0f} MB; load average {info['load_before']:.1f} before, "
           f"{info['load_after']:.1f} after, on {os.cpu_count()} CPUs")
-    header = f"{'operation':<30} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} {'/DD ext.':>8} " \
+    header = f"{'operation':<34} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} {'/DD ext.':>8} " \
              f"{'RSS ratio':>9} {'child CPU s':>11} {'engine CPU s':>13}  restored ok"
     print(header)
     print("-" * len(header))
@@ -940,7 +968,7 @@ def print_table(info, rows, args):
         ok = "-" if r["verified"] is None else ("yes" if r["verified"] else "NO")
         vratio = f"{r['vackup_ratio']:.2f}" if r["vackup_ratio"] is not None else "-"
         rss = f"{r['rss_mb']:.1f}" if r["rss_mb"] is not None else "-"
-        print(f"{r['name']:<30} {r['seconds']:>8.2f} {rss:>11} {ratio:>15} {vratio:>8} {rss_ratio:>9} "
+        print(f"{r['name']:<34} {r['seconds']:>8.2f} {rss:>11} {ratio:>15} {vratio:>8} {rss_ratio:>9} "
               f"{r['cpu']:>11.1f} {dcpu:>13}  {ok}{'  (' + r['note'] + ')' if r['note'] else ''}")
     print()
     for what, figures in info.get("worker_phases", {}).items():
@@ -980,6 +1008,9 @@ def main(argv=None):
     parser.add_argument("--image", default=os.environ.get("AILAB_BACKUP_HELPER_IMAGE") or DEFAULT_IMAGE,
                         help="image for the seed recipe's containers and our helpers "
                              "(default: $AILAB_BACKUP_HELPER_IMAGE, else %(default)s)")
+    parser.add_argument("--worker-only", action="store_true",
+                        help="only the seed recipe, Docker Desktop's method and the worker rows (no streaming "
+                             "or archive-API rows): for quick iterations")
     parser.add_argument("--tmp-dir", default=None, help="where the temporary folders go (default: $TMPDIR)")
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"),
                         help="JSON results file (default %(default)s; a copy goes to run-<size>mb.json beside it)")

@@ -317,8 +317,14 @@ CASES = [
                  id="manifest-lists-twice"),
     pytest.param(with_bad(tweak=lambda d: d["entries"][1].pop("type")), "malformed entry",
                  id="manifest-entry-malformed"),
-    pytest.param(with_bad(tweak=lambda d: d.update(format_version=2)), "format version 2",
-                 id="manifest-format-version-2"),
+    pytest.param(with_bad(tweak=lambda d: d.update(format_version=3)), "format version 3",
+                 id="manifest-format-version-3"),
+    pytest.param(with_bad(tweak=lambda d: d.update(format_version=2)), "no valid list of unchanged files",
+                 id="manifest-version-2-without-unchanged"),
+    pytest.param(with_bad(tweak=lambda d: d.update(format_version=2, bases={"x": "0" * 64}, unchanged=[
+        {**_entry(d, "a.ipynb"), "in": "x"}])), "as unchanged wrongly", id="manifest-unchanged-also-an-entry"),
+    pytest.param(with_bad(tweak=lambda d: d.update(format_version=2, bases={"x": "0" * 64}, unchanged=[
+        {**_entry(d, "a.ipynb"), "path": "../out.txt", "in": "x"}])), "Refused", id="manifest-unchanged-outside"),
     pytest.param(with_bad(tweak=lambda d: d.pop("format_version")), "format version None",
                  id="manifest-without-format-version"),
     pytest.param(with_bad(tweak=lambda d: d.update(format="tar-backup")), "not an ailab-backup manifest",

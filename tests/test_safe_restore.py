@@ -159,9 +159,12 @@ def test_retention_keeps_the_newest_and_the_newest_safety_backup(tmp_path, capsy
     manager.config.prune_after_backup = True
     newest = manager.create_backup()["id"]
     kept = [b["id"] for b in manager.list_backups()]
-    assert kept == [newest, later[-1], restore["safety_backup_id"]]
+    # the restore changed nothing, so its safety backup lists a.txt as unchanged, held by the
+    # restored backup: that one stays with it, or undo could not be exact
+    assert manager.get_backup(restore["safety_backup_id"])["bases"] == {first["id"]: first["sha256"]}
+    assert kept == [newest, later[-1], restore["safety_backup_id"], first["id"]]
     assert main(["--source-dir", str(source), "--store", str(tmp_path / "s"), "prune", "--keep", "1"]) == 0
-    assert [b["id"] for b in manager.list_backups()] == [newest, restore["safety_backup_id"]]
+    assert [b["id"] for b in manager.list_backups()] == [newest, restore["safety_backup_id"], first["id"]]
 
 
 def test_cli_dry_run_and_path(tmp_path, capsys):

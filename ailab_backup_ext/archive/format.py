@@ -19,6 +19,10 @@ DATA_ROOT = "notebooks"
 MANIFEST_NAME = "ailab-backup-manifest.json"
 FORMAT = "ailab-backup"
 FORMAT_VERSION = 1
+# a safety backup that leaves out the files a restore did not change (they are in other backups,
+# see Manifest.unchanged): older readers, which would take it for the whole folder, refuse it
+PARTIAL_FORMAT_VERSION = 2
+READ_VERSIONS = (FORMAT_VERSION, PARTIAL_FORMAT_VERSION)
 SUFFIXES = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
 CHUNK = 1024 * 1024
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
@@ -71,6 +75,11 @@ class Manifest:
     skipped: list = field(default_factory=list)
     # the AI-Lab release the backup came from (see release.py); absent in older backups
     release: dict | None = None
+    # files the folder held, left out of this archive because another backup holds the very same
+    # file (a safety backup's files that its restore did not change): [(Entry with sha256, id of
+    # the backup holding it)]; ``bases`` {id: that backup's archive SHA-256}
+    unchanged: list = field(default_factory=list)
+    bases: dict = field(default_factory=dict)
 
     @property
     def file_count(self):
@@ -91,7 +100,7 @@ class Manifest:
     def to_json(self):
         found = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": PARTIAL_FORMAT_VERSION if self.unchanged else FORMAT_VERSION,
             "created": self.created,
             "source": self.source,
             "label": self.label,
@@ -103,6 +112,9 @@ class Manifest:
         }
         if self.release is not None:  # older readers ignore it: the format version stays
             found["release"] = self.release_record()
+        if self.unchanged:
+            found["unchanged"] = [{**e.to_json(), "in": held_by} for e, held_by in self.unchanged]
+            found["bases"] = dict(self.bases)
         return found
 
     def release_record(self):
@@ -119,10 +131,11 @@ class Manifest:
     def from_json(cls, data):
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise InvalidArchive("The archive's manifest is not an ailab-backup manifest.")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READ_VERSIONS:
             raise InvalidArchive(
                 f"The archive has format version {data.get('format_version')!r}; this version of "
-                f"ailab-backup reads version {FORMAT_VERSION}. Update the extension to restore it."
+                f"ailab-backup reads versions {FORMAT_VERSION} and {PARTIAL_FORMAT_VERSION}. Update the "
+                "extension to restore it."
             )
         entries = data.get("entries")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -135,7 +148,31 @@ class Manifest:
             entries=[Entry.from_json(e) for e in entries],
             skipped=data.get("skipped") if isinstance(data.get("skipped"), list) else [],
             release=data.get("release") if isinstance(data.get("release"), dict) else None,
+            **_unchanged_from_json(data),
         )
+
+
+def _unchanged_from_json(data):
+    """The ``unchanged`` and ``bases`` of a manifest (version 2), checked: plain files with a
+    SHA-256, each held by a listed backup, no path twice nor also among the entries."""
+    if data.get("format_version") != PARTIAL_FORMAT_VERSION:
+        return {}
+    bases, listed = data.get("bases"), data.get("unchanged")
+    if not isinstance(bases, dict) or not isinstance(listed, list) or not all(isinstance(e, dict) for e in listed) \
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in bases.items()):
+        raise InvalidArchive("The archive's manifest has no valid list of unchanged files.")
+    seen = {e.get("path") for e in data["entries"]}
+    unchanged = []
+    for item in listed:
+        entry = Entry.from_json(item)
+        check_path(entry.path)
+        held_by = item.get("in")
+        if entry.type != FILE or not isinstance(entry.sha256, str) or held_by not in bases or entry.path in seen \
+                or entry.path == ROOT:
+            raise InvalidArchive(f"The archive's manifest lists {entry.path!r} as unchanged wrongly.")
+        seen.add(entry.path)
+        unchanged.append((entry, held_by))
+    return {"unchanged": unchanged, "bases": dict(bases)}
 
 
 def utc_now():

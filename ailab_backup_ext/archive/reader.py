@@ -389,7 +389,7 @@ class _BoundedDecompressed:
 
 
 def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_content=True, *,
-                 max_entries=0, cancel=None):
+                 max_entries=0, cancel=None, unchanged_files=0):
     """Yield ``(Entry, reader)`` for each data member, checking each one; the last item is
     ``(Manifest, None)`` after checking the manifest against the data.
 
@@ -402,6 +402,8 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
     headers (the sizes they declare), and from what is actually unpacked; its headers and names
     alone may unpack to a fifth of that at most (:data:`METADATA_SHARE`). ``max_entries`` bounds the
     number of entries; ``cancel`` (an Event) stops the read with :class:`Cancelled`.
+    ``unchanged_files``: how many files the store's record of a partial safety backup says its
+    manifest lists as unchanged (not in the data): its allowance grows by that many entries.
     Every resource is bounded: what follows the end of the tar, the extended headers of a member,
     the manifest (by the entries found). Raises :class:`InvalidArchive` on anything hostile or broken.
     """
@@ -409,7 +411,7 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
     counted = _CountingReader(raw)
     found, digests = [], []
     manifest = None
-    manifest_allowance = MANIFEST_BASE_BYTES
+    manifest_allowance = MANIFEST_BASE_BYTES + 2 * MANIFEST_BYTES_PER_ENTRY * max(0, int(unchanged_files or 0))
     metadata_ratio = max_ratio / METADATA_SHARE
     try:
         with hashing_worker() if check_content else contextlib.nullcontext() as hasher:
@@ -425,7 +427,8 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
                     )
                 path = data_path(info.name)
                 if path is None:
-                    manifest = _read_manifest(tar, info, manifest, manifest_allowance, len(found))
+                    manifest = _read_manifest(tar, info, manifest, manifest_allowance, len(found),
+                                              max(0, int(unchanged_files or 0)))
                     continue
                 if manifest is not None:
                     raise InvalidArchive("The archive has data after its manifest: it was altered or damaged.")
@@ -475,7 +478,7 @@ MANIFEST_BYTES_PER_ENTRY = 512
 MANIFEST_BASE_OBJECTS = 100_000
 
 
-def _read_manifest(tar, info, found_before, allowance, entry_count):
+def _read_manifest(tar, info, found_before, allowance, entry_count, unchanged_files=0):
     if info.name != MANIFEST_NAME or found_before is not None:
         raise InvalidArchive(
             f"Refused member {info.name!r}: an archive holds only notebooks/ and one {MANIFEST_NAME}."
@@ -489,7 +492,7 @@ def _read_manifest(tar, info, found_before, allowance, entry_count):
             f"need ({limit} bytes at most): it was altered or crafted, and is refused."
         )
     objects = [0]
-    max_objects = MANIFEST_BASE_OBJECTS + entry_count
+    max_objects = MANIFEST_BASE_OBJECTS + entry_count + unchanged_files
 
     def counted_object(pairs):
         objects[0] += 1
@@ -530,10 +533,12 @@ def _match_manifest(manifest, found, check_content=True):
         )
 
 
-def read_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, *, max_entries=0, cancel=None):
+def read_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, *, max_entries=0, cancel=None,
+                 unchanged_files=0):
     """Check a whole archive; return its :class:`Manifest` or raise :class:`InvalidArchive`
     (see :func:`iter_archive` for the limits)."""
     manifest = None
-    for item, _ in iter_archive(raw, max_total_bytes, progress, max_ratio, max_entries=max_entries, cancel=cancel):
+    for item, _ in iter_archive(raw, max_total_bytes, progress, max_ratio, max_entries=max_entries, cancel=cancel,
+                                unchanged_files=unchanged_files):
         manifest = item
     return manifest
