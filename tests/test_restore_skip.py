@@ -7,7 +7,6 @@ undo brings back exactly what was there (also when files changed after the resto
 files keep their inode, and a file changed while the restore was prepared stops it unchanged."""
 
 import os
-import subprocess
 
 import pytest
 
@@ -16,24 +15,12 @@ from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError, InvalidArchive
 from ailab_backup_ext.staged_restore import STAGING_PREFIX
-from test_roundtrip import fill_volume, make_tree
+from test_roundtrip import fill_volume
+from test_staged_restore import local, tree  # noqa: F401 - fixtures: a tree, and a copy to restore over
 from treeutil import folder_snapshot, run_in_volume, volume_snapshot
 
 SCS = "ai_lab_secure_configuration_storage.sqlite"
 UNTOUCHED = [SCS, "démo/Übung ünïcödé.ipynb", "private/secret.txt", "data/big.bin", ".gitkeep"]
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return make_tree(str(tmp_path_factory.mktemp("tree") / "notebooks"), big_mb=3)
-
-
-@pytest.fixture
-def local(tree, tmp_path):
-    source = tmp_path / "notebooks"
-    subprocess.check_call(["cp", "-a", tree, str(source)])  # keeps owners, unlike shutil.copytree
-    manager = BackupManager(AILabBackup(docker_url="none", source_dir=str(source), store=str(tmp_path / "store")))
-    return source, manager
 
 
 def change(source):

@@ -19,7 +19,7 @@ from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.progress import Progress
 from ailab_backup_ext.staged_restore import STAGING_PREFIX
 from ailab_backup_ext.stores import s3 as s3_module
-from s3util import S3Server, s3_env
+from test_s3 import own_s3  # noqa: F401 - fixture: an S3 server of the test alone
 from test_roundtrip import make_tree
 from treeutil import folder_snapshot
 
@@ -33,17 +33,6 @@ def temp(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
-
-
-@pytest.fixture
-def own_s3(tmp_path, monkeypatch):
-    """An S3 server of this test alone (to kill); a bucket on it; its keys set."""
-    server = S3Server(tmp_path / "s3root")
-    s3_env(monkeypatch, server)
-    try:
-        yield server, server.bucket()
-    finally:
-        server.stop()
 
 
 def manager_for(tmp_path, server, bucket, encrypted):
