@@ -10,7 +10,7 @@ container's own ``Config.Env``: AI-Lab starts Jupyter through ``sudo``, which dr
 import functools
 import os
 
-from traitlets import Bool, Enum, Int, List, Unicode, default
+from traitlets import Bool, Enum, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
 ENV_PREFIX = "AILAB_BACKUP_"
@@ -56,6 +56,8 @@ def _env_default(name, fallback):
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(trait, Int):
             return int(raw)
+        if isinstance(trait, Float):
+            return float(raw)
         return raw
 
     return _default
@@ -208,6 +210,14 @@ class AILabBackup(Configurable):
         partial file removed, so that a client trickling bytes in cannot hold a spool and an upload
         slot. 0 turns the check off.""",
     )
+    progress_interval = Float(
+        0.2,
+        min=0.0,
+        config=True,
+        help="""Seconds between the progress lines a worker in the helper container sends while
+        it backs up, restores or checks (each is relayed to the UIs). Lower gives finer progress
+        for a little more work; the tests that stop a worker midway use a small value.""",
+    )
     check_processes = Int(
         1,
         min=1,
@@ -284,6 +294,7 @@ class AILabBackup(Configurable):
     _default_max_concurrent_uploads = _env_default("max_concurrent_uploads", 4)
     _default_upload_stall_seconds = _env_default("upload_stall_seconds", 60)
     _default_check_processes = _env_default("check_processes", 1)
+    _default_progress_interval = _env_default("progress_interval", 0.2)
     _default_max_compression_ratio = _env_default("max_compression_ratio", 1000)
     _default_prune_after_backup = _env_default("prune_after_backup", True)
     _default_safety_backup = _env_default("safety_backup", True)

@@ -30,7 +30,7 @@ from ..stores.folder import FolderStore
 from ..stores.spool import SPOOL_SUFFIX, WORKER_SPOOL_TAG, remove_unlocked_worker_spools
 from .runner import JOB_ENV
 
-PROGRESS_INTERVAL = 0.2  # seconds between progress lines: the server relays each one
+PROGRESS_INTERVAL = 0.2  # seconds between progress lines (AILabBackup.progress_interval): the server relays each one
 HEARTBEAT_SECONDS = 20  # well below the Docker client's read timeout (120 s)
 NOT_SAME_FOLDER = "NotSameFolder"  # the store mounted here is not the server's folder store
 
@@ -144,6 +144,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._last = 0.0
         self._phase = None
+        self.interval = PROGRESS_INTERVAL
 
     def emit(self, message):
         line = json.dumps(message).encode() + b"\n"
@@ -161,7 +162,7 @@ class Reporter:
     def progress(self, progress):
         now = time.monotonic()
         snapshot = progress.snapshot()
-        if snapshot["phase"] == self._phase and now - self._last < PROGRESS_INTERVAL:
+        if snapshot["phase"] == self._phase and now - self._last < self.interval:
             return
         self._phase, self._last = snapshot["phase"], now
         self.emit({"progress": snapshot})
@@ -220,6 +221,7 @@ def main(argv=None):
     else:
         with open(argv[0], encoding="utf-8") as f:
             job = json.load(f)
+    reporter.interval = float(job.get("config", {}).get("progress_interval", PROGRESS_INTERVAL))
 
     def stop(_signum, _frame):
         raise Stopped("The worker was stopped; nothing partial was kept.")

@@ -24,11 +24,16 @@ from treeutil import run_in_volume
 MB = 1 << 20
 
 
+VOLUME_FILES = 61  # in volume_120mb
+
+
 @pytest.fixture
 def volume_120mb(docker_client, make_volume):
     volume = make_volume()
-    run_in_volume(docker_client, volume, "cd /v && for i in 1 2 3; do dd if=/dev/urandom of=big$i.bin bs=1M "
-                                         "count=40 2>/dev/null; done && echo a > a.txt")
+    # 60 files of 2 MiB: progress moves file by file, so a stop at the first MiB lands early
+    # (three 40 MiB files gave no line between 0 and 98 MB on a quiet machine)
+    run_in_volume(docker_client, volume, "cd /v && for i in $(seq 60); do dd if=/dev/urandom of=big$i.bin bs=1M "
+                                         "count=2 2>/dev/null; done && echo a > a.txt")
     return volume
 
 
@@ -38,6 +43,11 @@ def partials(client, store):
 
 def committed(client, store):
     return sorted(f for f in files_in_volume(client, store) if not f.endswith(".ailab-partial"))
+
+
+# Progress lines this often, so that the tests' stops at the first MiB land midway: at the default
+# 0.2 s the first line after the start may already be 100 MB into a 125 MB backup.
+STOP_PROGRESS_INTERVAL = 0.01
 
 
 def is_worker(container):
@@ -52,7 +62,8 @@ def our_worker(client):
 def test_worker_killed_midway_lists_nothing_and_its_partial_file_goes_with_the_next_operation(
         docker_client, make_volume, volume_120mb, python_image):
     store = make_volume("ailabstore")
-    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image))
+    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image,
+                                        progress_interval=STOP_PROGRESS_INTERVAL))
     killed = []
     # killed at once from the thread that follows the worker: a kill does not wait for anything
     stop = stop_when(lambda: killed.append(our_worker(docker_client).kill()), "backing up", 1 * MB)
@@ -149,7 +160,7 @@ def test_two_operations_at_once_never_share_a_workers_files(docker_client, make_
     listed = managers[0].list_backups()
     assert sorted(m["id"] for m in listed) == sorted(r["id"] for r in results)
     for meta in listed:
-        assert managers[0].verify_backup(meta["id"])["files"] == 4
+        assert managers[0].verify_backup(meta["id"])["files"] == VOLUME_FILES
     assert partials(docker_client, store) == []
 
 
@@ -178,7 +189,8 @@ def test_a_stopped_server_removes_the_helper_it_kept_for_listing(docker_client, 
 # the worker a server keeps for its lifetime (jobs exec'd into it) -----------------------------
 
 def server_manager(volume, store, image):
-    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image))
+    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image,
+                                        progress_interval=STOP_PROGRESS_INTERVAL))
     manager.docker.keep_helpers = True  # as the server extension sets it
     return manager
 
@@ -224,7 +236,7 @@ def test_a_cancelled_job_stops_in_the_kept_worker_and_keeps_nothing(
         # the worker's process was stopped (it removed its partial file), not left running
         assert wait_until(lambda: partials(docker_client, store) == [], 15)
         assert manager.list_backups() == []
-        assert manager.create_backup()["file_count"] == 4
+        assert manager.create_backup()["file_count"] == VOLUME_FILES
     finally:
         manager.docker.close()
 
@@ -283,6 +295,6 @@ def test_a_preview_whose_client_went_away_stops_in_the_kept_worker(
         assert gone.is_set()
         assert wait_until(lambda: len(worker.top()["Processes"]) == alone, 15), "the preview still runs"
         plan = manager.plan_restore(backup["id"], "replace")
-        assert plan["unchanged"]["count"] == 4
+        assert plan["unchanged"]["count"] == VOLUME_FILES
     finally:
         manager.docker.close()
