@@ -295,3 +295,18 @@ def test_a_link_with_dot_dot_after_a_name_could_escape_even_when_its_text_stays_
     assert symlink_escapes("sub/l", "../a/..")
     assert symlink_escapes("sub/l", "../a/../b")
     assert not symlink_escapes("sub/l", "../a/b")
+
+
+def test_headers_streamed_into_a_folder_name_it_or_stand_alone():
+    """Restores streamed through Docker name each member under the target folder's own name."""
+    import tarfile
+
+    from ailab_backup_ext.archive.writer import tar_header
+
+    def name(entry, root_name):
+        return tarfile.TarInfo.frombuf(tar_header(entry, root_name)[:512], "utf-8", "surrogateescape").name
+
+    assert name(Entry("a/b.ipynb", FILE, size=0), "target") == "target/a/b.ipynb"
+    assert name(Entry(ROOT, DIR), "target") == "target"
+    assert name(Entry("a/b.ipynb", FILE, size=0), None) == "a/b.ipynb"
+    assert name(Entry("a/b.ipynb", FILE, size=0), "notebooks") == "notebooks/a/b.ipynb"
