@@ -36,6 +36,7 @@ from restutil import browser_login, free_port, wait_for_server
 NOTEBOOKS = "/home/jupyter/notebooks"
 DEFAULTS = "/home/jupyter/notebook-defaults"
 VENV = "/home/jupyter/jupyterenv"
+ANONYMOUS_VOLUME = re.compile(r"[0-9a-f]{64}")  # the name Docker gives a volume made from an image's VOLUME
 JUPYTER_UID = 1917  # AI-Lab's is whatever useradd gave; never assume 1000
 DOCKER_GID_IN_IMAGE = 998  # the entrypoint moves it to the socket's gid
 PASSWORD = "ailab"
@@ -437,7 +438,14 @@ class AILabContainer:
         return next(m for m in self.container.attrs["Mounts"] if m["Destination"] == NOTEBOOKS)
 
     def remove(self):
-        """Remove the container with its anonymous volume (named volumes stay)."""
+        """Remove the container with its anonymous volume (named volumes stay), also when a kept
+        worker still mounted it: Docker then keeps the volume, so it goes once the worker is gone."""
+        try:
+            self.container.reload()
+            anonymous = [m["Name"] for m in self.container.attrs["Mounts"]
+                         if m.get("Type") == "volume" and ANONYMOUS_VOLUME.fullmatch(m.get("Name") or "")]
+        except Exception:  # noqa: BLE001 - already gone
+            anonymous = []
         try:
             self.container.remove(force=True, v=True)
         except Exception:  # noqa: BLE001 - already gone
@@ -449,3 +457,15 @@ class AILabContainer:
                     self.docker.api.remove_container(helper["Id"], v=True, force=True)
                 except (docker.errors.NotFound, docker.errors.APIError):
                     pass  # a kept worker goes by itself once its server is gone (auto_remove; 409 meanwhile)
+        deadline = time.monotonic() + 60
+        for name in anonymous:
+            while True:
+                try:
+                    self.docker.api.remove_volume(name)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError:  # still in use by a worker on its way out
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
