@@ -716,8 +716,7 @@ class BackupManager(ReleaseMoves):
             if base.get("sha256") != manifest.bases.get(held_by):
                 raise BackupError(f"Backup {held_by}, which holds files of this one, is not the one it was made "
                                   "with. Nothing was changed.")
-            path = local_path(self.store, base["archive"])
-            with nullcontext(path) if path else self.store.open_archive(base["archive"]) as archive:
+            with self._archive_to_read(base) as archive:
                 found = check_and_stage(archive, base, staging, self.config, progress, only=set(entries))
             held = {e.path: e for e in found.entries}
             for p, entry in entries.items():
@@ -770,15 +769,17 @@ class BackupManager(ReleaseMoves):
             with self._checked_copy(meta, progress) as (path, manifest):
                 yield path, manifest, None
             return
-        path = local_path(self.store, meta["archive"])
         source.check_space(meta.get("total_bytes", 0))  # all of it is staged before any file moves
         with staging_in(source) as staging:
-            if path:
-                yield path, check_and_stage(path, meta, staging, self.config, progress), staging
-                return
-            with self.store.open_archive(meta["archive"]) as stream:  # closed before the files move
-                manifest = check_and_stage(stream, meta, staging, self.config, progress)
-            yield None, manifest, staging
+            with self._archive_to_read(meta) as archive:  # a stream is closed before the files move
+                manifest = check_and_stage(archive, meta, staging, self.config, progress)
+            yield (archive if isinstance(archive, str) else None), manifest, staging  # the file, not a closed stream
+
+    def _archive_to_read(self, meta):
+        """The archive of ``meta`` to read once: its file when the store has one here, else the
+        store's stream (S3's ranged download, a store volume's helper), with no spool."""
+        path = local_path(self.store, meta["archive"])
+        return nullcontext(path) if path else self.store.open_archive(meta["archive"])
 
     def plan_restore(self, backup_id, mode="merge", paths=None, progress=None, cancel=None):
         """A dry run: what restoring would add, overwrite (with a cell summary for notebooks),
