@@ -38,7 +38,8 @@ class Unavailable(BackupError):
 
 
 class Cancelled(BackupError):
-    """The client that asked for the work went away; it was stopped and left nothing behind."""
+    """The work was stopped before it ended (its client went away, or the server shuts down); it
+    left nothing partial behind."""
 
     http_status = 499  # nginx's "client closed request": nobody is there to read it
 

@@ -11,15 +11,11 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import BackupError, Busy, NotFound
+from .errors import BackupError, Busy, Cancelled, NotFound
 from .progress import Progress
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED = 50
-
-
-class Cancelled(BackupError):
-    """The server is shutting down; the job stopped and cleaned up after itself."""
 
 
 def _now():
@@ -37,7 +33,10 @@ class Job:
         self.started = None
         self.finished = None
         self.done = threading.Event()
-        self.progress = Progress(on_change=lambda _p: cancel_event.is_set() and _raise_cancelled())
+        # once the work says it is done (a backup committed, a restore in place) a shutdown can no
+        # longer make it fail: the job reports what happened
+        self.progress = Progress(
+            on_change=lambda p: cancel_event.is_set() and p.phase != "done" and _raise_cancelled())
 
     def to_json(self):
         return {

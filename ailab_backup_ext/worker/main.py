@@ -33,6 +33,9 @@ from .runner import JOB_ENV
 PROGRESS_INTERVAL = 0.2  # seconds between progress lines (AILabBackup.progress_interval): the server relays each one
 HEARTBEAT_SECONDS = 20  # well below the Docker client's read timeout (120 s)
 NOT_SAME_FOLDER = "NotSameFolder"  # the store mounted here is not the server's folder store
+# set when a backup's commit begins: from then a stop no longer interrupts the job, which ends by
+# reporting the backup, so that a stop can neither tear a commit nor leave a kept backup unreported
+COMMIT_BEGUN = threading.Event()
 
 
 class Stopped(BackupError):
@@ -105,6 +108,7 @@ class MountedStore(FolderStore):
         """Link the verified partial file to its name (never over an existing one: a parallel
         process may have taken the id meanwhile, then the next free id is used), then write the
         metadata, last."""
+        COMMIT_BEGUN.set()
         with open(spool_path, "rb") as f:
             os.fsync(f.fileno())
         data_dir, meta_dir = self._dir("data"), self._dir("meta")
@@ -212,6 +216,12 @@ def error_message(exc):
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
+def on_stop(_signum, _frame):
+    """SIGTERM from the server: the job stops (removing its partial file) unless its commit began."""
+    if not COMMIT_BEGUN.is_set():
+        raise Stopped("The worker was stopped; nothing partial was kept.")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     reporter = Reporter()
@@ -223,10 +233,7 @@ def main(argv=None):
             job = json.load(f)
     reporter.interval = float(job.get("config", {}).get("progress_interval", PROGRESS_INTERVAL))
 
-    def stop(_signum, _frame):
-        raise Stopped("The worker was stopped; nothing partial was kept.")
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, on_stop)
     threading.Thread(target=reporter.heartbeat, daemon=True, name="ailab-backup-heartbeat").start()
     try:
         result = run(job, Progress(on_change=reporter.progress))

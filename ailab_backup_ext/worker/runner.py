@@ -23,8 +23,7 @@ import threading
 import time
 import uuid
 
-from ..errors import BackupError, Busy, InvalidArchive, NotFound, TooLarge, Unavailable
-from ..jobs import Cancelled
+from ..errors import BackupError, Busy, Cancelled, InvalidArchive, NotFound, TooLarge, Unavailable
 from ..sources import DockerMountSource
 from ..stores import FolderStore, VolumeStore
 
@@ -468,16 +467,13 @@ class WorkerRunner:
 
         relay = _Relay(progress)
         outcome = {}
+        chunks, pending, lines = stdout(), b"", []
         try:
-            pending = b""
-            for chunk in stdout():
+            for chunk in chunks:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    try:
-                        message = json.loads(line)
-                    except ValueError:
-                        continue  # not ours (an image's own output): ignored
+                while lines:
+                    message = _message(lines.pop(0))
                     if "progress" in message:
                         relay(message["progress"])
                     elif "result" in message or "error" in message:
@@ -491,11 +487,15 @@ class WorkerRunner:
                 "it was making is either complete, verified and listed, or absent. Check that "
                 "Docker runs, then look at the list or try again."
             ) from None
-        except BaseException:  # the job was cancelled (server shutting down): stop the worker
+        except BaseException as exc:  # the job was cancelled (server shutting down): stop the worker
             try:
                 stop()
             except Exception:  # noqa: BLE001 - removed below anyway
                 pass
+            if isinstance(exc, Cancelled):
+                finished = _result_after_stop(lines, pending, chunks)
+                if finished is not None:
+                    return finished["result"]
             raise
         if "result" in outcome:
             return outcome["result"]
@@ -509,6 +509,29 @@ class WorkerRunner:
             f"The helper container running the {job['op']} stopped before it finished (exit status "
             f"{status}){': ' + tail if tail else ''}. Nothing partial was kept; try again."
         )
+
+
+def _message(line):
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {}  # not ours (an image's own output): ignored
+    return message if isinstance(message, dict) else {}
+
+
+def _result_after_stop(lines, pending, chunks):
+    """The result line of a worker that was stopped after its commit began (which a stop does not
+    interrupt, see ``worker.main.COMMIT_BEGUN``): the rest of its output, read to the end."""
+    try:
+        for chunk in chunks:
+            pending += chunk
+    except Exception:  # noqa: BLE001 - the output ended badly: no result then
+        pass
+    for line in [*lines, *pending.split(b"\n")]:
+        message = _message(line)
+        if "result" in message:
+            return message
+    return None
 
 
 def _kept_key(probe, mounts):
