@@ -325,6 +325,11 @@ class DockerHelper:
         finally:
             self._remove(created.id)
 
+    def keeps(self, key):
+        """Whether a kept helper for ``key`` exists (its mounts exist then too)."""
+        with self._kept_lock:
+            return key in self._kept
+
     def cached_read(self, key, mounts, watched, read):
         """``read(helper)``, answered from a cache while ``watched`` (a path in the helper) has not
         changed: its stat (name, size, mode, mtime in ns), asked with one HEAD request of the

@@ -113,6 +113,23 @@ def _no_helper_left(request):
         assert not left, f"helper containers left behind: {[c.id[:12] for c in left]}"
 
 
+def _default_store_exists():
+    return bool(_CLIENT.volumes.list(filters={"name": "^ailab-backups$"}))
+
+
+@pytest.fixture(autouse=True)
+def _default_store_untouched():
+    """No test makes the default store volume, ailab-backups: on a developer's machine it may be
+    a user's real store (tests use stores of their own)."""
+    if _CLIENT is None or _default_store_exists():
+        yield
+        return
+    yield
+    if _default_store_exists():
+        _CLIENT.volumes.get("ailab-backups").remove(force=True)
+        pytest.fail("the test created the default store volume ailab-backups")
+
+
 @pytest.fixture(autouse=True)
 def _helper_image_env(monkeypatch):
     monkeypatch.setenv("AILAB_BACKUP_HELPER_IMAGE", HELPER_IMAGE)

@@ -51,8 +51,12 @@ class VolumeStore:
         return found
 
     def read_all_meta(self):
+        key = ("listing", self.volume)
+        # a store not made yet holds no backups: listing it never creates it (a helper's mount would)
+        if not self.docker.keeps(key) and not self.docker.volume_exists(self.volume):
+            return []
         if self.docker.keep_helpers:  # a server: one kept helper, and the listing cached
-            return self.docker.cached_read(("listing", self.volume), self._mounts(), f"{self.MOUNT_POINT}/meta",
+            return self.docker.cached_read(key, self._mounts(), f"{self.MOUNT_POINT}/meta",
                                            self._read_meta)
         with self.docker.container(self._mounts()) as helper:
             return self._read_meta(helper)
