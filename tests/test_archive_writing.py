@@ -182,3 +182,18 @@ def test_an_archive_that_decodes_to_more_than_went_in_is_not_kept(monkeypatch):
     monkeypatch.setattr(archive_writer, "_Compressor", _OneMoreFrameCompressor)
     with pytest.raises(BackupError, match=r"^The archive decodes to (\d+) bytes instead of (?!\1)\d+; it was not kept\.$"):
         write_archive(io.BytesIO(), entries({"a.ipynb": notebook_text(100)}), Manifest("now", {}), "zstd")
+
+
+def test_a_call_handed_to_a_closed_worker_is_refused_not_lost():
+    """A closed worker's thread has ended: a call handed to it then would never run (a staged file
+    never written, then renamed into place), so it is refused at once."""
+    from ailab_backup_ext.archive.threads import Worker
+
+    ran = []
+    worker = Worker("ailab-backup-test")
+    worker.submit(ran.append, 1)
+    worker.close()
+    with pytest.raises(RuntimeError, match="closed worker"):
+        worker.submit(ran.append, 2)
+    worker.close()  # idempotent
+    assert ran == [1]

@@ -31,6 +31,8 @@ class Worker:
     def submit(self, fn, *args):
         if self._error is not None:
             raise self._error
+        if self._closed:  # its thread has ended: the call would never run
+            raise RuntimeError(f"{fn!r} was handed to the closed worker {self._thread.name}")
         self._queue.put((fn, *args))
 
     def __enter__(self):
