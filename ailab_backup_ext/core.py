@@ -668,7 +668,7 @@ class BackupManager(ReleaseMoves):
                                                         check_content=False))
                     else:  # checked and written into the staging folder: renamed into place
                         source.writer = staging.writer
-                        items = _counted(((e, None) for e in restored), progress)
+                        items = progress.counting((e, None) for e in restored)
                     try:
                         source.write_entries(
                             ((e, c) for e, c in items if e.path in wanted),
@@ -815,7 +815,7 @@ class BackupManager(ReleaseMoves):
             chosen = normalize_paths(paths, set(backup))
             progress.start("comparing", meta.get("total_bytes", 0), meta.get("file_count", 0))
             with source.read_entries() as entries:
-                current = scan(_counted(entries, progress), lambda p: p.endswith(".ipynb"))
+                current = scan(progress.counting(entries), lambda p: p.endswith(".ipynb"))
             everything = manifest.entries + [e for e, _ in manifest.unchanged]
             plan = make_plan(everything, current, mode, chosen, self.settings.excludes, source.skip_paths)
             notebooks = {item["path"]: item for item in plan["overwritten"] if item["path"].endswith(".ipynb")}
@@ -875,7 +875,7 @@ class BackupManager(ReleaseMoves):
             progress.start("exporting", *self.source.estimate())
             skipped = []
             with self.source.read_entries() as entries:
-                target.write_entries(_counted(self._safe_entries(entries, skipped, ()), progress))
+                target.write_entries(progress.counting(self._safe_entries(entries, skipped, ())))
         return {"directory": target.path, "skipped": skipped}
 
     def import_dir(self, directory, mode="merge", progress=None):
@@ -901,7 +901,7 @@ class BackupManager(ReleaseMoves):
             with folder.read_entries() as entries:
                 owned = ((keep.get(e.path, e), c) for e, c in entries)
                 source.write_entries(
-                    _counted(owned, progress), replace=(mode == "replace"), keep=keep,
+                    progress.counting(owned), replace=(mode == "replace"), keep=keep,
                     protected=self.settings.excludes,
                 )
         return {"directory": folder.path, "mode": mode, "entries": len(keep)}
@@ -1091,10 +1091,3 @@ def _data_only(items):
         if not isinstance(entry, Manifest):
             yield entry, content
 
-
-def _counted(entries, progress):
-    for entry, content in entries:
-        yield entry, content
-        if entry.type == FILE:
-            progress.add_bytes(entry.size)
-        progress.add_file()

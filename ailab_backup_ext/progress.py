@@ -41,6 +41,17 @@ class Progress:
             self.done_files += 1
         self._changed()
 
+    def counting(self, entries):
+        """The (entry, content) pairs of ``entries``, each regular file counted as done once the
+        consumer took it (a folder or a link is not a file of the totals)."""
+        from .archive.format import FILE
+
+        for entry, content in entries:
+            yield entry, content
+            if entry.type == FILE:
+                self.add_bytes(entry.size)
+                self.add_file()
+
     def snapshot(self):
         with self._lock:
             return {

@@ -203,7 +203,7 @@ class ReleaseMoves:
                         yield dataclasses.replace(entry, uid=uid, gid=gid), content
 
         progress.start("restoring", total, len(written) + len(beside))
-        source.write_entries(_counted(stream(), progress), protected=self.settings.excludes)
+        source.write_entries(progress.counting(stream()), protected=self.settings.excludes)
         progress.complete(total, len(written) + len(beside))
         touches_scs = bool(plan["scs"]) or any(p.endswith(".sqlite") for p in written)
         from .core import MAX_RESTORED_LISTED, RESTART_HINT
@@ -214,11 +214,3 @@ class ReleaseMoves:
                 "hint": RESTART_HINT if touches_scs else None,
                 "restored_files": changed[:MAX_RESTORED_LISTED],
                 "restored_files_complete": len(changed) <= MAX_RESTORED_LISTED}
-
-
-def _counted(entries, progress):
-    for entry, content in entries:
-        yield entry, content
-        if entry.type == FILE:
-            progress.add_bytes(entry.size)
-            progress.add_file()
