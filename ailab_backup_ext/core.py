@@ -356,6 +356,12 @@ class BackupManager(ReleaseMoves):
         only that copy."""
         meta = self.get_backup(backup_id)
         if where is None:
+            needing = [m["id"] for m in self.list_backups() if backup_id in (m.get("bases") or ())]
+            if needing:  # a partial safety backup lists files as unchanged, held by this one
+                raise BackupError(
+                    f"The backup {backup_id} holds files that the safety backup {needing[0]} lists as "
+                    "unchanged: undoing that restore needs them. Delete that safety backup first if the "
+                    "restore no longer needs undoing. Nothing was deleted.")
             self.store.remove(backup_id, meta["archive"])
         elif where not in ("here", "off the machine", "off") or not isinstance(self.store, MirroredStore):
             raise BackupError(f"Unknown place {where!r}: 'here' or 'off' (with AILabBackup.copy_to set).")

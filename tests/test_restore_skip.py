@@ -210,3 +210,40 @@ def test_a_release_move_from_a_partial_safety_backup_is_refused(local):
     with pytest.raises(BackupError, match="holds only what its restore changed"):
         manager.restore_backup(result["safety_backup_id"], "release-move")
     assert folder_snapshot(source) == before
+
+
+def test_the_backup_a_safety_backup_needs_for_undo_cannot_be_deleted_before_it(local):
+    """A partial safety backup's unchanged files are held by the restored backup: deleting that one
+    is refused (nothing deleted, undo still exact) until the safety backup itself is deleted."""
+    source, manager = local
+    backup = manager.create_backup()
+    change(source)
+    before = folder_snapshot(source)
+    safety = manager.restore_backup(backup["id"], "replace")["safety_backup_id"]
+    (source / "data" / "big.bin").write_bytes(b"edited after the restore")
+    with pytest.raises(BackupError, match=f"safety backup {safety} lists as unchanged.*Nothing was deleted"):
+        manager.delete_backup(backup["id"])
+    assert {m["id"] for m in manager.list_backups()} == {backup["id"], safety}
+    manager.undo_last_restore()
+    assert folder_snapshot(source) == before
+    undo_safety = manager.last_safety_backup()["id"]
+    for doomed in (undo_safety, safety, backup["id"]):  # each once nothing lists it as its base
+        manager.delete_backup(doomed)
+    assert manager.list_backups() == []
+
+
+def test_prune_keeps_the_backup_holding_the_newest_safety_backups_unchanged_files(local):
+    source, manager = local
+    backup = manager.create_backup()
+    change(source)
+    before = folder_snapshot(source)
+    safety = manager.restore_backup(backup["id"], "replace")["safety_backup_id"]
+    (source / "added-later.txt").write_text("a newer backup")
+    older, newest = manager.create_backup(), None
+    (source / "added-later.txt").write_text("the newest backup")
+    newest = manager.create_backup()
+    assert manager.prune(1) == [older["id"]]
+    assert {m["id"] for m in manager.list_backups()} == {newest["id"], safety, backup["id"]}
+    (source / "data" / "big.bin").write_bytes(b"edited: undo needs the backup holding it")
+    manager.restore_backup(safety, "replace")
+    assert folder_snapshot(source) == before
