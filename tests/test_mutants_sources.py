@@ -156,3 +156,189 @@ def test_remove_at_empties_a_tree_without_following_links(tmp_path):
         os.close(fd)
     assert sorted(os.listdir(tmp_path)) == ["outside"]
     assert folder_snapshot(outside, with_owner=False).keys() == {".", "sub", "sub/f"}
+
+
+# --- the restore half at its edges: a store inside the folder, archives without folder entries,
+# another program changing the folder meanwhile, filesystems that answer otherwise ------------
+
+
+def test_a_restore_never_writes_into_the_store_inside_the_folder_and_writes_all_the_rest(tmp_path):
+    """An uploaded archive may hold paths where this machine keeps its store: those are left
+    out, everything after them is still restored, and a replace never removes the store."""
+    nb = tmp_path / "nb"
+    (nb / "sub" / "store" / "data").mkdir(parents=True)
+    (nb / "sub" / "store" / "data" / "b.tar.zst").write_bytes(b"a backup")
+    (nb / "old.txt").write_text("not in the backup")
+    entries = _entries({"sub": None, "sub/store": None, "sub/store/data": None, "sub/store/data/b.tar.zst": b"evil",
+                        "z.txt": b"after the store"})
+    keep = {e.path: e for e, _ in entries if e.path in (ROOT, "z.txt")}  # the backup has no "sub"
+    LocalFolderSource(str(nb), skip_paths=["sub/store"]).write_entries(entries, replace=True, keep=keep)
+    assert (nb / "sub" / "store" / "data" / "b.tar.zst").read_bytes() == b"a backup"
+    assert (nb / "z.txt").read_bytes() == b"after the store"
+    assert sorted(folder_snapshot(nb, skip=("sub/store",))) == [".", "sub", "z.txt"]
+
+
+def test_an_archive_without_folder_entries_restores_each_file_in_its_place(tmp_path, monkeypatch):
+    """A plain tar may list ``a/x`` without ``a``: the folders are made (0o755, as ``mkdir -p``
+    under no umask), each file lands in its own, and nothing lands where the restore runs."""
+    nb, elsewhere = tmp_path / "nb", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    old = os.umask(0)
+    try:
+        entries = [(Entry(ROOT, DIR, mode=0o750, mtime=T), None)]
+        for path in ("a/x.txt", "b/y.txt", "a/deep/z.txt"):
+            entries.append((Entry(path, FILE, size=len(path), mode=0o640, mtime=T), io.BytesIO(path.encode())))
+        LocalFolderSource(str(nb)).write_entries(entries)
+    finally:
+        os.umask(old)
+    snap = folder_snapshot(nb, with_owner=False)
+    assert sorted(snap) == [".", "a", "a/deep", "a/deep/z.txt", "a/x.txt", "b", "b/y.txt"]
+    for path in ("a/x.txt", "b/y.txt", "a/deep/z.txt"):
+        assert (nb / path).read_text() == path
+    assert {snap[p][:2] for p in ("a", "b", "a/deep")} == {("dir", 0o755)}
+    assert os.listdir(elsewhere) == []
+
+
+def test_a_folder_swapped_for_a_link_or_a_file_is_refused_with_what_happened(tmp_path):
+    """What a backup or restore says when another program swaps a folder it walks."""
+    from ailab_backup_ext.errors import BackupError
+    from ailab_backup_ext.sources import open_folder_at
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "file").write_text("f")
+    os.symlink("real", tmp_path / "link")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("link", "file"):
+            with pytest.raises(BackupError) as refused:
+                open_folder_at(fd, name, f"nb/{name}")
+            assert str(refused.value) == (f"'nb/{name}' was replaced by a symlink or a file while it was being read "
+                                          "or written; nothing was followed. Try again once nothing else changes "
+                                          "the folder.")
+        with pytest.raises(BackupError) as refused:
+            open_folder_at(fd, "x" * 300, "nb/long")
+        assert str(refused.value) == "Cannot open the folder 'nb/long': File name too long."
+        with pytest.raises(BackupError) as refused:
+            open_folder_at(fd, "real", "nb/real", expected=os.lstat(tmp_path / "other"))
+        assert str(refused.value) == "'nb/real' was replaced while it was being read; try again."
+        assert open_folder_at(fd, "gone", "nb/gone") is None
+        opened = open_folder_at(fd, "real", "nb/real", expected=os.lstat(tmp_path / "real"))
+        os.close(opened)
+    finally:
+        os.close(fd)
+
+
+def test_removing_a_tree_while_another_program_swaps_its_folders_never_follows_or_stops(tmp_path, monkeypatch):
+    """Between listing a folder and opening it, another program swaps one subfolder for a link
+    to outside and one for a file: the link and the file go, what the link points to stays."""
+    from ailab_backup_ext import sources
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("stays")
+    top = tmp_path / "top"
+    for sub in ("a", "b", "c"):
+        (top / sub).mkdir(parents=True)
+        (top / sub / "f").write_text(sub)
+    real = sources._empty_files
+
+    def listed_then_swapped(fd):
+        folders = real(fd)
+        if sorted(folders) == ["a", "b", "c"]:
+            for sub, make in (("a", lambda p: os.symlink(str(outside), p)), ("b", lambda p: open(p, "w").close())):
+                remove_at(fd, sub)
+                make(os.path.join(top, sub))
+        return folders
+
+    monkeypatch.setattr(sources, "_empty_files", listed_then_swapped)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remove_at(fd, "top")
+    finally:
+        os.close(fd)
+    assert not os.path.lexists(top)
+    assert os.listdir(outside) == ["precious"] and (outside / "precious").read_text() == "stays"
+
+
+def test_a_folder_kept_being_swapped_for_a_link_is_refused_and_nothing_is_written_outside(tmp_path, monkeypatch):
+    """Another program swaps each folder the restore makes for a link to outside, at once: after
+    three tries the restore gives up, naming the folder; nothing lands outside."""
+    from ailab_backup_ext.errors import BackupError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swapped(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        if name == "d" and dir_fd is not None:
+            os.rmdir(name, dir_fd=dir_fd)
+            os.symlink(str(outside), name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swapped)
+    with pytest.raises(BackupError) as refused:
+        LocalFolderSource(str(nb)).write_entries(_entries({"d": None, "d/f.txt": b"must not escape"}))
+    assert str(refused.value) == (f"{str(nb / 'd')!r} keeps being replaced while the restore writes it; nothing was "
+                                  "followed. Stop what changes the folder, then restore again.")
+    assert os.listdir(outside) == []
+
+
+def test_a_file_being_restored_is_readable_by_its_owner_alone_until_it_is_whole(tmp_path):
+    """A secret (the SCS) is never readable by others, not even half written under its
+    temporary name; it gets its own mode only when whole."""
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    seen = []
+
+    class Watched(io.BytesIO):
+        def read(self, size=-1):
+            seen.extend(os.stat(nb / n).st_mode & 0o7777 for n in os.listdir(nb) if "ailab-restore" in n)
+            return super().read(size)
+
+    old = os.umask(0)
+    try:
+        data = b"secret" * 1000
+        LocalFolderSource(str(nb)).write_entries([(Entry(ROOT, DIR, mode=0o755), None),
+                                                  (Entry("scs.db", FILE, size=len(data), mode=0o644), Watched(data))])
+    finally:
+        os.umask(old)
+    assert seen and set(seen) == {0o600}
+    assert os.stat(nb / "scs.db").st_mode & 0o7777 == 0o644
+
+
+def test_on_a_filesystem_that_answers_eperm_for_folders_trees_still_go_and_real_errors_show(tmp_path, monkeypatch):
+    """POSIX lets unlink() of a folder fail with EPERM instead of Linux's EISDIR: the folder is
+    still emptied and removed; a file that really cannot go raises the filesystem's own error."""
+    import errno
+
+    real_unlink = os.unlink
+
+    def eperm_unlink(name, *, dir_fd=None):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if os.path.basename(name) == "locked" or (st.st_mode & 0o170000) == 0o040000:
+            raise PermissionError(errno.EPERM, "Operation not permitted", name)
+        real_unlink(name, dir_fd=dir_fd)
+
+    for rel in ("top/a/f", "top/b/c/g"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    (tmp_path / "keep" / "sub").mkdir(parents=True)
+    (tmp_path / "keep" / "sub" / "locked").write_text("cannot go")
+    (tmp_path / "locked").write_text("cannot go")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr(os, "unlink", eperm_unlink)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remove_at(fd, "top")
+        assert not os.path.lexists(tmp_path / "top")
+        for name in ("locked", "keep"):
+            with pytest.raises(PermissionError):
+                remove_at(fd, name)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "locked").exists() and (tmp_path / "keep" / "sub" / "locked").exists()

@@ -1,0 +1,220 @@
+"""How a backup is written, seen from what a user gets back: a gzip backup of a large file, a file
+that changes while it is read, links whose target is not UTF-8, the owners a plain ``tar`` sees,
+the streams a restore through Docker sends and the answers it reads back, the progress of a
+check. Fast and Docker-free, so the mutation run (tests/MUTANTS.md) checks
+``ailab_backup_ext/archive/writer.py`` and ``threads.py`` with them."""
+
+import hashlib
+import io
+import os
+import random
+import tarfile
+
+import pytest
+import zstandard
+
+from ailab_backup_ext.archive import DIR, FILE, ROOT, SYMLINK, Entry, Manifest, read_archive, write_archive
+from ailab_backup_ext.archive import writer as archive_writer
+from ailab_backup_ext.archive.threads import IterStream
+from ailab_backup_ext.archive.writer import tar_stream
+from ailab_backup_ext.config import AILabBackup
+from ailab_backup_ext.core import BackupManager
+from ailab_backup_ext.errors import BackupError
+from ailab_backup_ext.progress import Progress
+
+
+def _manager(tmp_path, **config):
+    source = tmp_path / "notebooks"
+    source.mkdir(exist_ok=True)
+    return source, BackupManager(AILabBackup(source_dir=str(source), store=str(tmp_path / "store"), **config))
+
+
+def _archive_path(tmp_path, meta):
+    (path,) = [p for p in (tmp_path / "store" / "data").iterdir() if p.name.startswith(meta["id"] + ".")]
+    return path
+
+
+def _members(path):
+    """The tar members of a backup's archive as any tar reads them (zstd or gzip)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:4] == b"\x28\xb5\x2f\xfd":
+        raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
+    else:
+        import gzip
+        raw = gzip.decompress(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        return tar.getmembers()
+
+
+def test_a_gzip_backup_of_a_large_file_that_does_not_compress_restores_whole(tmp_path):
+    """Raw (stored) frames are a zstd matter: with gzip, a file of 1 MiB or more that does not
+    compress is compressed like any other, and comes back byte for byte."""
+    source, manager = _manager(tmp_path, compression="gzip")
+    noise = os.urandom(archive_writer.STORE_MIN_BYTES + 4096)
+    (source / "noise.bin").write_bytes(noise)
+    meta = manager.create_backup()
+    assert _archive_path(tmp_path, meta).name.endswith(".tar.gz")
+    (source / "noise.bin").write_bytes(b"changed")
+    manager.restore_backup(meta["id"])
+    assert (source / "noise.bin").read_bytes() == noise
+
+
+def test_a_file_that_shrinks_while_it_is_backed_up_is_named_and_the_backup_is_not_kept(tmp_path):
+    source, manager = _manager(tmp_path)
+    big = source / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    cut = []
+
+    def shrink_after_the_first_chunk(progress):
+        if progress.phase == "backing up" and progress.done_bytes and not cut:
+            cut.append(progress.done_bytes)
+            os.truncate(big, progress.done_bytes)  # as a notebook saved meanwhile would
+
+    with pytest.raises(BackupError) as refused:
+        manager.create_backup(progress=Progress(shrink_after_the_first_chunk))
+    assert cut
+    assert "'big.bin' ended early: it changed while it was read. Try again." in str(refused.value)
+    assert manager.list_backups() == []
+    assert os.listdir(tmp_path / "store" / "data") == []  # no partial archive either
+
+
+def test_links_whose_target_is_not_utf8_come_back_byte_for_byte(tmp_path):
+    """A link's target is bytes to Linux: one that is not UTF-8 (a name from an old Latin-1
+    system) is backed up and restored as it was, inside the folder or dangling."""
+    source, manager = _manager(tmp_path)
+    (source / "café.txt").write_bytes(b"x")
+    targets = {b"latin1": b"caf\xe9.txt", b"dangling": b"sub/\xff\xfe", b"plain": b"caf\xc3\xa9.txt"}
+    for name, target in targets.items():
+        os.symlink(target, os.path.join(os.fsencode(source), name))
+    meta = manager.create_backup()
+    assert meta["skipped"] == []
+    for name in targets:
+        os.remove(os.path.join(os.fsencode(source), name))
+    manager.restore_backup(meta["id"])
+    assert {name: os.readlink(os.path.join(os.fsencode(source), name)) for name in targets} == targets
+
+
+def test_an_archive_names_no_users_or_groups_only_their_numbers(tmp_path):
+    """AI-Lab's user on one machine is another name (or none) on the next: GNU tar extracting as
+    root would prefer a name it finds over the number, so the members carry numbers alone."""
+    source, manager = _manager(tmp_path)
+    (source / "a.ipynb").write_text("{}")
+    (source / "sub").mkdir()
+    os.symlink("../a.ipynb", source / "sub" / "link")
+    meta = manager.create_backup()
+    members = [m for m in _members(_archive_path(tmp_path, meta)) if m.name.startswith("notebooks")]
+    assert len(members) == 4
+    assert {(m.uname, m.gname) for m in members} == {("", "")}
+    assert {(m.uid, m.gid) for m in members} == {(os.getuid(), os.getgid())}
+
+
+def test_a_restore_streamed_into_a_folder_names_every_member_under_it_with_its_data():
+    """What a restore through Docker sends (put_archive into the target's parent): every member
+    under the target folder's own name, each file's data whole and padded, links as they were."""
+    files = {"a.ipynb": b"x" * 700, "sub/b.txt": b"y" * 512, "sub/empty": b""}
+    entries = [(Entry(ROOT, DIR, mode=0o755), None), (Entry("sub", DIR, mode=0o700), None)]
+    entries += [(Entry(p, FILE, size=len(d), mode=0o640, mtime=1_700_000_000), io.BytesIO(d)) for p, d in files.items()]
+    entries.append((Entry("sub/l", SYMLINK, target="b.txt"), None))
+    data = b"".join(tar_stream(entries, "restored"))
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        members = tar.getmembers()
+        got = {m.name: tar.extractfile(m).read() for m in members if m.isreg()}
+        links = {m.name: m.linkname for m in members if m.issym()}
+        names = [m.name for m in members]
+    assert names == ["restored", "restored/sub", "restored/a.ipynb", "restored/sub/b.txt", "restored/sub/empty",
+                     "restored/sub/l"]
+    assert got == {f"restored/{p}": d for p, d in files.items()}
+    assert links == {"restored/sub/l": "b.txt"}
+
+
+def test_an_unknown_compression_is_refused_by_name_and_nothing_is_written():
+    out = io.BytesIO()
+    with pytest.raises(ValueError) as refused:
+        write_archive(out, [(Entry(ROOT, DIR, mode=0o755), None)], Manifest("now", {}), "bz2")
+    assert str(refused.value) == "unknown compression 'bz2'"
+    assert out.getvalue() == b""
+
+
+class _NotAFile:
+    """Where an S3 upload streams: it takes bytes, and has no file descriptor to sync."""
+
+    def __init__(self):
+        self.out = io.BytesIO()
+
+    def write(self, data):
+        return self.out.write(data)
+
+
+def test_by_default_an_archive_goes_to_any_stream_even_one_that_is_not_a_file(monkeypatch):
+    """Syncing as it goes is for a caller that asks (a folder store's file): by default a large
+    archive streams to anything that takes bytes."""
+    monkeypatch.setattr(archive_writer._VerifiedSink, "SYNC_EVERY", 64 * 1024)  # a file would sync often
+    noise = os.urandom(1024 * 1024)
+    out = _NotAFile()
+    entries = [(Entry(ROOT, DIR, mode=0o755), None), (Entry("noise.bin", FILE, size=len(noise)), io.BytesIO(noise))]
+    size, _ = write_archive(out, entries, Manifest("now", {}), "zstd")
+    assert size == len(out.out.getvalue()) > len(noise)
+    assert [e.size for e in read_archive(io.BytesIO(out.out.getvalue())).entries] == [0, len(noise)]
+
+
+def test_a_check_counts_its_bytes_as_it_reads_them(tmp_path):
+    """The progress bar of a verify, and of a restore's check, moves with the data, not only at
+    its end."""
+    source, manager = _manager(tmp_path)
+    sizes = {"a.bin": 3 * 1024 * 1024 + 5, "b.ipynb": 1000}
+    for name, size in sizes.items():
+        (source / name).write_bytes(os.urandom(size))
+    meta = manager.create_backup()
+    for phase, run in (("verifying", manager.verify_backup), ("checking", manager.restore_backup)):
+        seen = []
+        run(meta["id"], progress=Progress(lambda p: seen.append((p.phase, p.done_bytes, p.done_files))))
+        counted = [(done, files) for name, done, files in seen if name == phase]
+        assert counted[-1] == (sum(sizes.values()), len(sizes)), phase
+        assert any(0 < done < sizes["a.bin"] for done, _ in counted), phase  # during the large file
+
+
+def _chunked(data, rng):
+    """``data`` cut as Docker's answers come (requests never yields an empty piece)."""
+    chunks, at = [], 0
+    while at < len(data):
+        n = rng.choice([1, 7, 512, 4096, 65536, 1024 * 1024])
+        chunks.append(data[at:at + n])
+        at += n
+    return chunks
+
+
+def test_an_archive_read_through_dockers_chunked_answer_is_the_same_archive():
+    """A backup of a Docker volume, or one kept in a volume store, is read as Docker streams it
+    (IterStream over its chunks): whatever the cut, every file and its hash comes through."""
+    files = {"a.ipynb": os.urandom(300_000), "b.bin": os.urandom(1_500_000), "c.txt": b"c" * 10_000}
+    out = io.BytesIO()
+    entries = [(Entry(ROOT, DIR, mode=0o755), None)]
+    entries += [(Entry(p, FILE, size=len(d)), io.BytesIO(d)) for p, d in files.items()]
+    write_archive(out, entries, Manifest("now", {}), "zstd")
+    rng = random.Random(19)
+    for _ in range(5):
+        manifest = read_archive(IterStream(_chunked(out.getvalue(), rng)))
+        assert {e.path: e.sha256 for e in manifest.entries if e.type == FILE} == \
+            {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
+
+
+def test_reads_of_any_size_from_a_chunked_answer_give_its_bytes_in_order():
+    rng = random.Random(7)
+    data = os.urandom(200_000)
+    for _ in range(20):
+        stream, got = IterStream(_chunked(data, rng)), []
+        while True:
+            size = rng.choice([1, 100, 511, 4096, 70_000])
+            piece = stream.read(size)
+            assert len(piece) <= size
+            if not piece:
+                break
+            got.append(piece)
+        assert b"".join(got) == data
+    for whole in (-1, None):
+        stream = IterStream(_chunked(data, rng))
+        first = stream.read(10)
+        assert first + stream.read(whole) == data
+        assert stream.read(whole) == b"" and stream.read(5) == b""
+    assert IterStream([]).read(10) == b"" and IterStream([]).read() == b""
