@@ -148,8 +148,10 @@ def test_a_decompression_bomb_is_refused_by_the_sizes_its_headers_declare():
     assert len(data) < 2**20
     assert _read(data, max_ratio=0).total_bytes == 3 * 2**20  # 0: no limit (the server's own backups)
     assert _read(data, max_ratio=4).total_bytes == 3 * 2**20  # 4 times the floor of 1 MiB: 4 MiB
-    with pytest.raises(TooLarge, match=r"more than 2 times its size \(at 'big'\): refused as a decompression bomb"):
+    with pytest.raises(TooLarge) as refused:
         _read(data, max_ratio=2)
+    assert str(refused.value) == ("The archive would unpack to more than 2 times its size (at 'big'): refused as a "
+                                  "decompression bomb. If it is yours, raise AILabBackup.max_compression_ratio.")
 
 
 def test_a_flood_of_crafted_members_is_refused_by_its_headers_alone():
@@ -180,10 +182,107 @@ def test_zeros_after_the_end_are_allowed_up_to_64_kib_and_nothing_else():
     assert MAX_TRAILING_ZEROS == 64 * 1024
     for zeros in (0, 512, MAX_TRAILING_ZEROS):
         assert len(_read(_plain_tar_ending_after(zeros)).entries) == 4, zeros
-    with pytest.raises(InvalidArchive, match="data after its end"):
-        _read(_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1))
-    with pytest.raises(InvalidArchive, match="data after its end"):
-        _read(_plain_tar_ending_after(1024) + b"\x01")
+    for data in (_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1), _plain_tar_ending_after(1024) + b"\x01"):
+        with pytest.raises(InvalidArchive) as refused:
+            _read(data)
+        assert str(refused.value) == ("The archive has data after its end (more than a tar writer's padding): it "
+                                      "was altered or damaged.")
+
+
+
+def test_zeros_after_the_end_count_together_when_they_come_in_two_reads():
+    """The allowance is for all the zeros after the end, not for each read of them: here the end
+    block closes 40 KiB before the first MiB the reader reads, and the zeros go on into the next."""
+    import tarfile
+
+    from ailab_backup_ext.archive.format import CHUNK
+    from ailab_backup_ext.archive.reader import MAX_TRAILING_ZEROS
+
+    def ending_at(offset):
+        pad = 0
+        for _ in range(4):
+            whole = archive(good_members() + [M("notebooks/pad", data=b"p" * pad)], compression="none")
+            with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+                last = tar.getmembers()[-1]
+            end = last.offset_data + -(-last.size // 512) * 512 + 512  # and the end-of-archive block
+            if end == offset:
+                return whole[:end]
+            pad += offset - end
+        raise AssertionError("no archive ends there")
+
+    head = ending_at(CHUNK - 40 * 1024)
+    assert len(_read(head + bytes(MAX_TRAILING_ZEROS)).entries) == 5
+    assert _refusal(head + bytes(MAX_TRAILING_ZEROS + 1)) == (
+        "The archive has data after its end (more than a tar writer's padding): it was altered or damaged.")
+
+# --- the reader against its manifest (tests/MUTANTS.md, "archive/reader.py") -----------------
+
+
+def _refusal(data, **limits):
+    with pytest.raises((InvalidArchive, TooLarge)) as refused:
+        _read(data, **limits)
+    return str(refused.value)
+
+
+def test_data_that_differs_from_its_manifest_is_named_in_the_refusal():
+    def set_mode(doc):
+        next(e for e in doc["entries"] if e["path"] == "a.ipynb")["mode"] = 0o600
+
+    assert _refusal(archive(good_members(), tweak=set_mode)) == (
+        "'a.ipynb' does not match the manifest (content, size, mode, owner or time differs): the archive is "
+        "damaged or was altered.")
+
+    def two_more(doc):
+        doc["entries"] += [{**doc["entries"][-1], "path": "zz"}, {**doc["entries"][-1], "path": "yy"}]
+
+    assert _refusal(archive(good_members(), tweak=two_more)) == (
+        "2 entries of the manifest are missing from the archive, e.g. 'yy'.")
+
+
+
+def test_a_manifest_that_is_a_folder_or_a_link_is_refused():
+    from test_bad_input import MANIFEST
+
+    for kind in ("dir", "symlink"):
+        data = archive(good_members(), manifest=False, after=[M(MANIFEST, kind, target="notebooks/a.ipynb")])
+        assert _refusal(data) == "The archive's manifest is not a plain file.", kind
+
+
+def test_a_manifest_may_take_exactly_what_its_entries_allow():
+    """4 MiB, and 512 bytes and 12 a character of its path and link target for each entry found
+    (a sane manifest is far below; an inflated one is refused before it is parsed)."""
+    import json
+
+    from test_bad_input import MANIFEST, manifest_doc
+
+    members = good_members()
+    limit = 4 * 1024 * 1024 + sum(512 + 12 * len(path) for path in (".", "a.ipynb", "sub", "sub/new.txt"))
+
+    def with_manifest_of(size):
+        text = json.dumps(manifest_doc(members)).encode()
+        return archive(members, manifest=False, after=[M(MANIFEST, data=text + b" " * (size - len(text)))])
+
+    assert len(_read(with_manifest_of(limit)).entries) == 4
+    assert _refusal(with_manifest_of(limit + 1)) == (
+        f"The archive's manifest is {limit + 1} bytes, more than its 4 entries can need ({limit} bytes at most): "
+        "it was altered or crafted, and is refused.")
+
+def test_a_second_read_without_hashing_gives_each_file_the_hash_its_manifest_names():
+    """A restore reads an archive it has checked completely once more, without hashing it again:
+    each file then carries its manifest's SHA-256 (what a restore compares files in place by)."""
+    import hashlib
+
+    from ailab_backup_ext.archive import Manifest, iter_archive
+
+    members = good_members()
+    items = [(item, reader.read() if reader else None)
+             for item, reader in iter_archive(io.BytesIO(archive(members)), check_content=False)]
+    entries, (manifest, _) = [e for e, _ in items[:-1]], items[-1]
+    assert isinstance(manifest, Manifest)
+    assert [(e.path, e.type, e.sha256) for e in entries] == [
+        (ROOT, DIR, None), ("a.ipynb", FILE, hashlib.sha256(members[1].data).hexdigest()), ("sub", DIR, None),
+        ("sub/new.txt", FILE, hashlib.sha256(members[3].data).hexdigest())]
+    assert [content for _, content in items[:-1]] == [None, members[1].data, None, members[3].data]
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
