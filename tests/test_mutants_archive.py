@@ -267,6 +267,36 @@ def test_a_manifest_may_take_exactly_what_its_entries_allow():
         f"The archive's manifest is {limit + 1} bytes, more than its 4 entries can need ({limit} bytes at most): "
         "it was altered or crafted, and is refused.")
 
+
+def test_a_manifest_may_hold_exactly_as_many_json_objects_as_its_entries_allow():
+    """100 000 JSON objects, and one for each entry found and each unchanged file its record
+    names (a partial safety backup's): a manifest inflated with more is refused while it is parsed."""
+    import json
+
+    from test_bad_input import MANIFEST, manifest_doc
+
+    members = good_members()  # 4 entries; their manifest: itself, its source and the 4 entries
+
+    def with_objects(count):
+        doc = manifest_doc(members)
+        doc["padding"] = [{}] * (count - 6)
+        return archive(members, manifest=False, after=[M(MANIFEST, data=json.dumps(doc).encode())])
+
+    for unchanged in (0, 3):
+        allowed = 100_000 + 4 + unchanged
+        assert len(_read(with_objects(allowed), unchanged_files=unchanged).entries) == 4
+        assert _refusal(with_objects(allowed + 1), unchanged_files=unchanged) == (
+            f"The archive's manifest holds more than {allowed} JSON objects for 4 entries: it was altered or "
+            "crafted, and is refused.")
+
+
+def test_a_manifest_that_is_not_json_is_refused_as_such():
+    from test_bad_input import MANIFEST
+
+    for text in (b"{", b"\xff\xfe", b"[" * 100_000):
+        data = archive(good_members(), manifest=False, after=[M(MANIFEST, data=text)])
+        assert _refusal(data) == "The archive's manifest is not valid JSON.", text[:10]
+
 def test_a_second_read_without_hashing_gives_each_file_the_hash_its_manifest_names():
     """A restore reads an archive it has checked completely once more, without hashing it again:
     each file then carries its manifest's SHA-256 (what a restore compares files in place by)."""
