@@ -318,6 +318,38 @@ def test_every_archive_of_the_corpus_is_refused_with_its_whole_message():
         with open(os.path.join(corpus, name), "rb") as f:
             assert _refusal(f.read(), max_ratio=200) == message, name
 
+
+def test_checking_an_archive_counts_its_files_and_their_bytes_for_the_progress_bar():
+    from ailab_backup_ext.progress import Progress
+
+    progress = Progress()
+    manifest = _read(archive(good_members()), progress=progress)
+    assert (progress.done_files, progress.done_bytes) == (2, manifest.total_bytes) and manifest.total_bytes > 0
+
+
+def test_a_files_reader_gives_no_more_than_asked_and_the_whole_file_in_the_end():
+    """A restore reads each file in bounded pieces (memory), whatever its size."""
+    from ailab_backup_ext.archive import iter_archive
+
+    content = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: more than one read of the input
+    members = [M("notebooks", "dir"), M("notebooks/big.bin", data=content), M("notebooks/small", data=b"abc")]
+    for compression in ("zstd", "none"):
+        got = {}
+        for entry, reader in iter_archive(io.BytesIO(archive(members, compression=compression))):
+            if reader is None:
+                continue
+            parts = [reader.read(1), reader.read(1000)]
+            assert [len(p) for p in parts] == [1, min(1000, entry.size - 1)]
+            while True:
+                part = reader.read(100_000)
+                assert len(part) <= 100_000
+                if not part:
+                    break
+                parts.append(part)
+            assert reader.read() == b"" and reader.read(-1) == b""
+            got[entry.path] = b"".join(parts)
+        assert got == {"big.bin": content, "small": b"abc"}, compression
+
 def test_a_second_read_without_hashing_gives_each_file_the_hash_its_manifest_names():
     """A restore reads an archive it has checked completely once more, without hashing it again:
     each file then carries its manifest's SHA-256 (what a restore compares files in place by)."""
