@@ -6,6 +6,14 @@
 #   bash scripts/mutation.sh                      # all modules
 #   bash scripts/mutation.sh 'ailab_backup_ext.plan*'   # one module (mutant names are globs)
 # JOBS (default 1) sets how many mutants run at once. Results: mutants/ (mutmut browse).
+# MUTATION_TESTS (optional) replaces the fast tests of pyproject.toml for this run: pytest
+# arguments (test files, node ids, --deselect ...), or @FILE to read them from FILE, one or more a
+# line, '#' comments; e.g. MUTATION_TESTS=@tests/mutation-archive.args for the archive reader,
+# whose mutants each run ~800 fast tests otherwise. mutmut forgets every earlier result in
+# mutants/ when the test selection changes (so alternating selections starts over each time), and
+# a mutant that survives a restricted selection may still be killed by tests outside it: check
+# survivors against the full relevant tests (tests/MUTANTS.md says how) before calling them
+# survivors.
 set -euo pipefail
 PROJECT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="${VENV:-$PROJECT/.venv}"
@@ -15,7 +23,34 @@ cd "$PROJECT"
 # not an installed or PYTHONPATH one, is what the tests import
 export DOCKER_HOST=unix:///nonexistent/ailab-mutation.sock
 unset PYTHONPATH
-"$VENV/bin/mutmut" run --max-children "${JOBS:-1}" "$@"
+if [ -n "${MUTATION_TESTS:-}" ]; then
+    # mutmut has no option for it: its configuration is read from pyproject.toml, and this
+    # replaces only the test selection it read before the run starts
+    "$VENV/bin/python" - "$MUTATION_TESTS" run --max-children "${JOBS:-1}" "$@" <<'PY'
+import shlex, sys
+import mutmut.configuration as configuration
+spec = sys.argv.pop(1)
+if spec.startswith("@"):
+    with open(spec[1:]) as f:
+        selection = [arg for line in f for arg in shlex.split(line, comments=True)]
+else:
+    selection = shlex.split(spec)
+if not selection:
+    sys.exit(f"MUTATION_TESTS={spec!r} names no tests")
+load = configuration._load_config
+def _load_config():
+    config = load()
+    config.pytest_add_cli_args_test_selection = selection
+    return config
+configuration._load_config = _load_config
+print("test selection (MUTATION_TESTS):", " ".join(selection))
+from mutmut.__main__ import cli
+sys.argv[0] = "mutmut"
+cli()
+PY
+else
+    "$VENV/bin/mutmut" run --max-children "${JOBS:-1}" "$@"
+fi
 "$VENV/bin/mutmut" results --all false 2>/dev/null | grep -Ev ': (killed|not checked)$' || true
 "$VENV/bin/python" - "$@" <<'PY'
 # the score over the mutants of this run (the names given, or all); "no tests": no fast test runs

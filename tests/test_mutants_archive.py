@@ -138,8 +138,9 @@ def test_a_set_cancel_event_stops_the_check_with_our_error():
     cancel = threading.Event()
     assert len(_read(data, cancel=cancel).entries) == 4  # not set: read whole
     cancel.set()
-    with pytest.raises(Cancelled, match="its client went away. Nothing was kept"):
+    with pytest.raises(Cancelled) as stopped:
         _read(data, cancel=cancel)
+    assert str(stopped.value) == "The check was stopped: its client went away. Nothing was kept."
 
 
 def test_a_decompression_bomb_is_refused_by_the_sizes_its_headers_declare():
@@ -148,8 +149,10 @@ def test_a_decompression_bomb_is_refused_by_the_sizes_its_headers_declare():
     assert len(data) < 2**20
     assert _read(data, max_ratio=0).total_bytes == 3 * 2**20  # 0: no limit (the server's own backups)
     assert _read(data, max_ratio=4).total_bytes == 3 * 2**20  # 4 times the floor of 1 MiB: 4 MiB
-    with pytest.raises(TooLarge, match=r"more than 2 times its size \(at 'big'\): refused as a decompression bomb"):
+    with pytest.raises(TooLarge) as refused:
         _read(data, max_ratio=2)
+    assert str(refused.value) == ("The archive would unpack to more than 2 times its size (at 'big'): refused as a "
+                                  "decompression bomb. If it is yours, raise AILabBackup.max_compression_ratio.")
 
 
 def test_a_flood_of_crafted_members_is_refused_by_its_headers_alone():
@@ -157,8 +160,9 @@ def test_a_flood_of_crafted_members_is_refused_by_its_headers_alone():
     data = archive(flood)
     assert len(data) < 64 * 1024
     assert len(_read(data, max_ratio=200).entries) == 201  # the default ratio: 40 times at least 64 KiB
-    with pytest.raises(InvalidArchive, match="headers and names alone unpack to more than 1 times its size"):
-        _read(data, max_ratio=5)
+    assert _refusal(data, max_ratio=5) == (
+        "The archive's headers and names alone unpack to more than 1 times its size: a flood of crafted members, "
+        "refused. If it is yours, raise AILabBackup.max_compression_ratio.")
 
 
 def _plain_tar_ending_after(zeros):
@@ -180,10 +184,188 @@ def test_zeros_after_the_end_are_allowed_up_to_64_kib_and_nothing_else():
     assert MAX_TRAILING_ZEROS == 64 * 1024
     for zeros in (0, 512, MAX_TRAILING_ZEROS):
         assert len(_read(_plain_tar_ending_after(zeros)).entries) == 4, zeros
-    with pytest.raises(InvalidArchive, match="data after its end"):
-        _read(_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1))
-    with pytest.raises(InvalidArchive, match="data after its end"):
-        _read(_plain_tar_ending_after(1024) + b"\x01")
+    for data in (_plain_tar_ending_after(MAX_TRAILING_ZEROS + 1), _plain_tar_ending_after(1024) + b"\x01"):
+        with pytest.raises(InvalidArchive) as refused:
+            _read(data)
+        assert str(refused.value) == ("The archive has data after its end (more than a tar writer's padding): it "
+                                      "was altered or damaged.")
+
+
+
+def test_zeros_after_the_end_count_together_when_they_come_in_two_reads():
+    """The allowance is for all the zeros after the end, not for each read of them: here the end
+    block closes 40 KiB before the first MiB the reader reads, and the zeros go on into the next."""
+    import tarfile
+
+    from ailab_backup_ext.archive.format import CHUNK
+    from ailab_backup_ext.archive.reader import MAX_TRAILING_ZEROS
+
+    def ending_at(offset):
+        pad = 0
+        for _ in range(4):
+            whole = archive(good_members() + [M("notebooks/pad", data=b"p" * pad)], compression="none")
+            with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+                last = tar.getmembers()[-1]
+            end = last.offset_data + -(-last.size // 512) * 512 + 512  # and the end-of-archive block
+            if end == offset:
+                return whole[:end]
+            pad += offset - end
+        raise AssertionError("no archive ends there")
+
+    head = ending_at(CHUNK - 40 * 1024)
+    assert len(_read(head + bytes(MAX_TRAILING_ZEROS)).entries) == 5
+    assert _refusal(head + bytes(MAX_TRAILING_ZEROS + 1)) == (
+        "The archive has data after its end (more than a tar writer's padding): it was altered or damaged.")
+
+# --- the reader against its manifest (tests/MUTANTS.md, "archive/reader.py") -----------------
+
+
+def _refusal(data, **limits):
+    with pytest.raises((InvalidArchive, TooLarge)) as refused:
+        _read(data, **limits)
+    return str(refused.value)
+
+
+def test_data_that_differs_from_its_manifest_is_named_in_the_refusal():
+    def set_mode(doc):
+        next(e for e in doc["entries"] if e["path"] == "a.ipynb")["mode"] = 0o600
+
+    assert _refusal(archive(good_members(), tweak=set_mode)) == (
+        "'a.ipynb' does not match the manifest (content, size, mode, owner or time differs): the archive is "
+        "damaged or was altered.")
+
+    def two_more(doc):
+        doc["entries"] += [{**doc["entries"][-1], "path": "zz"}, {**doc["entries"][-1], "path": "yy"}]
+
+    assert _refusal(archive(good_members(), tweak=two_more)) == (
+        "2 entries of the manifest are missing from the archive, e.g. 'yy'.")
+
+
+
+def test_a_manifest_that_is_a_folder_or_a_link_is_refused():
+    from test_bad_input import MANIFEST
+
+    for kind in ("dir", "symlink"):
+        data = archive(good_members(), manifest=False, after=[M(MANIFEST, kind, target="notebooks/a.ipynb")])
+        assert _refusal(data) == "The archive's manifest is not a plain file.", kind
+
+
+def test_a_manifest_may_take_exactly_what_its_entries_allow():
+    """4 MiB, and 512 bytes and 12 a character of its path and link target for each entry found
+    (a sane manifest is far below; an inflated one is refused before it is parsed)."""
+    import json
+
+    from test_bad_input import MANIFEST, manifest_doc
+
+    members = good_members()
+    limit = 4 * 1024 * 1024 + sum(512 + 12 * len(path) for path in (".", "a.ipynb", "sub", "sub/new.txt"))
+
+    def with_manifest_of(size):
+        text = json.dumps(manifest_doc(members)).encode()
+        return archive(members, manifest=False, after=[M(MANIFEST, data=text + b" " * (size - len(text)))])
+
+    assert len(_read(with_manifest_of(limit)).entries) == 4
+    assert _refusal(with_manifest_of(limit + 1)) == (
+        f"The archive's manifest is {limit + 1} bytes, more than its 4 entries can need ({limit} bytes at most): "
+        "it was altered or crafted, and is refused.")
+
+
+def test_a_manifest_may_hold_exactly_as_many_json_objects_as_its_entries_allow():
+    """100 000 JSON objects, and one for each entry found and each unchanged file its record
+    names (a partial safety backup's): a manifest inflated with more is refused while it is parsed."""
+    import json
+
+    from test_bad_input import MANIFEST, manifest_doc
+
+    members = good_members()  # 4 entries; their manifest: itself, its source and the 4 entries
+
+    def with_objects(count):
+        doc = manifest_doc(members)
+        doc["padding"] = [{}] * (count - 6)
+        return archive(members, manifest=False, after=[M(MANIFEST, data=json.dumps(doc).encode())])
+
+    for unchanged in (0, 3):
+        allowed = 100_000 + 4 + unchanged
+        assert len(_read(with_objects(allowed), unchanged_files=unchanged).entries) == 4
+        assert _refusal(with_objects(allowed + 1), unchanged_files=unchanged) == (
+            f"The archive's manifest holds more than {allowed} JSON objects for 4 entries: it was altered or "
+            "crafted, and is refused.")
+
+
+def test_a_manifest_that_is_not_json_is_refused_as_such():
+    from test_bad_input import MANIFEST
+
+    for text in (b"{", b"\xff\xfe", b"[" * 100_000):
+        data = archive(good_members(), manifest=False, after=[M(MANIFEST, data=text)])
+        assert _refusal(data) == "The archive's manifest is not valid JSON.", text[:10]
+
+
+def test_every_archive_of_the_corpus_is_refused_with_its_whole_message():
+    """What a user reads for each hostile or broken archive of tests/hardening/corpus, uploaded
+    (the ratio limit of an upload): the whole message, not only the fragment the CLI and REST
+    tests look for (tests/hardening/corpus/index.json)."""
+    import json
+    import os
+
+    corpus = os.path.join(os.path.dirname(__file__), "hardening", "corpus")
+    with open(os.path.join(corpus, "index.json")) as f:
+        fragments = json.load(f)
+    with open(os.path.join(os.path.dirname(__file__), "hardening", "corpus_messages.json")) as f:
+        messages = json.load(f)
+    assert set(messages) == set(fragments)
+    for name, message in sorted(messages.items()):
+        assert fragments[name] in message, name
+        with open(os.path.join(corpus, name), "rb") as f:
+            assert _refusal(f.read(), max_ratio=200) == message, name
+
+
+def test_checking_an_archive_counts_its_files_and_their_bytes_for_the_progress_bar():
+    from ailab_backup_ext.progress import Progress
+
+    progress = Progress()
+    manifest = _read(archive(good_members()), progress=progress)
+    assert (progress.done_files, progress.done_bytes) == (2, manifest.total_bytes) and manifest.total_bytes > 0
+
+
+def test_a_files_reader_gives_no_more_than_asked_and_the_whole_file_in_the_end():
+    """A restore reads each file in bounded pieces (memory), whatever its size."""
+    from ailab_backup_ext.archive import iter_archive
+
+    content = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: more than one read of the input
+    members = [M("notebooks", "dir"), M("notebooks/big.bin", data=content), M("notebooks/small", data=b"abc")]
+    for compression in ("zstd", "none"):
+        got = {}
+        for entry, reader in iter_archive(io.BytesIO(archive(members, compression=compression))):
+            if reader is None:
+                continue
+            parts = [reader.read(1), reader.read(1000)]
+            assert [len(p) for p in parts] == [1, min(1000, entry.size - 1)]
+            while True:
+                part = reader.read(100_000)
+                assert len(part) <= 100_000
+                if not part:
+                    break
+                parts.append(part)
+            assert reader.read() == b"" and reader.read(-1) == b""
+            got[entry.path] = b"".join(parts)
+        assert got == {"big.bin": content, "small": b"abc"}, compression
+
+def test_a_second_read_without_hashing_gives_each_file_the_hash_its_manifest_names():
+    """A restore reads an archive it has checked completely once more, without hashing it again:
+    each file then carries its manifest's SHA-256 (what a restore compares files in place by)."""
+    import hashlib
+
+    from ailab_backup_ext.archive import Manifest, iter_archive
+
+    members = good_members()
+    items = [(item, reader.read() if reader else None)
+             for item, reader in iter_archive(io.BytesIO(archive(members)), check_content=False)]
+    entries, (manifest, _) = [e for e, _ in items[:-1]], items[-1]
+    assert isinstance(manifest, Manifest)
+    assert [(e.path, e.type, e.sha256) for e in entries] == [
+        (ROOT, DIR, None), ("a.ipynb", FILE, hashlib.sha256(members[1].data).hexdigest()), ("sub", DIR, None),
+        ("sub/new.txt", FILE, hashlib.sha256(members[3].data).hexdigest())]
+    assert [content for _, content in items[:-1]] == [None, members[1].data, None, members[3].data]
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
