@@ -75,6 +75,7 @@ def test_a_stop_in_the_worker_is_refused_only_once_its_commit_began(tmp_path):
         with pytest.raises(worker_main.Stopped):
             worker_main.on_stop(15, None)
         store = worker_main.MountedStore(str(tmp_path), "job1", {"type": "volume", "name": "s"})
+        store.last_commit = True  # a backup job's (manager_for sets it from the job's op)
         meta = {"id": "nb-20261202T000000Z", "archive": "nb-20261202T000000Z.tar.zst"}
         with store.spool(meta["archive"]) as spool:
             with open(spool, "wb") as f:

@@ -67,6 +67,7 @@ class MountedStore(FolderStore):
         super().__init__(path)
         self.job_id = job_id
         self._described = described
+        self.last_commit = False  # True for a backup job: a stop no longer interrupts its commit
         st = os.stat(self.path)
         self.owner = (st.st_uid, st.st_gid)
 
@@ -108,7 +109,8 @@ class MountedStore(FolderStore):
         """Link the verified partial file to its name (never over an existing one: a parallel
         process may have taken the id meanwhile, then the next free id is used), then write the
         metadata, last."""
-        COMMIT_BEGUN.set()
+        if self.last_commit:  # a backup's own (a restore's safety backup is followed by more work)
+            COMMIT_BEGUN.set()
         with open(spool_path, "rb") as f:
             os.fsync(f.fileno())
         data_dir, meta_dir = self._dir("data"), self._dir("meta")
@@ -179,6 +181,7 @@ def manager_for(job):
     if job.get("source"):
         source = MountedSource(job["source"]["path"], job["source"]["describe"], job["source"]["slug"])
     store = MountedStore(job["store"]["path"], job["id"], job["store"]["describe"])
+    store.last_commit = job["op"] == "backup"
     manager = BackupManager(config, root_dir=source.path if source else job["store"]["path"])
     manager._resolved = (source, store)  # what resolve() would find, had it these folders
     return manager
