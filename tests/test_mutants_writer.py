@@ -21,6 +21,7 @@ from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.progress import Progress
+from test_archive_writing import _NotAFile  # a stream with no file descriptor (an S3 upload)
 
 
 def _manager(tmp_path, **config):
@@ -134,16 +135,6 @@ def test_an_unknown_compression_is_refused_by_name_and_nothing_is_written():
         write_archive(out, [(Entry(ROOT, DIR, mode=0o755), None)], Manifest("now", {}), "bz2")
     assert str(refused.value) == "unknown compression 'bz2'"
     assert out.getvalue() == b""
-
-
-class _NotAFile:
-    """Where an S3 upload streams: it takes bytes, and has no file descriptor to sync."""
-
-    def __init__(self):
-        self.out = io.BytesIO()
-
-    def write(self, data):
-        return self.out.write(data)
 
 
 def test_by_default_an_archive_goes_to_any_stream_even_one_that_is_not_a_file(monkeypatch):
