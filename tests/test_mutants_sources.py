@@ -3,6 +3,7 @@ and Docker-free, so the mutation run (tests/MUTANTS.md) checks sources.py with t
 
 import io
 import os
+import shutil
 
 import pytest
 
@@ -262,9 +263,11 @@ def test_removing_a_tree_while_another_program_swaps_its_folders_never_follows_o
     assert os.listdir(outside) == ["precious"] and (outside / "precious").read_text() == "stays"
 
 
-def test_a_folder_kept_being_swapped_for_a_link_is_refused_and_nothing_is_written_outside(tmp_path, monkeypatch):
-    """Another program swaps each folder the restore makes for a link to outside, at once: after
-    three tries the restore gives up, naming the folder; nothing lands outside."""
+@pytest.mark.parametrize("swapped_for", ["link", "file"])
+def test_a_folder_kept_being_swapped_for_a_link_is_refused_and_nothing_is_written_outside(tmp_path, monkeypatch,
+                                                                                           swapped_for):
+    """Another program swaps each folder the restore makes for a link to outside (or a file), at
+    once: after three tries the restore gives up, naming the folder; nothing lands outside."""
     from ailab_backup_ext.errors import BackupError
 
     outside = tmp_path / "outside"
@@ -277,7 +280,10 @@ def test_a_folder_kept_being_swapped_for_a_link_is_refused_and_nothing_is_writte
         real_mkdir(name, mode, dir_fd=dir_fd)
         if name == "d" and dir_fd is not None:
             os.rmdir(name, dir_fd=dir_fd)
-            os.symlink(str(outside), name, dir_fd=dir_fd)
+            if swapped_for == "link":
+                os.symlink(str(outside), name, dir_fd=dir_fd)
+            else:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dir_fd))
 
     monkeypatch.setattr(os, "mkdir", mkdir_then_swapped)
     with pytest.raises(BackupError) as refused:
@@ -319,7 +325,7 @@ def test_on_a_filesystem_that_answers_eperm_for_folders_trees_still_go_and_real_
 
     def eperm_unlink(name, *, dir_fd=None):
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if os.path.basename(name) == "locked" or (st.st_mode & 0o170000) == 0o040000:
+        if os.path.basename(name).startswith("locked") or (st.st_mode & 0o170000) == 0o040000:
             raise PermissionError(errno.EPERM, "Operation not permitted", name)
         real_unlink(name, dir_fd=dir_fd)
 
@@ -329,6 +335,7 @@ def test_on_a_filesystem_that_answers_eperm_for_folders_trees_still_go_and_real_
     (tmp_path / "keep" / "sub").mkdir(parents=True)
     (tmp_path / "keep" / "sub" / "locked").write_text("cannot go")
     (tmp_path / "locked").write_text("cannot go")
+    os.symlink("missing", tmp_path / "locked-link")  # a link to nothing: its own error, not "no such file"
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     monkeypatch.setattr(os, "unlink", eperm_unlink)
@@ -336,9 +343,79 @@ def test_on_a_filesystem_that_answers_eperm_for_folders_trees_still_go_and_real_
     try:
         remove_at(fd, "top")
         assert not os.path.lexists(tmp_path / "top")
-        for name in ("locked", "keep"):
+        for name in ("locked", "keep", "locked-link"):
             with pytest.raises(PermissionError):
                 remove_at(fd, name)
     finally:
         os.close(fd)
     assert (tmp_path / "locked").exists() and (tmp_path / "keep" / "sub" / "locked").exists()
+    assert os.readlink(tmp_path / "locked-link") == "missing"
+
+
+def test_a_file_put_where_a_folder_was_while_a_replace_restores_is_left_alone(tmp_path, monkeypatch):
+    """Between the writes and the removal of what the backup lacks, the user (or a program)
+    replaces the folder ``d`` by a file: the restore neither deletes that file to remake the
+    folder nor fails; what it would have removed in ``d`` is gone with ``d`` anyway."""
+    from ailab_backup_ext import sources
+
+    nb = tmp_path / "nb"
+    (nb / "d").mkdir(parents=True)
+    (nb / "d" / "x.txt").write_text("not in the backup")
+    real = sources.removable_extras
+
+    def extras_then_swapped(*args, **kwargs):
+        extras = real(*args, **kwargs)
+        assert extras == ["d/x.txt"]
+        shutil.rmtree(nb / "d")
+        (nb / "d").write_text("the user's new file")
+        return extras
+
+    monkeypatch.setattr(sources, "removable_extras", extras_then_swapped)
+    _write(nb, {"d": None, "d/e": None, "z.txt": b"z"}, replace=True)
+    assert (nb / "d").read_text() == "the user's new file"
+    assert (nb / "z.txt").read_bytes() == b"z"
+
+
+def test_a_folder_another_program_makes_at_the_same_moment_is_used_as_it_is(tmp_path, monkeypatch):
+    """The restore finds no ``d``, but another program makes it just before the restore's own
+    mkdir: the restore goes on into that folder instead of failing."""
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    real_mkdir = os.mkdir
+
+    def made_meanwhile(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        if name == "d" and dir_fd is not None:
+            raise FileExistsError(17, "File exists", name)
+
+    monkeypatch.setattr(os, "mkdir", made_meanwhile)
+    _write(nb, {"d": None, "d/f.txt": b"in d"})
+    assert (nb / "d" / "f.txt").read_bytes() == b"in d"
+    assert folder_snapshot(nb, with_owner=False)["d"][:3] == ("dir", 0o751, T + 1)
+
+
+def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path, monkeypatch):
+    """Another user who can write in the folder plants a link to outside at the temporary name
+    right after the restore cleared it: the restore refuses to open it (the name exists) and
+    writes nothing outside, and the file is not restored through it."""
+    nb, outside = tmp_path / "nb", tmp_path / "outside"
+    nb.mkdir()
+    outside.mkdir()
+    real_unlink = os.unlink
+    planted = []
+
+    def unlink_then_planted(name, *, dir_fd=None):
+        try:
+            real_unlink(name, dir_fd=dir_fd)
+        finally:
+            if "ailab-restore" in name and not planted:
+                planted.append(name)
+                os.symlink(str(outside / "stolen"), name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink_then_planted)
+    secret = b"the SCS"
+    with pytest.raises(FileExistsError):
+        LocalFolderSource(str(nb)).write_entries([(Entry(ROOT, DIR, mode=0o755), None),
+                                                  (Entry("scs.db", FILE, size=len(secret)), io.BytesIO(secret))])
+    assert planted and os.listdir(outside) == []
+    assert not os.path.lexists(nb / "scs.db")
