@@ -276,7 +276,7 @@ class _MemberData:
 
     def read(self, size=-1):
         left = self._end - self._pieces.pos
-        if left <= 0:
+        if left <= 0 or size == 0:
             return b""
         if size is None or size < 0 or size >= left:
             size = left
@@ -299,7 +299,6 @@ class TarReader:
         self.errors = errors
         self.pax_headers = {}  # global pax headers (tarfile's header code keeps them here)
         self.offset = 0  # where the next header begins (set by tarfile's header code)
-        self.ended = False
 
     def __iter__(self):
         while True:
@@ -308,7 +307,6 @@ class TarReader:
             try:
                 info = tarfile.TarInfo.fromtarfile(self)
             except tarfile.EOFHeaderError:
-                self.ended = True
                 return
             except tarfile.HeaderError as exc:
                 raise tarfile.ReadError(str(exc) or type(exc).__name__) from None
