@@ -159,3 +159,73 @@ def test_a_header_that_tarfile_cannot_parse_is_refused_as_malformed_not_a_crash(
     archive like any other, named by what went wrong."""
     bad = tar_body(good_members() + [M("notebooks/x", data=b"x", pax={"GNU.sparse.map": "x,y"})])
     assert _refusal(bad + b"\0" * 1024) == _damaged("a malformed header (ValueError)")
+
+
+# --- the manifest's allowance -----------------------------------------------------------------
+
+
+def test_a_partial_safety_backups_manifest_may_take_1_kib_more_for_each_unchanged_file():
+    """The store's record says how many unchanged files (listed, not in the data) a partial
+    safety backup's manifest names: 1 KiB each on top of 4 MiB and what the entries found allow.
+    Without that count (a restore's second read), nothing more."""
+    import json
+
+    from test_bad_input import MANIFEST, manifest_doc
+
+    members = good_members()
+    found = sum(512 + 12 * len(path) for path in (".", "a.ipynb", "sub", "sub/new.txt"))
+
+    def with_manifest_of(size):
+        text = json.dumps(manifest_doc(members)).encode()
+        return archive(members, manifest=False, after=[M(MANIFEST, data=text + b" " * (size - len(text)))])
+
+    for unchanged in (0, 3):
+        limit = 4 * 1024 * 1024 + found + 1024 * unchanged
+        assert len(read_archive(io.BytesIO(with_manifest_of(limit)), unchanged_files=unchanged).entries) == 4
+        with pytest.raises(InvalidArchive) as refused:
+            read_archive(io.BytesIO(with_manifest_of(limit + 1)), unchanged_files=unchanged)
+        assert str(refused.value) == (
+            f"The archive's manifest is {limit + 1} bytes, more than its 4 entries can need ({limit} bytes at "
+            "most): it was altered or crafted, and is refused.")
+    limit = 4 * 1024 * 1024 + found
+    with pytest.raises(InvalidArchive, match=f"more than its 4 entries can need \\({limit} bytes at most\\)"):
+        list(iter_archive(io.BytesIO(with_manifest_of(limit + 1)), check_content=False))
+
+
+# --- the ratio limit on what is actually unpacked ---------------------------------------------
+
+
+def _unpacking_to(total):
+    """A valid zstd archive whose tar is ``total`` bytes: a file of zeros, then zeros after the
+    end (a tar writer's padding) to make up the size."""
+    members = good_members() + [M("notebooks/zeros.bin", data=b"\0" * (total - 64 * 1024))]
+    tar = tar_body(members + [manifest_member(members)])
+    return compress(tar + b"\0" * (total - len(tar)), "zstd")
+
+
+def test_what_is_unpacked_may_reach_the_ratio_limit_exactly_and_not_one_block_more():
+    """With a ratio limit of 1 (AILabBackup.max_compression_ratio) an upload may unpack to 1 MiB
+    (the least any upload may unpack to, times the ratio), its headers' sizes within that: 1 MiB
+    exactly passes, one tar block more is refused by what is unpacked, named in the message."""
+    from ailab_backup_ext.errors import TooLarge
+
+    exact = _unpacking_to(1 << 20)
+    assert len(exact) < 64 * 1024
+    assert [e.path for e in read_archive(io.BytesIO(exact), max_ratio=1).entries][-1] == "zeros.bin"
+    over = _unpacking_to((1 << 20) + 512)
+    with pytest.raises(TooLarge) as refused:
+        read_archive(io.BytesIO(over), max_ratio=1)
+    assert str(refused.value) == (
+        f"The archive would unpack to more than 1 times its size ({(1 << 20) + 512} bytes unpacked from "
+        f"{len(over)}): refused as a decompression bomb. If it is yours, raise AILabBackup.max_compression_ratio.")
+
+
+def test_an_upload_that_does_not_compress_is_never_taken_for_a_bomb_however_large():
+    """Beyond 1 MiB, the limit grows with the compressed bytes read: 6 MiB of random data pass a
+    ratio limit of 4 (their headers come when more than 1 MiB was read)."""
+    import os as _os
+
+    members = good_members() + [M("notebooks/r1.bin", data=_os.urandom(3 << 20)),
+                                M("notebooks/r2.bin", data=_os.urandom(3 << 20))]
+    data = archive(members)
+    assert [e.path for e in read_archive(io.BytesIO(data), max_ratio=4).entries][-2:] == ["r1.bin", "r2.bin"]
