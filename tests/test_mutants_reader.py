@@ -229,3 +229,52 @@ def test_an_upload_that_does_not_compress_is_never_taken_for_a_bomb_however_larg
                                 M("notebooks/r2.bin", data=_os.urandom(3 << 20))]
     data = archive(members)
     assert [e.path for e in read_archive(io.BytesIO(data), max_ratio=4).entries][-2:] == ["r1.bin", "r2.bin"]
+
+
+def test_a_link_target_counts_for_the_manifest_as_much_as_its_path():
+    """Each entry allows 512 bytes and 12 a character of its path and of its link target."""
+    import json
+
+    from test_bad_input import MANIFEST, manifest_doc
+
+    members = good_members() + [M("notebooks/l", "symlink", target="sub/new.txt")]
+    paths = [(".", ""), ("a.ipynb", ""), ("sub", ""), ("sub/new.txt", ""), ("l", "sub/new.txt")]
+    limit = 4 * 1024 * 1024 + sum(512 + 12 * (len(path) + len(target)) for path, target in paths)
+
+    def with_manifest_of(size):
+        text = json.dumps(manifest_doc(members)).encode()
+        return archive(members, manifest=False, after=[M(MANIFEST, data=text + b" " * (size - len(text)))])
+
+    assert len(read_archive(io.BytesIO(with_manifest_of(limit))).entries) == 5
+    with pytest.raises(InvalidArchive, match=f"more than its 5 entries can need \\({limit} bytes at most\\)"):
+        read_archive(io.BytesIO(with_manifest_of(limit + 1)))
+
+
+def test_declared_sizes_at_the_ratio_limit_pass_the_headers_check_and_what_is_unpacked_decides():
+    """Files that declare exactly the limit (1 MiB at a ratio of 1) pass the check of their
+    headers' sizes; the headers around them then make what is unpacked exceed it."""
+    from ailab_backup_ext.errors import TooLarge
+    from test_bad_input import NEW_NOTEBOOK
+
+    rest = (1 << 20) - len(NEW_NOTEBOOK) - len(b"new file\n")
+    members = good_members() + [M("notebooks/zeros.bin", data=b"\0" * rest)]
+    tar = tar_body(members + [manifest_member(members)]) + b"\0" * 1024
+    data = compress(tar, "zstd")
+    with pytest.raises(TooLarge) as refused:
+        read_archive(io.BytesIO(data), max_ratio=1)
+    assert str(refused.value).startswith(
+        f"The archive would unpack to more than 1 times its size ({len(tar)} bytes unpacked from {len(data)}):")
+
+
+def test_headers_may_unpack_to_exactly_a_fifth_of_the_ratio_limit():
+    """At a ratio limit of 5, an upload's headers may take 64 KiB (128 headers of 512 bytes,
+    the manifest's included) before its compressed size counts; one more is a flood."""
+    def with_headers(count):
+        return archive([M("notebooks", "dir")] + [M(f"notebooks/f{i}") for i in range(count - 2)])
+
+    assert len(read_archive(io.BytesIO(with_headers(128)), max_ratio=5).entries) == 127
+    with pytest.raises(InvalidArchive) as refused:
+        read_archive(io.BytesIO(with_headers(129)), max_ratio=5)
+    assert str(refused.value) == (
+        "The archive's headers and names alone unpack to more than 1 times its size: a flood of crafted members, "
+        "refused. If it is yours, raise AILabBackup.max_compression_ratio.")
