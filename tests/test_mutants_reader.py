@@ -278,3 +278,24 @@ def test_headers_may_unpack_to_exactly_a_fifth_of_the_ratio_limit():
     assert str(refused.value) == (
         "The archive's headers and names alone unpack to more than 1 times its size: a flood of crafted members, "
         "refused. If it is yours, raise AILabBackup.max_compression_ratio.")
+
+
+def test_chains_of_extended_headers_of_every_kind_are_refused():
+    """One of each kind is a member's right (pax, Solaris pax, GNU long name and long link);
+    any kind again, or all four, is a chain."""
+    def long_header(kind):
+        return tarfile.TarInfo._create_gnu_long_header("notebooks/sub/new.txt", kind, "utf-8", "strict")
+
+    x, solaris = _pax(tarfile.XHDTYPE, 100), _pax(tarfile.SOLARIS_XHDTYPE, 100)
+    name, link = long_header(tarfile.GNUTYPE_LONGNAME), long_header(tarfile.GNUTYPE_LONGLINK)
+    chain = ("A tar member is preceded by a chain of extended headers (pax records or GNU long names, the same kind "
+             "twice): the archive is refused.")
+    for headers in ((x, name, x), (name, link, x, solaris), (name, name)):
+        assert _refusal(_with_extended_headers(*headers)) == chain
+    assert [e.path for e in read_archive(io.BytesIO(_with_extended_headers(name, x, solaris))).entries][-1] == \
+        "sub/new.txt"
+
+
+def test_an_archive_cut_in_the_padding_after_a_file_is_refused_as_truncated():
+    body = tar_body(good_members())  # the last member: sub/new.txt, 9 bytes, then 503 of padding
+    assert _refusal(body[:-400]) == _damaged("unexpected end of data")
