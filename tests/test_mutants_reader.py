@@ -3,6 +3,7 @@ truncation) and how extended headers (pax records, long names) are bounded. Fast
 Docker-free, so the mutation run (tests/MUTANTS.md, "archive/reader.py") checks them."""
 
 import io
+import json
 import tarfile
 
 import pytest
@@ -11,7 +12,7 @@ from ailab_backup_ext.archive import iter_archive, read_archive
 from ailab_backup_ext.archive.reader import MAX_HEADER_DATA
 from ailab_backup_ext.errors import InvalidArchive
 from hardening.hostile import manifest_member, tar_body
-from test_bad_input import M, archive, compress, good_members
+from test_bad_input import MANIFEST, M, archive, compress, good_members, manifest_doc
 
 BIG = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: more than one read of the input
 
@@ -164,32 +165,30 @@ def test_a_header_that_tarfile_cannot_parse_is_refused_as_malformed_not_a_crash(
 # --- the manifest's allowance -----------------------------------------------------------------
 
 
+def _with_manifest_of(members, size):
+    """An archive of ``members`` whose manifest is padded with spaces to ``size`` bytes."""
+    text = json.dumps(manifest_doc(members)).encode()
+    return archive(members, manifest=False, after=[M(MANIFEST, data=text + b" " * (size - len(text)))])
+
+
 def test_a_partial_safety_backups_manifest_may_take_1_kib_more_for_each_unchanged_file():
     """The store's record says how many unchanged files (listed, not in the data) a partial
     safety backup's manifest names: 1 KiB each on top of 4 MiB and what the entries found allow.
     Without that count (a restore's second read), nothing more."""
-    import json
-
-    from test_bad_input import MANIFEST, manifest_doc
-
     members = good_members()
     found = sum(512 + 12 * len(path) for path in (".", "a.ipynb", "sub", "sub/new.txt"))
 
-    def with_manifest_of(size):
-        text = json.dumps(manifest_doc(members)).encode()
-        return archive(members, manifest=False, after=[M(MANIFEST, data=text + b" " * (size - len(text)))])
-
     for unchanged in (0, 3):
         limit = 4 * 1024 * 1024 + found + 1024 * unchanged
-        assert len(read_archive(io.BytesIO(with_manifest_of(limit)), unchanged_files=unchanged).entries) == 4
+        assert len(read_archive(io.BytesIO(_with_manifest_of(members, limit)), unchanged_files=unchanged).entries) == 4
         with pytest.raises(InvalidArchive) as refused:
-            read_archive(io.BytesIO(with_manifest_of(limit + 1)), unchanged_files=unchanged)
+            read_archive(io.BytesIO(_with_manifest_of(members, limit + 1)), unchanged_files=unchanged)
         assert str(refused.value) == (
             f"The archive's manifest is {limit + 1} bytes, more than its 4 entries can need ({limit} bytes at "
             "most): it was altered or crafted, and is refused.")
     limit = 4 * 1024 * 1024 + found
     with pytest.raises(InvalidArchive, match=f"more than its 4 entries can need \\({limit} bytes at most\\)"):
-        list(iter_archive(io.BytesIO(with_manifest_of(limit + 1)), check_content=False))
+        list(iter_archive(io.BytesIO(_with_manifest_of(members, limit + 1)), check_content=False))
 
 
 # --- the ratio limit on what is actually unpacked ---------------------------------------------
@@ -233,21 +232,13 @@ def test_an_upload_that_does_not_compress_is_never_taken_for_a_bomb_however_larg
 
 def test_a_link_target_counts_for_the_manifest_as_much_as_its_path():
     """Each entry allows 512 bytes and 12 a character of its path and of its link target."""
-    import json
-
-    from test_bad_input import MANIFEST, manifest_doc
-
     members = good_members() + [M("notebooks/l", "symlink", target="sub/new.txt")]
     paths = [(".", ""), ("a.ipynb", ""), ("sub", ""), ("sub/new.txt", ""), ("l", "sub/new.txt")]
     limit = 4 * 1024 * 1024 + sum(512 + 12 * (len(path) + len(target)) for path, target in paths)
 
-    def with_manifest_of(size):
-        text = json.dumps(manifest_doc(members)).encode()
-        return archive(members, manifest=False, after=[M(MANIFEST, data=text + b" " * (size - len(text)))])
-
-    assert len(read_archive(io.BytesIO(with_manifest_of(limit))).entries) == 5
+    assert len(read_archive(io.BytesIO(_with_manifest_of(members, limit))).entries) == 5
     with pytest.raises(InvalidArchive, match=f"more than its 5 entries can need \\({limit} bytes at most\\)"):
-        read_archive(io.BytesIO(with_manifest_of(limit + 1)))
+        read_archive(io.BytesIO(_with_manifest_of(members, limit + 1)))
 
 
 def test_declared_sizes_at_the_ratio_limit_pass_the_headers_check_and_what_is_unpacked_decides():

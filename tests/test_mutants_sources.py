@@ -263,6 +263,19 @@ def test_removing_a_tree_while_another_program_swaps_its_folders_never_follows_o
     assert os.listdir(outside) == ["precious"] and (outside / "precious").read_text() == "stays"
 
 
+def _after_mkdir_of_d(monkeypatch, then):
+    """``os.mkdir``, then ``then(dir_fd)`` once it made ``d`` in a folder descriptor: another
+    program at work in the folder at that very moment."""
+    real_mkdir = os.mkdir
+
+    def mkdir(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        if name == "d" and dir_fd is not None:
+            then(dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
 @pytest.mark.parametrize("swapped_for", ["link", "file"])
 def test_a_folder_kept_being_swapped_for_a_link_is_refused_and_nothing_is_written_outside(tmp_path, monkeypatch,
                                                                                            swapped_for):
@@ -274,18 +287,15 @@ def test_a_folder_kept_being_swapped_for_a_link_is_refused_and_nothing_is_writte
     outside.mkdir()
     nb = tmp_path / "nb"
     nb.mkdir()
-    real_mkdir = os.mkdir
 
-    def mkdir_then_swapped(name, mode=0o777, *, dir_fd=None):
-        real_mkdir(name, mode, dir_fd=dir_fd)
-        if name == "d" and dir_fd is not None:
-            os.rmdir(name, dir_fd=dir_fd)
-            if swapped_for == "link":
-                os.symlink(str(outside), name, dir_fd=dir_fd)
-            else:
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dir_fd))
+    def swapped(dir_fd):
+        os.rmdir("d", dir_fd=dir_fd)
+        if swapped_for == "link":
+            os.symlink(str(outside), "d", dir_fd=dir_fd)
+        else:
+            os.close(os.open("d", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dir_fd))
 
-    monkeypatch.setattr(os, "mkdir", mkdir_then_swapped)
+    _after_mkdir_of_d(monkeypatch, swapped)
     with pytest.raises(BackupError) as refused:
         LocalFolderSource(str(nb)).write_entries(_entries({"d": None, "d/f.txt": b"must not escape"}))
     assert str(refused.value) == (f"{str(nb / 'd')!r} keeps being replaced while the restore writes it; nothing was "
@@ -381,14 +391,11 @@ def test_a_folder_another_program_makes_at_the_same_moment_is_used_as_it_is(tmp_
     mkdir: the restore goes on into that folder instead of failing."""
     nb = tmp_path / "nb"
     nb.mkdir()
-    real_mkdir = os.mkdir
 
-    def made_meanwhile(name, mode=0o777, *, dir_fd=None):
-        real_mkdir(name, mode, dir_fd=dir_fd)
-        if name == "d" and dir_fd is not None:
-            raise FileExistsError(17, "File exists", name)
+    def made_meanwhile(dir_fd):
+        raise FileExistsError(17, "File exists", "d")
 
-    monkeypatch.setattr(os, "mkdir", made_meanwhile)
+    _after_mkdir_of_d(monkeypatch, made_meanwhile)
     _write(nb, {"d": None, "d/f.txt": b"in d"})
     assert (nb / "d" / "f.txt").read_bytes() == b"in d"
     assert folder_snapshot(nb, with_owner=False)["d"][:3] == ("dir", 0o751, T + 1)
