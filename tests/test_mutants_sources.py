@@ -426,3 +426,19 @@ def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path,
                                                   (Entry("scs.db", FILE, size=len(secret)), io.BytesIO(secret))])
     assert planted and os.listdir(outside) == []
     assert not os.path.lexists(nb / "scs.db")
+
+
+def test_a_backup_lists_fifos_and_sockets_by_their_kind(tmp_path):
+    """What a backup cannot take is named by its kind (the manifest's ``skipped`` says it)."""
+    import socket
+
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    os.mkfifo(nb / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(nb / "sock"))
+        kinds = {e.path: e.type for e in LocalFolderSource(str(nb)).list_entries()}
+    finally:
+        sock.close()
+    assert kinds == {".": DIR, "pipe": "fifo", "sock": "socket"}
