@@ -185,6 +185,38 @@ def test_an_object_rewritten_while_staging_changes_nothing(tmp_path, s3_server, 
     unchanged(nb, before, temp)
 
 
+class Watching(Progress):
+    """Progress that notes what temp holds once ``at`` bytes were checked."""
+
+    def __init__(self, at, temp):
+        super().__init__()
+        self.at, self.temp, self.seen = at, temp, None
+
+    def add_bytes(self, n):
+        super().add_bytes(n)
+        if self.seen is None and self.done_bytes >= self.at:
+            self.seen = {"temp": os.listdir(self.temp), "decrypting": decrypting_threads()}
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_verifying_an_s3_backup_reads_it_once_without_a_spool(tmp_path, s3_server, s3_bucket, temp, encrypted):
+    nb = make_tree(str(tmp_path / "nb"), big_mb=24)
+    manager = manager_for(tmp_path, s3_server, s3_bucket, encrypted)
+    meta = manager.create_backup()
+    progress = Watching(8 * MB, temp)
+    assert manager.verify_backup(meta["id"], progress=progress)["ok"]
+    assert progress.seen == {"temp": [], "decrypting": ["ailab-backup-decrypt"] if encrypted else []}
+    assert os.listdir(temp) == [] and decrypting_threads() == []
+    key = next(k for k in s3_server.objects(s3_bucket) if "/data/" in k)  # and damage is still found
+    client = s3_server.client()
+    data = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=s3_bucket, Key=key, Body=damage(data, "flipped"))
+    with pytest.raises(BackupError, match="damaged|does not match"):
+        manager.verify_backup(meta["id"])
+    assert os.listdir(temp) == [] and decrypting_threads() == []
+    assert os.path.isdir(nb)
+
+
 # the same one read for a store in a Docker volume (reached through a helper container) --------
 
 def test_a_restore_from_a_volume_store_into_a_folder_reads_it_once_and_leaves_no_helper(
