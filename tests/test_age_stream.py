@@ -201,6 +201,7 @@ def test_trailing_bytes_are_refused(identity, extra, size):
 
 HEADER_FAULTS = {
     "not age": (lambda h: b"PK\x03\x04" + h, "(it is not an age file)"),
+    "binary without a line end": (lambda h: b"\x28\xb5\x2f\xfd" + b"\x00" * 2 * MIB, "(it is not an age file)"),
     "other version": (lambda h: h.replace(b"age-encryption.org/v1\n", b"age-encryption.org/v2\n"),
                       "(it is in an age version other than v1)"),
     "armored": (lambda h: b"-----BEGIN AGE ENCRYPTED FILE-----\n" + base64.b64encode(h) + b"\n",

@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-VERSION = b"age-encryption.org/v1"
+VERSION_PREFIX = b"age-encryption.org/"
+VERSION = VERSION_PREFIX + b"v1"
+ARMOR_LINE = b"-----BEGIN AGE ENCRYPTED FILE-----"
 CHUNK_BYTES = 64 * 1024  # of plaintext in each chunk but the last
 TAG_BYTES = 16
 SEALED_BYTES = CHUNK_BYTES + TAG_BYTES
@@ -160,6 +162,12 @@ class _Input:
         self.buffer += data
         return True
 
+    def peek(self, n):
+        """The next ``n`` bytes (fewer at the end), left to be read."""
+        while len(self.buffer) - self.pos < n and self._more():
+            pass
+        return bytes(self.buffer[self.pos:self.pos + n])
+
     def line(self):
         while (end := self.buffer.find(b"\n", self.pos)) < 0:
             if not self._more():
@@ -186,13 +194,12 @@ class _Input:
 
 def read_header(source):
     """The stanzas ([(arguments, body)]), the MAC and the bytes the MAC is over."""
-    first = source.line()
-    if first != VERSION:
-        if first.startswith(b"age-encryption.org/"):
-            raise Damaged("it is in an age version other than v1")
-        if first.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----"):
-            raise Damaged("it is ASCII-armored, not a binary age file")
+    if source.peek(len(ARMOR_LINE)) == ARMOR_LINE:
+        raise Damaged("it is ASCII-armored, not a binary age file")
+    if source.peek(len(VERSION_PREFIX)) != VERSION_PREFIX:  # said at once, not after a long search for a line end
         raise Damaged("it is not an age file")
+    if source.line() != VERSION:
+        raise Damaged("it is in an age version other than v1")
     stanzas = []
     while True:
         start = source.pos
