@@ -172,7 +172,7 @@ class DecryptingReader:
     thread: its ChaCha20-Poly1305 releases the GIL (pyrage's does not, and stalled the reading,
     decompressing and writing of a restore), at most ``depth`` MiB ahead of the reader."""
 
-    def __init__(self, raw, identities, what, key_file, depth=4):
+    def __init__(self, raw, identities, what, key_file, depth=2):
         from .age_stream import X25519Identity
 
         keys = [X25519Identity.from_str(str(identity)) for identity in identities]
