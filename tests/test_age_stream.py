@@ -22,7 +22,7 @@ from pyrage import x25519
 
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.stores.age import DecryptingReader
-from ailab_backup_ext.stores.age_stream import Damaged, WrongKey, X25519Identity, decrypt
+from ailab_backup_ext.stores.age_stream import WrongKey, X25519Identity, decrypt
 
 KIB, MIB = 1024, 1024 * 1024
 CHUNK = 64 * KIB
@@ -255,7 +255,8 @@ def seal(file_key, stanzas, chunks):
     mac = hmac.new(hkdf(file_key, None, b"header"), header, hashlib.sha256).digest()
     nonce = os.urandom(16)
     aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
-    sealed = [aead.encrypt(n.to_bytes(11, "big") + bytes([final]), plain, None) for n, (plain, final) in enumerate(chunks)]
+    sealed = [aead.encrypt(n.to_bytes(11, "big") + bytes([final]), plain, None)
+              for n, (plain, final) in enumerate(chunks)]
     return header + b" " + b64(mac) + b"\n" + nonce + b"".join(sealed)
 
 
