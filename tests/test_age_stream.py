@@ -1,6 +1,6 @@
 """Our own streaming age decryption (stores/age_stream.py, used by restores of encrypted backups,
-issue 16): it opens what pyrage (the age reference's Rust port) encrypts, for one recipient or
-several, and refuses, with our clear errors, a wrong key and every kind of damage (header, MAC,
+issue 16): it opens what pyrage (bindings of rage, age's Rust implementation) and the reference
+`age` (Go; Debian's package, which scripts/test.sh installs) encrypt, for one recipient or several, and refuses, with our clear errors, a wrong key and every kind of damage (header, MAC,
 payload, cuts, trailing data) before handing out anything unauthenticated. Read in any sizes,
 and its read-ahead stays a few MiB ahead of the reader."""
 
@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import io
 import os
+import shutil
+import subprocess
 import threading
 import time
 
@@ -79,6 +81,21 @@ def test_each_of_several_recipients_opens_it_and_others_do_not():
     with pytest.raises(WrongKey):
         decrypt(sealed, ours(stranger))
     assert decrypt(sealed, ours(stranger) + ours(recipients[2])) == plain  # any identity of the list
+
+
+@pytest.mark.skipif(not shutil.which("age"), reason="the reference age (Debian package age) is not installed")
+def test_what_the_reference_age_encrypts_we_decrypt(tmp_path):
+    keys = [subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    identities = [X25519Identity.from_str(next(k for k in key.splitlines() if k.startswith("AGE-SECRET-KEY-1")))
+                  for key in keys]
+    recipients = [next(k for k in key.splitlines() if k.startswith("# public key: ")).split()[-1] for key in keys]
+    for size in (0, 1, CHUNK, CHUNK + 1, 2 * MIB + 3):
+        plain = os.urandom(size)
+        (tmp_path / "plain").write_bytes(plain)
+        subprocess.run(["age", "-r", recipients[0], "-r", recipients[1], "-o", str(tmp_path / "sealed"),
+                        str(tmp_path / "plain")], check=True)
+        for identity in identities:
+            assert decrypt((tmp_path / "sealed").read_bytes(), [identity]) == plain, size
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096, CHUNK + 3, MIB + 1, -1])
