@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import os
 import stat
+import time
 import uuid
 from contextlib import contextmanager, nullcontext, suppress
 
@@ -140,6 +141,7 @@ class Staging:
         self._reader = FolderWriter(os.dup(root_fd), root_path) if root_fd is not None else None
         self.compared_bytes = 0
         self.behind = behind  # a Worker making and writing the staged files, or None: this thread
+        self.writer_cpu = 0.0  # the CPU seconds ``behind`` spent
 
     def close(self):
         if self._reader is not None:
@@ -245,7 +247,10 @@ class Staging:
         Files staged after this (an undo's unchanged files, from another backup) are written here."""
         if self.behind is not None:
             behind, self.behind = self.behind, None
-            behind.close()
+            try:
+                behind.close()
+            finally:
+                self.writer_cpu = behind.cpu
 
     def writer(self, root_fd, path):
         """A :class:`FolderWriter` that renames staged files into place instead of copying."""
@@ -365,6 +370,7 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
     are)."""
     digest = hashlib.sha256()
     manifest = None
+    cpu_before = time.thread_time()
     with _opened(path) as raw, hashing_worker() as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
         try:
@@ -382,7 +388,12 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
             ) from None
         while hashed.read(CHUNK):  # whatever follows the compressed stream (bounded)
             pass
+        progress.add_thread_cpu("reading: zstd, tar, small files' SHA-256, comparing", time.thread_time() - cpu_before)
+        progress.mark("waiting for the hashing thread")
+    progress.add_thread_cpu("SHA-256 of the archive (thread)", hasher.cpu)
+    progress.mark("waiting for the staged files' writer")
     staging.written()
+    progress.add_thread_cpu("writing staged files (thread)", staging.writer_cpu)
     if manifest is None:
         raise InvalidArchive("The archive has no manifest: it was cut short or is not a backup.")
     if meta.get("sha256") and digest.hexdigest() != meta["sha256"]:

@@ -232,6 +232,7 @@ class Operation:
             "dockerd_cpu_seconds": None if self.dockerd_cpu is None else round(self.dockerd_cpu, 3),
             "verified": self.verified,
             "note": self.note,
+            "timeline": getattr(self, "timeline", None),
             "steps": [
                 {"cmd": s.cmd, "seconds": round(s.seconds, 3), "peak_rss_mb": round(s.rss_mb, 1),
                  "cpu_seconds": round(s.cpu, 3), "counts_for_rss": s.counts_for_rss}
@@ -856,11 +857,117 @@ def server_restores(res, prefix, server, backup_id, expected):
         if isinstance(server, BaselineServer):
             ops.append(server_restore(res, name, server.volume, lambda: Answered(name, server.restore(backup_id)),
                                       expected, prepare, side="baseline"))
+            ops[-1].timeline = ops[-1].steps[-1].value.get("timeline")
         else:
             ops.append(server_restore(res, name, server.source.mount_name,
                                       lambda: InProcess(name, lambda: server.restore_backup(backup_id, "replace")),
                                       expected, prepare))
+            ops[-1].timeline = server.worker.last_timeline
     return ops
+
+
+# What the machine does at best, measured in the same run: the limits of a restore's phases.
+# Writing is measured in a container on a fresh volume (the file system a restore writes to),
+# with the volume's own file sizes, then one syncfs.
+WRITE_PROBE = r"""
+import ctypes, json, os, sys, time
+sizes = json.loads(sys.argv[1])
+os.makedirs("/v/w")
+block = os.urandom(1 << 20)
+t0 = time.perf_counter()
+for i, size in enumerate(sizes):
+    with open(f"/v/w/{i}", "wb") as f:
+        left = size
+        while left:
+            left -= f.write(block[:min(left, len(block))])
+t1 = time.perf_counter()
+fd = os.open("/v", os.O_RDONLY)
+ctypes.CDLL(None).syncfs(fd)
+t2 = time.perf_counter()
+print(json.dumps({"write_s": t1 - t0, "syncfs_s": t2 - t1}))
+"""
+
+
+def machine_limits(res, python_image, archive_path, sizes):
+    """SHA-256 MB/s on one core, zstd's time to decompress our archive in one thread (and its
+    MB/s), writing the volume's files into a volume (and its MB/s), and a syncfs after that."""
+    import zstandard
+
+    data = os.urandom(64 * MB)
+    best = min(_timed(lambda: hashlib.sha256(data).digest()) for _ in range(3))
+    limits = {"sha256_mb_s": 64 / best}
+    with open(archive_path, "rb") as f:
+        compressed = f.read()
+    out = {"n": 0}
+
+    def decompress():
+        reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
+        out["n"] = sum(len(c) for c in iter(lambda: reader.read(MB), b""))
+    zstd_s = min(_timed(decompress) for _ in range(2))
+    limits |= {"zstd_s": zstd_s, "zstd_mb_s": out["n"] / MB / zstd_s, "archive_bytes": len(compressed),
+               "tar_bytes": out["n"]}
+    volume = res.volume("write-probe")
+    try:
+        probe = res.client.containers.run(python_image, ["/usr/local/bin/python3", "-c", WRITE_PROBE, json.dumps(sizes)],
+                                          remove=True, volumes={volume: {"bind": "/v"}}, network_disabled=True,
+                                          labels={res.LABEL: res.prefix})
+        written = json.loads(probe.decode().strip().splitlines()[-1])
+    finally:
+        res.remove_volume(volume)
+    limits |= {"write_s": written["write_s"], "write_mb_s": sum(sizes) / MB / written["write_s"],
+               "syncfs_s": written["syncfs_s"], "file_bytes": sum(sizes)}
+    return limits
+
+
+def _timed(call):
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def phase_table(ops, name):
+    """The median per phase of the rounds' timelines of the restore ``name``: [phase, wall s,
+    CPU s] in the order they ran; and the helper threads' CPU seconds (medians)."""
+    timelines = [op.timeline for op in ops if op.name == name and getattr(op, "timeline", None)]
+    if not timelines:
+        return None, None
+    walls, cpus, order = {}, {}, []
+    for t in timelines:
+        phases = t["phases"] + [["(end)", t["total"], None]]
+        for (phase, at, cpu), (_, next_at, next_cpu) in zip(phases, phases[1:]):
+            if phase not in walls:
+                order.append(phase)
+            walls.setdefault(phase, []).append(next_at - at)
+            if cpu is not None and next_cpu is not None:
+                cpus.setdefault(phase, []).append(next_cpu - cpu)
+    rows = [[p, median(walls[p]), median(cpus[p]) if p in cpus else None] for p in order]
+    threads = {k: median([t["threads"][k] for t in timelines if k in t["threads"]])
+               for k in dict.fromkeys(k for t in timelines for k in t["threads"])}
+    return rows, threads
+
+
+def print_phases(ops, limits):
+    """Where a restore into empty spends its time, phase by phase, with each phase's limit here."""
+    for name in ("server worker restore into empty", "baseline server worker restore into empty"):
+        rows, threads = phase_table(ops, name)
+        if rows is None:
+            continue
+        print(f"{name}: phases (median of the rounds; wall and worker-process CPU seconds)")
+        for phase, wall, cpu in rows:
+            print(f"  {phase:<45} {wall:>7.3f} s  {'' if cpu is None else f'CPU {cpu:.3f} s'}")
+        for task, cpu in threads.items():
+            print(f"  thread CPU: {task:<63} {cpu:.3f} s")
+        print()
+    if limits:
+        sha = (limits["archive_bytes"] + limits["file_bytes"]) / MB / limits["sha256_mb_s"]
+        print("limits on this machine, measured in this run:")
+        print(f"  SHA-256 {limits['sha256_mb_s']:.0f} MB/s per core: the archive ({limits['archive_bytes'] / MB:.0f} MB)"
+              f" and its files ({limits['file_bytes'] / MB:.0f} MB) hashed once each: {sha:.3f} s CPU")
+        print(f"  zstd decompression of our archive ({limits['tar_bytes'] / MB:.0f} MB of tar), one thread: "
+              f"{limits['zstd_s']:.3f} s ({limits['zstd_mb_s']:.0f} MB/s)")
+        print(f"  writing the volume's files into a fresh volume: {limits['write_s']:.3f} s "
+              f"({limits['write_mb_s']:.0f} MB/s); then syncfs {limits['syncfs_s']:.3f} s")
+        print()
 
 
 def worker_phases(volume, store, image, run_in):
@@ -1012,6 +1119,10 @@ def run_benchmark(args):
                                       network_disabled=True, labels={res.LABEL: res.prefix})
 
         info["worker_phases"] = worker_phases(volume, worker_store_volume, worker_image, run_in)
+        ours = max((n for n in sizes if not n.startswith(".")), key=sizes.get, default=None)
+        if ours:
+            info["limits"] = machine_limits(res, worker_image, os.path.join(data_dir, ours),
+                                            [v[1] for v in expected.values() if v[0] == "file"])
         info["load_after"] = os.getloadavg()[0]
         finished = True
     finally:
@@ -1149,6 +1260,7 @@ def main(argv=None):
         return 130
     rows = summarize(ops)
     checks = print_table(info, rows, args)
+    print_phases(ops, info.get("limits"))
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     result = {

@@ -454,6 +454,8 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
                 found.append(entry)
             if manifest is not None:
                 tar.require_only_zeros()
+        if hasher is not None and progress is not None:
+            progress.add_thread_cpu("SHA-256 of large files (thread)", hasher.cpu)
         for entry, digest in digests:  # the hashing thread has finished
             entry.sha256 = digest.hexdigest()
     except _READ_ERRORS as exc:

@@ -105,6 +105,7 @@ class WorkerRunner:
         self._lock = threading.Lock()
         self._kept_making = threading.Lock()
         self._attached = {}  # kept worker's id -> its attached standard input (see KEPT_IDLE)
+        self.last_timeline = None  # where the last job's time went (see job_timeline)
         self.containers_created = 0  # for the benchmark and the tests: what each operation costs
 
     # where things are ---------------------------------------------------------------------------
@@ -402,6 +403,7 @@ class WorkerRunner:
         key = _kept_key(probe, mounts)
         command = [probe["python"], "-m", "ailab_backup_ext.worker.main", "--job-env"]
         env = {"PYTHONPATH": CODE_AT, "PYTHONUNBUFFERED": "1", JOB_ENV: json.dumps(job)}
+        requested = time.time()
         for attempt in range(2):
             helper = self._kept_worker(key, mounts, probe)
             try:
@@ -448,7 +450,7 @@ class WorkerRunner:
         finished = False
         try:
             result = self._follow(job, progress, stdout, stop, status,
-                                  lambda: b"".join(errors).decode(errors="replace"))
+                                  lambda: b"".join(errors).decode(errors="replace"), requested)
             finished = True
             return result
         except BackupError as exc:
@@ -458,15 +460,18 @@ class WorkerRunner:
             if not finished:  # a worker we could not follow, or that died: never used again
                 self._drop_kept(key, helper)
 
-    def _follow(self, job, progress, stdout, stop, exit_status, stderr_tail):
+    def _follow(self, job, progress, stdout, stop, exit_status, stderr_tail, requested=None):
         """Relay the worker's progress lines (``stdout()``: its output's chunks) and return its
-        result; ``stop()`` stops it when the job is cancelled."""
+        result; ``stop()`` stops it when the job is cancelled. ``requested``: when the job was
+        asked for (wall clock), for :attr:`last_timeline`."""
         import docker
         import requests
         import urllib3
 
         relay = _Relay(progress)
         outcome = {}
+        self.last_timeline = None
+        requested = time.time() if requested is None else requested
         chunks, pending, lines = stdout(), b"", []
         try:
             for chunk in chunks:
@@ -476,6 +481,8 @@ class WorkerRunner:
                     message = _message(lines.pop(0))
                     if "progress" in message:
                         relay(message["progress"])
+                    elif "timeline" in message:
+                        self.last_timeline = job_timeline(message["timeline"], requested, time.time())
                     elif "result" in message or "error" in message:
                         outcome = message
             status = exit_status()
@@ -509,6 +516,26 @@ class WorkerRunner:
             f"The helper container running the {job['op']} stopped before it finished (exit status "
             f"{status}){': ' + tail if tail else ''}. Nothing partial was kept; try again."
         )
+
+
+def job_timeline(reported, requested, received):
+    """The worker's timeline line as seconds since the job was asked for: ``{"phases": [[phase,
+    began, CPU seconds of the worker process by then (None: not known)], ...], "threads": {task:
+    CPU seconds}, "total": seconds}``; from the request to the process's start is "starting the
+    process", from there to our code's first line "imports", and after the worker's last mark up
+    to here "result to the server"."""
+    try:
+        phases = [["starting the process", 0.0, None]]
+        if reported.get("process_started"):
+            phases.append(["imports", reported["process_started"] - requested, 0.0])
+        phases.append(["job", reported["main_began"] - requested, reported["cpu_at_main"]])
+        phases += [[name, at - requested, cpu] for name, at, cpu in reported["phases"]]
+        phases.append(["result to the server", reported["ended"] - requested, reported["cpu_at_end"]])
+        return {"phases": [[name, round(at, 4), None if cpu is None else round(cpu, 4)] for name, at, cpu in phases],
+                "threads": {k: round(v, 4) for k, v in reported.get("threads", {}).items()},
+                "total": round(received - requested, 4)}
+    except (KeyError, TypeError, ValueError):
+        return None  # another version's: not shown
 
 
 def _message(line):
