@@ -952,7 +952,10 @@ def print_phases(ops, limits):
         rows, threads = phase_table(ops, name)
         if rows is None:
             continue
-        print(f"{name}: phases (median of the rounds; wall and worker-process CPU seconds)")
+        started = sorted({str(op.timeline.get("started_by")) for op in ops
+                          if op.name == name and getattr(op, "timeline", None)})
+        print(f"{name}: phases (median of the rounds; wall and worker-process CPU seconds; job started by "
+              f"{', '.join(started)})")
         for phase, wall, cpu in rows:
             print(f"  {phase:<45} {wall:>7.3f} s  {'' if cpu is None else f'CPU {cpu:.3f} s'}")
         for task, cpu in threads.items():

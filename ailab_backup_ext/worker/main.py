@@ -236,22 +236,25 @@ def process_started():
         return None
 
 
-def timeline(progress, began, cpu_at_main):
+def timeline(progress, began, cpu_at_main, started_by):
     """The job's ``{"timeline": ...}`` line: when each phase began, in wall-clock seconds, with
     this process's CPU seconds by then, and what helper threads spent (see Progress.mark)."""
-    return {"timeline": {"process_started": process_started(), "main_began": began,
+    return {"timeline": {"started_by": started_by, "process_started": process_started(), "main_began": began,
                          "cpu_at_main": cpu_at_main,
                          "phases": [[phase, began + t, cpu_at_main + cpu] for phase, t, cpu in progress.timeline],
                          "threads": dict(progress.thread_cpu), "ended": time.time(),
                          "cpu_at_end": time.process_time()}}
 
 
-def main(argv=None):
+def main(argv=None, job_text=None):
+    """Run the job of ``argv``: ``[JOB.json]`` (a helper of its own), ``["--job-env"]`` (exec'd
+    into a kept worker: the job in the environment), or ``["--zygote"]`` with ``job_text`` (forked
+    by the kept worker's zygote, see worker.zygote)."""
     began, cpu_at_main = time.time(), time.process_time()
     argv = sys.argv[1:] if argv is None else argv
     reporter = Reporter()
-    if argv[0] == "--job-env":  # exec'd into a kept worker: the job is in the environment
-        job = json.loads(os.environ.pop(JOB_ENV))
+    if argv[0] in ("--job-env", "--zygote"):
+        job = json.loads(os.environ.pop(JOB_ENV) if job_text is None else job_text)
         reporter.emit({"pid": os.getpid()})  # so that the server can stop this process alone
     else:
         with open(argv[0], encoding="utf-8") as f:
@@ -270,7 +273,7 @@ def main(argv=None):
             traceback.print_exc()  # stderr: the server shows its tail for unexpected failures
         reporter.emit({"error": error_message(exc)})
         return 1 if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) else 2
-    reporter.emit(timeline(progress, began, cpu_at_main))  # before the result: the result line is the last
+    reporter.emit(timeline(progress, began, cpu_at_main, argv[0].lstrip("-") if argv[0].startswith("--") else "exec"))  # before the result: the result line is the last
     reporter.emit({"result": result})
     return 0
 
