@@ -120,12 +120,28 @@ def _read_exactly(read, n):
     return b"".join(parts)
 
 
+class _HeadThen:
+    """The same for zstd, which reads ``read_size`` pieces itself: ``raw``'s pieces as they come,
+    with no buffer (and no copy) in between."""
+
+    def __init__(self, head, raw):
+        self.head = head
+        self.raw = raw
+
+    def read(self, size=-1):
+        if self.head:
+            head, self.head = self.head, b""
+            return head
+        return self.raw.read(size)
+
+
 def open_decompressed(raw):
     """A readable stream of tar bytes from zstd, gzip or plain tar input (sniffed, not guessed)."""
     head = _read_exactly(raw.read, 4)
+    if head == b"\x28\xb5\x2f\xfd":  # read in 1 MiB pieces (the default, 128 KiB, costs more hand-overs)
+        return zstandard.ZstdDecompressor().stream_reader(_HeadThen(head, raw), read_size=CHUNK,
+                                                          read_across_frames=True)
     source = io.BufferedReader(_Prefixed(head, raw), CHUNK)
-    if head == b"\x28\xb5\x2f\xfd":
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
     if head[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=source, mode="rb")
     if head[:2] == b"PK":
