@@ -283,6 +283,15 @@ class _Pieces:
                 raise tarfile.ReadError("unexpected end of data")
 
 
+def _as_bytes(piece):
+    """A piece (a memoryview) as bytes: a whole piece as read is that very bytes object (bytes
+    never change: safe to hand over), so that the big files' data is not copied once more."""
+    whole = piece.obj
+    if type(whole) is bytes and len(whole) == len(piece) and piece.contiguous:
+        return whole
+    return bytes(piece)
+
+
 class _MemberData:
     """The data of one regular member; ``read`` returns bytes, as files do."""
 
@@ -297,7 +306,7 @@ class _MemberData:
         if size is None or size < 0 or size >= left:
             size = left
         # small reads are exact, as a file's are; large ones give what one piece holds
-        data = self._pieces.exactly(size) if size == left or size < 65536 else bytes(self._pieces.piece(size))
+        data = self._pieces.exactly(size) if size == left or size < 65536 else _as_bytes(self._pieces.piece(size))
         if not data or (len(data) < size and size == left):
             raise tarfile.ReadError("unexpected end of data")
         return data
