@@ -233,6 +233,7 @@ class Operation:
             "verified": self.verified,
             "note": self.note,
             "timeline": getattr(self, "timeline", None),
+            "kept_worker_cpu_seconds": getattr(self, "worker_cpu", None),
             "steps": [
                 {"cmd": s.cmd, "seconds": round(s.seconds, 3), "peak_rss_mb": round(s.rss_mb, 1),
                  "cpu_seconds": round(s.cpu, 3), "counts_for_rss": s.counts_for_rss}
@@ -762,10 +763,26 @@ def server_restore(res, name, volume, timed, expected, prepare=EMPTY_VOLUME, sid
         res.client.containers.run(res.image, ["sh", "-c", prepare], remove=True, volumes={volume: {"bind": "/v"}},
                                   network_disabled=True, labels={res.LABEL: res.prefix})
     op = Operation(name, "restore", side)
+    before = kept_worker_cpu(res.client, volume)
     with op:
         op.steps.append(timed())
+    after = kept_worker_cpu(res.client, volume)
+    op.worker_cpu = after - before if before is not None and after is not None else None
     op.verified, op.note = compare(expected, snapshot(res, volume))
     return op
+
+
+def kept_worker_cpu(client, volume):
+    """CPU seconds used so far by the kept worker container that mounts ``volume`` (its cgroup's,
+    whatever process in it did the work: a job's own, the zygote's child), or None."""
+    found = client.api.containers(filters={"label": "ailab-backup.worker=kept", "volume": volume})
+    if len(found) != 1:
+        return None
+    try:
+        stats = client.api.stats(found[0]["Id"], stream=False, one_shot=True)
+        return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+    except (docker.errors.APIError, KeyError, TypeError):
+        return None
 
 
 # The old code's server (``--baseline-code DIR``): a long-lived process with DIR first on its path,
@@ -868,18 +885,21 @@ def server_restores(res, prefix, server, backup_id, expected):
 
 # What the machine does at best, measured in the same run: the limits of a restore's phases.
 # Writing is measured in a container on a fresh volume (the file system a restore writes to),
-# with the volume's own file sizes, then one syncfs.
+# with the volume's own file sizes (each file's writeback started once written, as a restore
+# does), then one syncfs.
 WRITE_PROBE = r"""
 import ctypes, json, os, sys, time
 sizes = json.loads(sys.argv[1])
 os.makedirs("/v/w")
 block = memoryview(os.urandom(1 << 20))
+libc = ctypes.CDLL(None)
 t0, c0 = time.perf_counter(), time.process_time()
 for i, size in enumerate(sizes):
     fd = os.open(f"/v/w/{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     left = size
     while left:
         left -= os.write(fd, block[:min(left, len(block))])
+    libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)  # writeback begins, as ours
     os.close(fd)
 t1, c1 = time.perf_counter(), time.process_time()
 fd = os.open("/v", os.O_RDONLY)
@@ -1182,6 +1202,8 @@ def summarize(ops):
         measured = [o.rss_mb for o in row["ops"] if o.rss_mb is not None]
         row["rss_mb"] = max(measured) if measured else None
         row["cpu"] = median([o.cpu for o in row["ops"]])
+        worker = [o.worker_cpu for o in row["ops"] if getattr(o, "worker_cpu", None) is not None]
+        row["worker_cpu"] = median(worker) if worker else None
         d = [o.dockerd_cpu for o in row["ops"] if o.dockerd_cpu is not None]
         row["dockerd_cpu"] = median(d) if d else None
         row["verified"] = None if row["kind"] == "backup" else all(o.verified for o in row["ops"])
@@ -1229,8 +1251,12 @@ def print_table(info, rows, args):
     for r in rows:  # before/after, from the same run (--baseline-code)
         old = by_name.get("baseline " + r["name"])
         if old:
+            cpu = ""
+            if r.get("worker_cpu") and old.get("worker_cpu"):
+                cpu = (f"; kept worker's CPU {r['worker_cpu']:.2f} s now, {old['worker_cpu']:.2f} s with the baseline "
+                       f"(now/baseline {r['worker_cpu'] / old['worker_cpu']:.2f})")
             print(f"{r['name']}: {r['seconds']:.2f} s now, {old['seconds']:.2f} s with the baseline code "
-                  f"(now/baseline {r['seconds'] / old['seconds']:.2f})")
+                  f"(now/baseline {r['seconds'] / old['seconds']:.2f}){cpu}")
     print()
     checks = []
     for r in rows:
