@@ -39,9 +39,9 @@ class Progress:
 
     def complete(self, total_bytes, total_files):
         """The end: everything counted as done, with the real totals."""
+        self.mark("done")
         with self._lock:
             self.phase = "done"
-            self.timeline.append(("done", time.monotonic() - self._t0, time.process_time() - self._c0))
             self.done_bytes = self.total_bytes = total_bytes
             self.done_files = self.total_files = total_files
         self._changed()

@@ -273,7 +273,8 @@ def main(argv=None, job_text=None):
             traceback.print_exc()  # stderr: the server shows its tail for unexpected failures
         reporter.emit({"error": error_message(exc)})
         return 1 if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) else 2
-    reporter.emit(timeline(progress, began, cpu_at_main, argv[0].lstrip("-") if argv[0].startswith("--") else "exec"))  # before the result: the result line is the last
+    started_by = {"--job-env": "job-env", "--zygote": "zygote"}.get(argv[0], "exec")
+    reporter.emit(timeline(progress, began, cpu_at_main, started_by))  # before the result: the result line is last
     reporter.emit({"result": result})
     return 0
 

@@ -32,8 +32,6 @@ WORKER_LABEL = "ailab-backup.worker"
 SOURCE_AT, STORE_AT = "/ailab/mount", "/ailab/store"
 SOURCE_RW_AT = "/ailab/mount-rw"  # a kept worker has the source twice: read-only for backups, writable for restores
 JOB_ENV = "AILAB_BACKUP_JOB"  # a kept worker's job comes in the environment of its exec
-# a kept worker's main process (it forks the zygote that starts jobs, then waits on its standard input):
-# see worker.zygote
 _KILL = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)"
 CODE_AT = "/ailab/code"
 STOP_GRACE_SECONDS = 10  # a stopped worker removes its partial file in this time
