@@ -672,6 +672,7 @@ class BackupManager(ReleaseMoves):
                 if staging is not None:
                     staging.check_same()  # nothing found identical changed since: only then does anything move
                     if staging.files:  # the staged files on disk before any rename names them
+                        progress.mark("syncfs")
                         sync_filesystem(staging.fd)
                 wanted = {e.path for e in restored}
                 progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))
