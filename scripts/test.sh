@@ -4,6 +4,7 @@
 # then pytest (arguments pass on to pytest).
 source "$(dirname "$0")/setup.sh"
 apt_install chromium chromium
+apt_install age age   # the age reference (Go): what it encrypts, restores decrypt (tests/test_age_stream.py)
 setup_python test
 if start_docker; then
     build_helper_image --fresh

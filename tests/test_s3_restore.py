@@ -9,6 +9,7 @@ nothing is left in temp. The same one read for a store in a Docker volume."""
 import os
 import shutil
 import tempfile
+import threading
 
 import pyrage
 import pytest
@@ -58,27 +59,14 @@ class At(Progress):
         super().add_bytes(n)
         if self.seen is None and self.phase == "checking" and self.done_bytes >= self.at:
             self.seen = {"staging": [n for n in os.listdir(self.target) if n.startswith(STAGING_PREFIX)],
-                         "temp": os.listdir(self.temp), "children": our_children()}
+                         "temp": os.listdir(self.temp), "decrypting": decrypting_threads()}
             if self.action:
                 self.action()
 
 
-def our_children():
-    """{pid: (command line, environment)} of this process's running decryptors (children running
-    pyrage; the S3 server is a child too)."""
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-            if ppid == os.getpid():
-                with open(f"/proc/{pid}/cmdline", "rb") as c, open(f"/proc/{pid}/environ", "rb") as e:
-                    cmd, env = c.read(), e.read()
-                if b"pyrage" in cmd:
-                    found[int(pid)] = (cmd, env)
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+def decrypting_threads():
+    """This process's running decryptors (threads: decrypting needs no child process)."""
+    return [t.name for t in threading.enumerate() if t.name == "ailab-backup-decrypt"]
 
 
 def staging_left(folder):
@@ -89,7 +77,7 @@ def unchanged(nb, before, temp):
     assert folder_snapshot(nb) == before  # the folder's own time too
     assert staging_left(nb) == []
     assert os.listdir(temp) == []
-    assert our_children() == {}  # no decryptor left running
+    assert decrypting_threads() == []  # no decryptor left running
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
@@ -107,17 +95,11 @@ def test_a_restore_from_s3_reads_the_download_once_into_the_staging_folder(tmp_p
     assert result["file_count"] == meta["file_count"]
     # midway through the download its checked files were in the staging folder, and nothing in temp
     assert len(progress.seen["staging"]) == 1 and progress.seen["temp"] == []
-    if encrypted:  # decrypted by a child process, given the key through a pipe: never in its arguments
-        secret = (tmp_path / "keys" / "age.key").read_text().split()[-1].encode()
-        assert secret.startswith(b"AGE-SECRET-KEY-1") and len(progress.seen["children"]) == 1
-        assert all(secret not in cmd and secret not in env for cmd, env in progress.seen["children"].values())
+    assert len(progress.seen["decrypting"]) == encrypted  # decrypted as it was read, one thread
     unchanged(nb, before, temp)
 
 
-@pytest.mark.parametrize("decryptor", ["child process", "thread"])
-def test_a_wrong_key_found_while_staging_changes_nothing(tmp_path, s3_server, s3_bucket, temp, monkeypatch, decryptor):
-    if decryptor == "thread":  # where no child can be run (no sys.executable), pyrage decrypts in a thread
-        monkeypatch.setattr("sys.executable", "")
+def test_a_wrong_key_found_while_staging_changes_nothing(tmp_path, s3_server, s3_bucket, temp):
     nb = make_tree(str(tmp_path / "nb"), big_mb=4)
     manager = manager_for(tmp_path, s3_server, s3_bucket, encrypted=True)
     meta = manager.create_backup()
@@ -133,7 +115,7 @@ def test_a_wrong_key_found_while_staging_changes_nothing(tmp_path, s3_server, s3
     key_file.write_text(right_key)  # and with the right key it restores
     manager.restore_backup(meta["id"], "replace")
     assert (tmp_path / "nb" / "intro.ipynb").read_text() == '{"cells": [], "nbformat": 4}'
-    assert staging_left(nb) == [] and our_children() == {}
+    assert staging_left(nb) == [] and decrypting_threads() == []
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
@@ -201,6 +183,38 @@ def test_an_object_rewritten_while_staging_changes_nothing(tmp_path, s3_server, 
         manager.restore_backup(meta["id"], "replace", progress=progress)
     assert progress.seen["staging"]
     unchanged(nb, before, temp)
+
+
+class Watching(Progress):
+    """Progress that notes what temp holds once ``at`` bytes were checked."""
+
+    def __init__(self, at, temp):
+        super().__init__()
+        self.at, self.temp, self.seen = at, temp, None
+
+    def add_bytes(self, n):
+        super().add_bytes(n)
+        if self.seen is None and self.done_bytes >= self.at:
+            self.seen = {"temp": os.listdir(self.temp), "decrypting": decrypting_threads()}
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_verifying_an_s3_backup_reads_it_once_without_a_spool(tmp_path, s3_server, s3_bucket, temp, encrypted):
+    nb = make_tree(str(tmp_path / "nb"), big_mb=24)
+    manager = manager_for(tmp_path, s3_server, s3_bucket, encrypted)
+    meta = manager.create_backup()
+    progress = Watching(8 * MB, temp)
+    assert manager.verify_backup(meta["id"], progress=progress)["ok"]
+    assert progress.seen == {"temp": [], "decrypting": ["ailab-backup-decrypt"] if encrypted else []}
+    assert os.listdir(temp) == [] and decrypting_threads() == []
+    key = next(k for k in s3_server.objects(s3_bucket) if "/data/" in k)  # and damage is still found
+    client = s3_server.client()
+    data = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=s3_bucket, Key=key, Body=damage(data, "flipped"))
+    with pytest.raises(BackupError, match="damaged|does not match"):
+        manager.verify_backup(meta["id"])
+    assert os.listdir(temp) == [] and decrypting_threads() == []
+    assert os.path.isdir(nb)
 
 
 # the same one read for a store in a Docker volume (reached through a helper container) --------

@@ -120,12 +120,28 @@ def _read_exactly(read, n):
     return b"".join(parts)
 
 
+class _HeadThen:
+    """The same for zstd, which reads ``read_size`` pieces itself: ``raw``'s pieces as they come,
+    with no buffer (and no copy) in between."""
+
+    def __init__(self, head, raw):
+        self.head = head
+        self.raw = raw
+
+    def read(self, size=-1):
+        if self.head:
+            head, self.head = self.head, b""
+            return head
+        return self.raw.read(size)
+
+
 def open_decompressed(raw):
     """A readable stream of tar bytes from zstd, gzip or plain tar input (sniffed, not guessed)."""
     head = _read_exactly(raw.read, 4)
+    if head == b"\x28\xb5\x2f\xfd":  # read in 1 MiB pieces (the default, 128 KiB, costs more hand-overs)
+        return zstandard.ZstdDecompressor().stream_reader(_HeadThen(head, raw), read_size=CHUNK,
+                                                          read_across_frames=True)
     source = io.BufferedReader(_Prefixed(head, raw), CHUNK)
-    if head == b"\x28\xb5\x2f\xfd":
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
     if head[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=source, mode="rb")
     if head[:2] == b"PK":
@@ -267,6 +283,15 @@ class _Pieces:
                 raise tarfile.ReadError("unexpected end of data")
 
 
+def _as_bytes(piece):
+    """A piece (a memoryview) as bytes: a whole piece as read is that very bytes object (bytes
+    never change: safe to hand over), so that the big files' data is not copied once more."""
+    whole = piece.obj
+    if type(whole) is bytes and len(whole) == len(piece) and piece.contiguous:
+        return whole
+    return bytes(piece)
+
+
 class _MemberData:
     """The data of one regular member; ``read`` returns bytes, as files do."""
 
@@ -281,7 +306,7 @@ class _MemberData:
         if size is None or size < 0 or size >= left:
             size = left
         # small reads are exact, as a file's are; large ones give what one piece holds
-        data = self._pieces.exactly(size) if size == left or size < 65536 else bytes(self._pieces.piece(size))
+        data = self._pieces.exactly(size) if size == left or size < 65536 else _as_bytes(self._pieces.piece(size))
         if not data or (len(data) < size and size == left):
             raise tarfile.ReadError("unexpected end of data")
         return data
@@ -452,6 +477,8 @@ def iter_archive(raw, max_total_bytes=0, progress=None, max_ratio=0, check_conte
                 found.append(entry)
             if manifest is not None:
                 tar.require_only_zeros()
+        if hasher is not None and progress is not None:
+            progress.add_thread_cpu("SHA-256 of large files (thread)", hasher.cpu)
         for entry, digest in digests:  # the hashing thread has finished
             entry.sha256 = digest.hexdigest()
     except _READ_ERRORS as exc:

@@ -4,6 +4,7 @@ writing to another core, and the small stream adapters that feed them."""
 import functools
 import queue
 import threading
+import time
 
 class Worker:
     """A thread that runs calls in the order given, at most ``depth`` behind the caller (bounded
@@ -14,6 +15,7 @@ class Worker:
         self._queue = queue.Queue(depth)
         self._error = None
         self._closed = False
+        self.cpu = 0.0  # the thread's CPU seconds, once closed
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -21,6 +23,7 @@ class Worker:
         while True:
             call = self._queue.get()
             if call is None:
+                self.cpu = time.thread_time()
                 return
             if self._error is None:  # after a failure, calls are dropped (the caller is told)
                 try:

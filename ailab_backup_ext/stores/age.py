@@ -1,9 +1,9 @@
-"""Encryption at rest in the age format (https://age-encryption.org), with pyrage.
+"""Encryption at rest in the age format (https://age-encryption.org): encrypted with pyrage,
+decrypted with our own :mod:`.age_stream`.
 
-Streams both ways in bounded memory: pyrage's ``encrypt_io``/``decrypt_io`` pull from a reader
-and push to a writer. Encrypting runs in a thread of its own, fed through a :class:`Pipe`;
-decrypting in a child process (pyrage holds the GIL while it works), fed by a thread, or in a
-thread where no child can be run. What a store holds is an ordinary age file: ``age -d -i KEY FILE | tar --zstd -x``
+Streams both ways in bounded memory. Encrypting: pyrage's ``encrypt_io`` in a thread of its own,
+fed through a :class:`Pipe`. Decrypting: our own :mod:`.age_stream` (pyrage holds the GIL while it
+decrypts) in a read-ahead thread. What a store holds is an ordinary age file: ``age -d -i KEY FILE | tar --zstd -x``
 opens it without this extension.
 
 The private key (an X25519 identity, ``AGE-SECRET-KEY-1...``) is kept in one file of this machine,
@@ -11,11 +11,8 @@ mode 0600, by default in Jupyter's data directory: never in the notebooks folder
 the backups it protects) and never in a store.
 """
 
-import fcntl
-import io
 import os
 import queue
-import sys
 import threading
 
 from ..errors import BackupError
@@ -44,6 +41,7 @@ class Pipe:
         self.chunks = queue.Queue(depth)
         self.batch, self.batch_bytes = [], 0
         self.pending = memoryview(b"")
+        self.whole = None  # the chunk just taken, handed out as it is when it is read whole
         self.error = None  # raised to the reader after the chunks before it
         self.abandoned = False  # the reader is gone: the writer stops
 
@@ -90,11 +88,12 @@ class Pipe:
                 if self.error is not None:
                     raise self.error
                 return b""
-            self.pending = memoryview(item)
+            self.pending, self.whole = memoryview(item), item
         if size is None or size < 0:
             size = len(self.pending)
+        whole, self.whole = self.whole, None
         data, self.pending = self.pending[:size], self.pending[size:]
-        return bytes(data)
+        return whole if whole is not None and not self.pending else bytes(data)
 
     def readinto(self, buffer):
         data = self.read(len(buffer))
@@ -165,17 +164,55 @@ class EncryptingWriter:
         return BackupError(f"Encrypting the backup failed ({type(self.error).__name__}: {self.error}); it was not kept.")
 
 
-def DecryptingReader(raw, identities, what, key_file):
+class DecryptingReader:
     """A reader of the plaintext of the age stream ``raw``, decrypted with ``identities``. A wrong
     key or a damaged or cut stream raises :class:`BackupError` from ``read`` (damage is found
     chunk by chunk: nothing unauthenticated is ever handed out; a cut at the end is raised at the
-    end, before the end is reported). Decrypted in a child process: pyrage holds the GIL while it
-    decrypts, so in a thread it stalled the reading, decompressing and writing of a restore."""
-    from pyrage import x25519
+    end, before the end is reported). Decrypted by our own :mod:`.age_stream` in a read-ahead
+    thread: its ChaCha20-Poly1305 releases the GIL (pyrage's does not, and stalled the reading,
+    decompressing and writing of a restore), at most ``depth`` MiB ahead of the reader."""
 
-    if sys.executable and all(isinstance(i, x25519.Identity) for i in identities):
-        return _ChildDecryptingReader(raw, identities, what, key_file)
-    return _ThreadDecryptingReader(raw, identities, what, key_file)
+    def __init__(self, raw, identities, what, key_file, depth=2):
+        from .age_stream import X25519Identity
+
+        keys = [X25519Identity.from_str(str(identity)) for identity in identities]
+        self.pipe = Pipe(depth)
+        self.what, self.key_file = what, key_file
+        self.thread = threading.Thread(target=self._run, args=(raw, keys), name="ailab-backup-decrypt",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, raw, keys):
+        from .age_stream import Damaged, WrongKey, decrypt_blocks
+
+        error = None
+        try:
+            for block in decrypt_blocks(raw.read, keys):
+                self.pipe.write(block)
+        except BrokenPipeError:
+            return  # the reader gave up
+        except WrongKey:
+            error = _wrong_key(self.what, self.key_file)
+        except Damaged as exc:
+            error = _damaged(self.what, exc.reason)
+        except BackupError as exc:  # the store's own read error (server gone, timeout)
+            error = exc
+        except BaseException as exc:  # noqa: BLE001 - raised in the reading thread
+            error = _damaged(self.what, type(exc).__name__)
+        try:
+            self.pipe.close_write(error)
+        except BrokenPipeError:
+            pass
+
+    def read(self, size=-1):
+        return self.pipe.read(size)
+
+    def readinto(self, buffer):
+        return self.pipe.readinto(buffer)
+
+    def close(self):
+        self.pipe.abandon()
+        self.thread.join(30)
 
 
 def _wrong_key(what, key_file):
@@ -189,171 +226,6 @@ def _damaged(what, name):
     return BackupError(
         f"{what} could not be decrypted: it is damaged or incomplete in the store "
         f"({name}). Nothing was changed.")
-
-
-# The child: keys from the pipe ``argv[1]`` (never in its arguments or environment), the age
-# stream on stdin, the plaintext on stdout; exit 3: the key does not open it, 4: damaged or cut.
-_CHILD = """
-import io, os, sys
-sys.path.insert(0, sys.argv[2])
-with os.fdopen(int(sys.argv[1]), "rb") as keys:
-    lines = keys.read().decode().split()
-import pyrage
-from pyrage import x25519
-# pyrage reads and writes 8 KiB at a time: served from 1 MiB buffers, not a system call (and a
-# wake-up of the other side) each
-source = io.BufferedReader(io.FileIO(0, "rb", closefd=False), 1 << 20)
-out = io.BufferedWriter(io.FileIO(1, "wb", closefd=False), 1 << 20)
-try:
-    pyrage.decrypt_io(source, out, [x25519.Identity.from_str(k) for k in lines])
-    out.flush()
-except pyrage.DecryptError:
-    sys.exit(3)
-except BrokenPipeError:
-    sys.exit(5)
-except BaseException as exc:
-    sys.stderr.write(type(exc).__name__[:80])
-    sys.exit(4)
-"""
-_PIPE_BYTES = 1024 * 1024  # pipes this large: a few system calls per MiB, not 16
-_READ_BYTES = 1024 * 1024
-
-
-class _ChildDecryptingReader:
-    """The age stream ``raw`` decrypted by pyrage in a child process: a thread here feeds it
-    ``raw`` (the store's reads), :meth:`read` takes its output; both without the GIL."""
-
-    def __init__(self, raw, identities, what, key_file):
-        import subprocess
-
-        import pyrage
-
-        self.raw, self.what, self.key_file = raw, what, key_file
-        self.error = None  # the store's own error while feeding (server gone, timeout)
-        self.failure = None  # raised by every read once the end was reached with a fault
-        self.ended = False
-        key_read, key_write = os.pipe()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _CHILD, str(key_read),
-                 os.path.dirname(os.path.dirname(os.path.abspath(pyrage.__file__)))],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(key_read,),
-                bufsize=0)
-        finally:
-            os.close(key_read)
-        try:
-            with os.fdopen(key_write, "wb") as keys:  # a few lines: fit in the pipe, read at once
-                keys.write("\n".join(str(i) for i in identities).encode())
-        except BrokenPipeError:
-            pass  # the child ended at once: its exit status says why
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            try:
-                fcntl.fcntl(pipe.fileno(), 1031, _PIPE_BYTES)  # F_SETPIPE_SZ
-            except OSError:
-                pass
-        self.out = io.BufferedReader(self.proc.stdout, _READ_BYTES)
-        self.thread = threading.Thread(target=self._feed, name="ailab-backup-decrypt-feed", daemon=True)
-        self.thread.start()
-
-    def _feed(self):
-        stdin = self.proc.stdin
-        try:
-            while data := self.raw.read(4 * _READ_BYTES):
-                view = memoryview(data)
-                while view:
-                    view = view[stdin.write(view):]
-        except (BrokenPipeError, ValueError):
-            pass  # the child ended (a wrong key: it stops at the header) or was stopped
-        except BaseException as exc:  # noqa: BLE001 - the store's error, raised by read
-            self.error = exc if isinstance(exc, BackupError) else _damaged(self.what, type(exc).__name__)
-        finally:
-            try:
-                stdin.close()
-            except OSError:
-                pass
-
-    def read(self, size=-1):
-        if self.failure is not None:
-            raise self.failure
-        if self.ended:
-            return b""
-        data = self.out.read(_READ_BYTES if size is None or size < 0 else size)
-        if data:
-            return data
-        self._end()
-        return b""
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _end(self):
-        """The end of the output: whether the child decrypted everything, else the fault."""
-        code = self.proc.wait()
-        self.thread.join()
-        detail = self.proc.stderr.read(200).decode(errors="replace").strip()
-        if self.error is not None:
-            self.failure = self.error
-        elif code == 3:
-            self.failure = _wrong_key(self.what, self.key_file)
-        elif code != 0:
-            self.failure = _damaged(self.what, detail or f"exit status {code}")
-        else:
-            self.ended = True
-            return
-        raise self.failure
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.thread.join(30)
-        self.proc.wait()
-        for pipe in (self.out, self.proc.stdin, self.proc.stderr):
-            try:
-                pipe.close()
-            except OSError:
-                pass
-
-
-class _ThreadDecryptingReader:
-    """:class:`DecryptingReader` in a thread of this process (where no child process can be run)."""
-
-    def __init__(self, raw, identities, what, key_file):
-        import pyrage
-
-        self.pipe = Pipe()
-        self.what, self.key_file = what, key_file
-
-        def run():
-            error = None
-            try:
-                pyrage.decrypt_io(raw, self.pipe, identities)
-            except BrokenPipeError:
-                return  # the reader gave up
-            except pyrage.DecryptError:
-                error = _wrong_key(self.what, self.key_file)
-            except BackupError as exc:  # the store's own read error (server gone, timeout)
-                error = exc
-            except BaseException as exc:  # noqa: BLE001 - raised in the reading thread
-                error = _damaged(self.what, type(exc).__name__)
-            try:
-                self.pipe.close_write(error)
-            except BrokenPipeError:
-                pass
-
-        self.thread = threading.Thread(target=run, name="ailab-backup-decrypt", daemon=True)
-        self.thread.start()
-
-    def read(self, size=-1):
-        return self.pipe.read(size)
-
-    def readinto(self, buffer):
-        return self.pipe.readinto(buffer)
-
-    def close(self):
-        self.pipe.abandon()
-        self.thread.join(30)
 
 
 class Encryption:

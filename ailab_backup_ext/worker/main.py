@@ -225,11 +225,36 @@ def on_stop(_signum, _frame):
         raise Stopped("The worker was stopped; nothing partial was kept.")
 
 
-def main(argv=None):
+def process_started():
+    """When this process began (wall clock, to 10 ms), from /proc: what its start and imports cost."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])  # since boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def timeline(progress, began, cpu_at_main, started_by):
+    """The job's ``{"timeline": ...}`` line: when each phase began, in wall-clock seconds, with
+    this process's CPU seconds by then, and what helper threads spent (see Progress.mark)."""
+    return {"timeline": {"started_by": started_by, "process_started": process_started(), "main_began": began,
+                         "cpu_at_main": cpu_at_main,
+                         "phases": [[phase, began + t, cpu_at_main + cpu] for phase, t, cpu in progress.timeline],
+                         "threads": dict(progress.thread_cpu), "ended": time.time(),
+                         "cpu_at_end": time.process_time()}}
+
+
+def main(argv=None, job_text=None):
+    """Run the job of ``argv``: ``[JOB.json]`` (a helper of its own), ``["--job-env"]`` (exec'd
+    into a kept worker: the job in the environment), or ``["--zygote"]`` with ``job_text`` (forked
+    by the kept worker's zygote, see worker.zygote)."""
+    began, cpu_at_main = time.time(), time.process_time()
     argv = sys.argv[1:] if argv is None else argv
     reporter = Reporter()
-    if argv[0] == "--job-env":  # exec'd into a kept worker: the job is in the environment
-        job = json.loads(os.environ.pop(JOB_ENV))
+    if argv[0] in ("--job-env", "--zygote"):
+        job = json.loads(os.environ.pop(JOB_ENV) if job_text is None else job_text)
         reporter.emit({"pid": os.getpid()})  # so that the server can stop this process alone
     else:
         with open(argv[0], encoding="utf-8") as f:
@@ -238,8 +263,9 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_stop)
     threading.Thread(target=reporter.heartbeat, daemon=True, name="ailab-backup-heartbeat").start()
+    progress = Progress(on_change=reporter.progress)
     try:
-        result = run(job, Progress(on_change=reporter.progress))
+        result = run(job, progress)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported as one line
         if not isinstance(exc, (BackupError, OSError)):
             import traceback
@@ -247,6 +273,8 @@ def main(argv=None):
             traceback.print_exc()  # stderr: the server shows its tail for unexpected failures
         reporter.emit({"error": error_message(exc)})
         return 1 if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) else 2
+    started_by = {"--job-env": "job-env", "--zygote": "zygote"}.get(argv[0], "exec")
+    reporter.emit(timeline(progress, began, cpu_at_main, started_by))  # before the result: the result line is last
     reporter.emit({"result": result})
     return 0
 

@@ -26,14 +26,12 @@ import uuid
 from ..errors import BackupError, Busy, Cancelled, InvalidArchive, NotFound, TooLarge, Unavailable
 from ..sources import DockerMountSource
 from ..stores import FolderStore, VolumeStore
+from . import zygote
 
 WORKER_LABEL = "ailab-backup.worker"
 SOURCE_AT, STORE_AT = "/ailab/mount", "/ailab/store"
 SOURCE_RW_AT = "/ailab/mount-rw"  # a kept worker has the source twice: read-only for backups, writable for restores
 JOB_ENV = "AILAB_BACKUP_JOB"  # a kept worker's job comes in the environment of its exec
-# a kept worker's main process: it waits on its standard input, which the server holds attached; when the
-# server goes (however it ends) the input closes, the process ends and the engine removes the container
-KEPT_IDLE = "import sys; sys.stdin.buffer.read()"
 _KILL = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)"
 CODE_AT = "/ailab/code"
 STOP_GRACE_SECONDS = 10  # a stopped worker removes its partial file in this time
@@ -104,7 +102,8 @@ class WorkerRunner:
         self._code_ends = {}  # id of such a tar -> where its end-of-archive blocks begin
         self._lock = threading.Lock()
         self._kept_making = threading.Lock()
-        self._attached = {}  # kept worker's id -> its attached standard input (see KEPT_IDLE)
+        self._attached = {}  # kept worker's id -> its attached standard input (see zygote.KEPT_MAIN)
+        self.last_timeline = None  # where the last job's time went (see job_timeline)
         self.containers_created = 0  # for the benchmark and the tests: what each operation costs
 
     # where things are ---------------------------------------------------------------------------
@@ -362,7 +361,8 @@ class WorkerRunner:
             self.docker._remove_orphans()
             with self.docker.answering("create a worker container"):
                 helper = self.docker.client.containers.create(
-                    probe["image"], ["-c", KEPT_IDLE], entrypoint=[probe["python"]], user="0:0", mounts=mounts,
+                    probe["image"], ["-c", zygote.KEPT_MAIN, CODE_AT], entrypoint=[probe["python"]], user="0:0",
+                    mounts=mounts,
                     labels=helper_labels(**{WORKER_LABEL: "kept", KEPT_LABEL: "1"}), network_disabled=True,
                     working_dir="/", stdin_open=True, auto_remove=True)
             self.containers_created += 1
@@ -395,13 +395,16 @@ class WorkerRunner:
 
     def _run_kept(self, job, mounts, probe, progress):
         """Run the job in the server's kept worker, as a process of its own (docker exec): no
-        container to make, no code to copy, no container to start for each operation."""
+        container to make, no code to copy, no container to start for each operation; the exec
+        has the worker's zygote fork the job (no interpreter to start, no imports), or runs
+        ``worker.main`` itself when there is no zygote (see worker.zygote)."""
         import docker
 
         api = self.docker.client.api
         key = _kept_key(probe, mounts)
-        command = [probe["python"], "-m", "ailab_backup_ext.worker.main", "--job-env"]
+        command = [probe["python"], "-I", "-S", "-c", zygote.CLIENT, zygote.SOCKET_AT]
         env = {"PYTHONPATH": CODE_AT, "PYTHONUNBUFFERED": "1", JOB_ENV: json.dumps(job)}
+        requested = time.time()
         for attempt in range(2):
             helper = self._kept_worker(key, mounts, probe)
             try:
@@ -448,7 +451,7 @@ class WorkerRunner:
         finished = False
         try:
             result = self._follow(job, progress, stdout, stop, status,
-                                  lambda: b"".join(errors).decode(errors="replace"))
+                                  lambda: b"".join(errors).decode(errors="replace"), requested)
             finished = True
             return result
         except BackupError as exc:
@@ -458,15 +461,18 @@ class WorkerRunner:
             if not finished:  # a worker we could not follow, or that died: never used again
                 self._drop_kept(key, helper)
 
-    def _follow(self, job, progress, stdout, stop, exit_status, stderr_tail):
+    def _follow(self, job, progress, stdout, stop, exit_status, stderr_tail, requested=None):
         """Relay the worker's progress lines (``stdout()``: its output's chunks) and return its
-        result; ``stop()`` stops it when the job is cancelled."""
+        result; ``stop()`` stops it when the job is cancelled. ``requested``: when the job was
+        asked for (wall clock), for :attr:`last_timeline`."""
         import docker
         import requests
         import urllib3
 
         relay = _Relay(progress)
         outcome = {}
+        self.last_timeline = None
+        requested = time.time() if requested is None else requested
         chunks, pending, lines = stdout(), b"", []
         try:
             for chunk in chunks:
@@ -476,6 +482,8 @@ class WorkerRunner:
                     message = _message(lines.pop(0))
                     if "progress" in message:
                         relay(message["progress"])
+                    elif "timeline" in message:
+                        self.last_timeline = job_timeline(message["timeline"], requested, time.time())
                     elif "result" in message or "error" in message:
                         outcome = message
             status = exit_status()
@@ -509,6 +517,28 @@ class WorkerRunner:
             f"The helper container running the {job['op']} stopped before it finished (exit status "
             f"{status}){': ' + tail if tail else ''}. Nothing partial was kept; try again."
         )
+
+
+def job_timeline(reported, requested, received):
+    """The worker's timeline line as seconds since the job was asked for: ``{"phases": [[phase,
+    began, CPU seconds of the worker process by then (None: not known)], ...], "threads": {task:
+    CPU seconds}, "total": seconds, "started_by": "zygote" (forked), "job-env" (exec'd) or "exec" (a
+    helper of its own)}``; from the request to the process's start is "starting the
+    process", from there to our code's first line "imports", and after the worker's last mark up
+    to here "result to the server"."""
+    try:
+        phases = [["starting the process", 0.0, None]]
+        if reported.get("process_started"):
+            forked = reported.get("started_by") == "zygote"  # our code imported already
+            phases.append(["fork" if forked else "imports", reported["process_started"] - requested, 0.0])
+        phases.append(["job", reported["main_began"] - requested, reported["cpu_at_main"]])
+        phases += [[name, at - requested, cpu] for name, at, cpu in reported["phases"]]
+        phases.append(["result to the server", reported["ended"] - requested, reported["cpu_at_end"]])
+        return {"phases": [[name, round(at, 4), None if cpu is None else round(cpu, 4)] for name, at, cpu in phases],
+                "threads": {k: round(v, 4) for k, v in reported.get("threads", {}).items()},
+                "total": round(received - requested, 4), "started_by": reported.get("started_by")}
+    except (KeyError, TypeError, ValueError):
+        return None  # another version's: not shown
 
 
 def _message(line):

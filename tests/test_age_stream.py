@@ -1,0 +1,410 @@
+"""Our own streaming age decryption (stores/age_stream.py, used by restores of encrypted backups,
+issue 16): it opens what pyrage (bindings of rage, age's Rust implementation) and the reference
+`age` (Go; Debian's package, which scripts/test.sh installs) encrypt, for one recipient or several, and refuses, with our clear errors, a wrong key and every kind of damage (header, MAC,
+payload, cuts, trailing data) before handing out anything unauthenticated. Read in any sizes,
+and its read-ahead stays a few MiB ahead of the reader."""
+
+import base64
+import hashlib
+import hmac
+import io
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pyrage
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pyrage import x25519
+
+from ailab_backup_ext.errors import BackupError
+from ailab_backup_ext.stores.age import DecryptingReader
+from ailab_backup_ext.stores.age_stream import WrongKey, X25519Identity, decrypt
+
+KIB, MIB = 1024, 1024 * 1024
+CHUNK = 64 * KIB
+SEALED = CHUNK + 16
+WHAT = "the backup archive 20261202-x.tar.zst"
+KEY_FILE = "/home/jovyan/.local/share/jupyter/ailab-backup-age.key"
+
+
+@pytest.fixture(scope="module")
+def identity():
+    return x25519.Identity.generate()
+
+
+def ours(identity):
+    return [X25519Identity.from_str(str(identity))]
+
+
+def encrypt(data, *identities):
+    return pyrage.encrypt(data, [i.to_public() for i in identities])
+
+
+def read_all(reader, size=-1):
+    parts = []
+    while data := reader.read(size):
+        parts.append(data)
+    return b"".join(parts)
+
+
+def restore_read(data, identities, size=MIB, depth=4):
+    """What a restore reads: the plaintext through DecryptingReader, ``size`` bytes a read."""
+    reader = DecryptingReader(io.BytesIO(data), identities, WHAT, KEY_FILE, depth=depth)
+    try:
+        return read_all(reader, size)
+    finally:
+        reader.close()
+
+
+# interoperability ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 5 * MIB + 7])
+def test_what_pyrage_encrypts_we_decrypt(identity, size):
+    plain = os.urandom(size)
+    assert decrypt(encrypt(plain, identity), ours(identity)) == plain
+    assert restore_read(encrypt(plain, identity), [identity]) == plain
+
+
+def test_each_of_several_recipients_opens_it_and_others_do_not():
+    recipients = [x25519.Identity.generate() for _ in range(3)]
+    plain = os.urandom(2 * MIB + 5)
+    sealed = encrypt(plain, *recipients)
+    for identity in recipients:
+        assert decrypt(sealed, ours(identity)) == plain
+    stranger = x25519.Identity.generate()
+    with pytest.raises(WrongKey):
+        decrypt(sealed, ours(stranger))
+    assert decrypt(sealed, ours(stranger) + ours(recipients[2])) == plain  # any identity of the list
+
+
+@pytest.mark.skipif(not shutil.which("age"), reason="the reference age (Debian package age) is not installed")
+def test_what_the_reference_age_encrypts_we_decrypt(tmp_path):
+    keys = [subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    identities = [X25519Identity.from_str(next(k for k in key.splitlines() if k.startswith("AGE-SECRET-KEY-1")))
+                  for key in keys]
+    recipients = [next(k for k in key.splitlines() if k.startswith("# public key: ")).split()[-1] for key in keys]
+    for size in (0, 1, CHUNK, CHUNK + 1, 2 * MIB + 3):
+        plain = os.urandom(size)
+        (tmp_path / "plain").write_bytes(plain)
+        subprocess.run(["age", "-r", recipients[0], "-r", recipients[1], "-o", str(tmp_path / "sealed"),
+                        str(tmp_path / "plain")], check=True)
+        for identity in identities:
+            assert decrypt((tmp_path / "sealed").read_bytes(), [identity]) == plain, size
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096, CHUNK + 3, MIB + 1, -1])
+def test_reads_of_any_size_give_the_plaintext(identity, size):
+    plain = os.urandom(3 * MIB + 12345)
+    assert restore_read(encrypt(plain, identity), [identity], size=size) == plain
+
+
+def test_readinto_gives_the_plaintext(identity):
+    plain = os.urandom(MIB + 99)
+    reader = DecryptingReader(io.BytesIO(encrypt(plain, identity)), [identity], WHAT, KEY_FILE)
+    got, buffer = bytearray(), bytearray(100_000)
+    while n := reader.readinto(buffer):
+        got += buffer[:n]
+    reader.close()
+    assert got == plain
+
+
+# refusals ---------------------------------------------------------------------------------
+
+def refused(data, identity):
+    """The error a restore gets, and what it was handed before it."""
+    reader = DecryptingReader(io.BytesIO(data), [identity], WHAT, KEY_FILE)
+    got = []
+    try:
+        with pytest.raises(BackupError) as failure:
+            while chunk := reader.read(CHUNK):
+                got.append(chunk)
+        with pytest.raises(BackupError):  # and so does every later read
+            reader.read(1)
+    finally:
+        reader.close()
+    return str(failure.value), b"".join(got)
+
+
+def assert_damaged(data, identity, reason):
+    message, got = refused(data, identity)
+    assert message.startswith(f"{WHAT} could not be decrypted: it is damaged or incomplete in the store")
+    assert reason in message and message.endswith("Nothing was changed.")
+    return got
+
+
+def test_a_wrong_key_is_refused_clearly(identity):
+    message, got = refused(encrypt(b"notebooks" * 1000, x25519.Identity.generate()), identity)
+    assert message == (f"The key in {KEY_FILE} does not open {WHAT}: it was encrypted for another key. Put the "
+                       "key saved when encryption was set up there (or set AILabBackup.age_identity_file); "
+                       "nothing was changed.")
+    assert got == b"" and str(identity) not in message
+
+
+def test_a_file_encrypted_with_a_passphrase_is_not_opened_by_a_key(identity):
+    message, _ = refused(pyrage.passphrase.encrypt(b"notebooks", "a passphrase"), identity)
+    assert "does not open" in message
+
+
+def header_end(data):
+    return data.index(b"\n---") + 1
+
+
+def test_a_changed_header_mac_is_refused(identity):
+    sealed = encrypt(os.urandom(1000), identity)
+    mac_at = header_end(sealed) + 4
+    flipped = sealed[:mac_at] + (b"B" if sealed[mac_at:mac_at + 1] == b"A" else b"A") + sealed[mac_at + 1:]
+    assert assert_damaged(flipped, identity, "(the header's MAC does not match)") == b""
+
+
+def test_a_changed_stanza_is_refused(identity):
+    sealed = encrypt(os.urandom(1000), identity)
+    at = sealed.index(b"-> X25519 ") + 12  # inside the ephemeral share: the file key no longer unwraps
+    changed = sealed[:at] + (b"B" if sealed[at:at + 1] == b"A" else b"A") + sealed[at + 1:]
+    message, _ = refused(changed, identity)
+    assert "does not open" in message or "damaged" in message
+
+
+@pytest.mark.parametrize("where", ["first chunk", "middle chunk", "last chunk", "payload nonce"])
+def test_a_flipped_payload_byte_is_refused_and_nothing_after_the_last_good_chunk_is_handed_out(identity, where):
+    plain = os.urandom(40 * CHUNK + 100)
+    sealed = encrypt(plain, identity)
+    payload = sealed.index(b"\n", header_end(sealed)) + 1
+    chunk_index = {"first chunk": 0, "middle chunk": 20, "last chunk": 40, "payload nonce": None}[where]
+    at = payload + 3 if chunk_index is None else payload + 16 + chunk_index * SEALED + 5
+    flipped = sealed[:at] + bytes([sealed[at] ^ 0x01]) + sealed[at + 1:]
+    reason = "does not authenticate)" if chunk_index is not None else "chunk 0 of its payload does not authenticate"
+    got = assert_damaged(flipped, identity, reason)
+    assert plain.startswith(got) and len(got) <= (chunk_index or 0) * CHUNK
+
+
+@pytest.mark.parametrize("chunks", [1, 17, 33])
+def test_a_payload_cut_at_a_chunk_boundary_is_refused(identity, chunks):
+    plain = os.urandom(40 * CHUNK + 100)
+    sealed = encrypt(plain, identity)
+    payload = sealed.index(b"\n", header_end(sealed)) + 1 + 16
+    got = assert_damaged(sealed[:payload + chunks * SEALED], identity, "(it is cut short at a chunk boundary)")
+    assert plain.startswith(got) and len(got) < chunks * CHUNK
+
+
+@pytest.mark.parametrize("cut", [1, 15, 16, 17, SEALED // 2, SEALED - 1])
+def test_a_payload_cut_inside_a_chunk_is_refused(identity, cut):
+    plain = os.urandom(5 * CHUNK)
+    sealed = encrypt(plain, identity)
+    got = assert_damaged(sealed[:len(sealed) - SEALED + cut], identity, "")
+    assert plain.startswith(got) and len(got) <= 4 * CHUNK
+
+
+@pytest.mark.parametrize("cut", ["in the header", "after the header", "in the nonce"])
+def test_a_file_cut_before_its_payload_is_refused(identity, cut):
+    sealed = encrypt(os.urandom(100), identity)
+    end = sealed.index(b"\n", header_end(sealed)) + 1
+    at = {"in the header": end - 10, "after the header": end, "in the nonce": end + 9}[cut]
+    assert_damaged(sealed[:at], identity, "cut short")
+
+
+@pytest.mark.parametrize("extra", [b"\x00", os.urandom(16), os.urandom(SEALED), os.urandom(SEALED + 3)])
+@pytest.mark.parametrize("size", [100, CHUNK, 3 * CHUNK + 5])
+def test_trailing_bytes_are_refused(identity, extra, size):
+    plain = os.urandom(size)
+    got = assert_damaged(encrypt(plain, identity) + extra, identity, "")
+    assert plain.startswith(got)
+
+
+HEADER_FAULTS = {
+    "not age": (lambda h: b"PK\x03\x04" + h, "(it is not an age file)"),
+    "binary without a line end": (lambda h: b"\x28\xb5\x2f\xfd" + b"\x00" * 2 * MIB, "(it is not an age file)"),
+    "other version": (lambda h: h.replace(b"age-encryption.org/v1\n", b"age-encryption.org/v2\n"),
+                      "(it is in an age version other than v1)"),
+    "armored": (lambda h: b"-----BEGIN AGE ENCRYPTED FILE-----\n" + base64.b64encode(h) + b"\n",
+                "(it is ASCII-armored, not a binary age file)"),
+    "CRLF line ends": (lambda h: h.replace(b"\n---", b"\r\n---"), "(the header has invalid base64)"),
+    "no recipient": (lambda h: b"age-encryption.org/v1\n" + h[h.index(b"---"):], "(the header has no recipient)"),
+    "unknown line": (lambda h: h.replace(b"-> X25519", b"=> X25519"), "(the header has a line it should not have)"),
+    "empty argument": (lambda h: h.replace(b"-> X25519 ", b"-> X25519  "), "(the header has an invalid stanza)"),
+    "padded base64": (lambda h: h.replace(b"\n---", b"=\n---", 1), "(the header has invalid base64)"),
+    "X25519 without share": (lambda h: h.replace(h[h.index(b"-> X25519"):h.index(b"\n", h.index(b"-> X25519"))],
+                                                 b"-> X25519"), "(the header has an invalid X25519 stanza)"),
+    "short MAC": (lambda h: h[:-3] + b"\n", "(the header has invalid base64)"),
+    "a MAC of the wrong length": (lambda h: h[:-1] + b"AAAA\n", "(a header field has the wrong length)"),
+    "a header without end": (lambda h: h[:h.index(b"---")] + b"-> x\n" + b"A" * 64 * 20000 + b"\n",
+                             "(the header is too long)"),
+}
+
+
+@pytest.mark.parametrize("fault", list(HEADER_FAULTS))
+def test_a_bad_header_is_refused(identity, fault):
+    sealed = encrypt(os.urandom(1000), identity)
+    end = sealed.index(b"\n", header_end(sealed)) + 1
+    change, reason = HEADER_FAULTS[fault]
+    assert_damaged(change(sealed[:end]) + sealed[end:], identity, reason)
+
+
+# files made by hand: what pyrage never writes -----------------------------------------------
+
+def hkdf(ikm, salt, info):
+    return HKDF(algorithm=SHA256(), length=32, salt=salt, info=info).derive(ikm)
+
+
+def b64(data):
+    return base64.b64encode(data).rstrip(b"=")
+
+
+def x25519_stanza(file_key, identity, share_key=None):
+    """The stanza wrapping ``file_key`` for ``identity``'s recipient, as the spec computes it."""
+    recipient = X25519Identity.from_str(str(identity)).public
+    ephemeral = share_key or X25519PrivateKey.generate()
+    share = ephemeral.public_key().public_bytes_raw()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
+    body = ChaCha20Poly1305(hkdf(shared, share + recipient, b"age-encryption.org/v1/X25519")).encrypt(
+        bytes(12), file_key, None)
+    return b"-> X25519 " + b64(share) + b"\n" + b64(body) + b"\n"
+
+
+def seal(file_key, stanzas, chunks):
+    """An age file of the stanzas (their text) and the chunks [(plaintext, final flag)]."""
+    header = b"age-encryption.org/v1\n" + b"".join(stanzas) + b"---"
+    mac = hmac.new(hkdf(file_key, None, b"header"), header, hashlib.sha256).digest()
+    nonce = os.urandom(16)
+    aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
+    sealed = [aead.encrypt(n.to_bytes(11, "big") + bytes([final]), plain, None)
+              for n, (plain, final) in enumerate(chunks)]
+    return header + b" " + b64(mac) + b"\n" + nonce + b"".join(sealed)
+
+
+def test_the_hand_made_files_are_valid_age(identity):
+    """(so that what the tests below change is the one thing they change)"""
+    key, plain = os.urandom(16), os.urandom(CHUNK + 10)
+    made = seal(key, [x25519_stanza(key, identity)], [(plain[:CHUNK], 0), (plain[CHUNK:], 1)])
+    assert pyrage.decrypt(made, [identity]) == plain == decrypt(made, ours(identity))
+
+
+def test_stanzas_of_other_types_are_skipped(identity):
+    key, plain = os.urandom(16), b"notebooks"
+    other = b"-> example.com/enigma arg1 arg2\n" + b64(os.urandom(48)) + b"\n" + b64(os.urandom(10)) + b"\n"
+    made = seal(key, [other, x25519_stanza(key, identity)], [(plain, 1)])
+    assert decrypt(made, ours(identity)) == plain
+
+
+def test_a_passphrase_stanza_beside_another_is_refused(identity):
+    key = os.urandom(16)
+    scrypt = b"-> scrypt " + b64(os.urandom(16)) + b" 18\n" + b64(os.urandom(32)) + b"\n"
+    made = seal(key, [x25519_stanza(key, identity), scrypt], [(b"notebooks", 1)])
+    assert_damaged(made, identity, "(a passphrase (scrypt) stanza is mixed with others, which age forbids)")
+
+
+def test_a_share_of_low_order_is_refused(identity):
+    key = os.urandom(16)
+    stanza = b"-> X25519 " + b64(bytes(32)) + b"\n" + b64(os.urandom(32)) + b"\n"
+    assert_damaged(seal(key, [stanza], [(b"notebooks", 1)]), identity, "(a recipient stanza with an invalid share)")
+
+
+def test_a_stream_whose_last_chunk_is_not_marked_final_is_refused(identity):
+    key = os.urandom(16)
+    made = seal(key, [x25519_stanza(key, identity)], [(os.urandom(CHUNK), 0), (b"the end", 0)])
+    assert_damaged(made, identity, "(it is cut short at a chunk boundary)")
+
+
+def test_a_chunk_marked_final_before_the_end_is_refused(identity):
+    key = os.urandom(16)
+    made = seal(key, [x25519_stanza(key, identity)], [(os.urandom(CHUNK), 1), (b"more", 1)])
+    assert_damaged(made, identity, "(it has data after its final chunk)")
+
+
+def test_an_empty_final_chunk_is_refused_unless_it_is_the_only_one(identity):
+    key = os.urandom(16)
+    stanza = x25519_stanza(key, identity)
+    assert decrypt(seal(key, [stanza], [(b"", 1)]), ours(identity)) == b""
+    made = seal(key, [stanza], [(os.urandom(CHUNK), 0), (b"", 1)])
+    assert_damaged(made, identity, "(it ends with an empty chunk after others)")
+
+
+def test_a_short_chunk_before_the_end_is_refused(identity):
+    key = os.urandom(16)
+    made = seal(key, [x25519_stanza(key, identity)], [(b"short", 0), (b"the end", 1)])
+    assert_damaged(made, identity, "does not authenticate")
+
+
+@pytest.mark.parametrize("text", ["", "AGE-SECRET-KEY-1", "public key", "not a key at all"])
+def test_an_identity_that_is_not_one_is_refused_without_its_text(identity, text):
+    if text == "public key":  # valid Bech32, but a recipient (age1...), not an identity
+        text = str(identity.to_public())
+    with pytest.raises(ValueError, match=r"^not an age X25519 identity \(AGE-SECRET-KEY-1\.\.\.\)$"):
+        X25519Identity.from_str(text)
+
+
+def test_an_identity_with_a_changed_character_is_refused(identity):
+    text = str(identity)
+    changed = text[:30] + ("Q" if text[30] != "Q" else "P") + text[31:]  # the checksum no longer matches
+    with pytest.raises(ValueError, match="not an age X25519 identity"):
+        X25519Identity.from_str(changed)
+    assert X25519Identity.from_str(text.lower()).public == X25519Identity.from_str(text).public
+
+
+# the read-ahead ---------------------------------------------------------------------------
+
+class CountingReader:
+    def __init__(self, data):
+        self.stream = io.BytesIO(data)
+        self.taken = 0
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        self.taken += len(data)
+        return data
+
+
+def settled(counting, seconds=10):
+    """How much the read-ahead has taken once it stopped taking more."""
+    deadline, last = time.monotonic() + seconds, -1
+    while time.monotonic() < deadline and counting.taken != last:
+        last = counting.taken
+        time.sleep(0.3)
+    return counting.taken
+
+
+def test_the_read_ahead_stays_a_few_mib_ahead_of_a_slow_reader(identity):
+    plain = os.urandom(64 * MIB)
+    raw = CountingReader(encrypt(plain, identity))
+    reader = DecryptingReader(raw, [identity], WHAT, KEY_FILE, depth=4)
+    try:
+        first = reader.read(1)
+        ahead = settled(raw)
+        # the queue's 4 MiB, a block being handed in and one being decrypted, and one 4 MiB read
+        assert 4 * MIB < ahead <= 11 * MIB, ahead
+        rest = read_all(reader, MIB)
+        assert first + rest == plain
+    finally:
+        reader.close()
+
+
+def test_closing_while_the_read_ahead_waits_ends_its_thread(identity):
+    raw = CountingReader(encrypt(os.urandom(32 * MIB), identity))
+    reader = DecryptingReader(raw, [identity], WHAT, KEY_FILE)
+    reader.read(10)
+    settled(raw)
+    started = time.monotonic()
+    reader.close()
+    assert time.monotonic() - started < 5
+    assert not reader.thread.is_alive()
+    assert "ailab-backup-decrypt" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_read_error_of_the_store_reaches_the_reader_as_it_is(identity):
+    sealed = encrypt(os.urandom(3 * MIB), identity)
+
+    class Failing(CountingReader):
+        def read(self, size=-1):
+            if self.taken > MIB:
+                raise BackupError("The S3 store at http://127.0.0.1:1 cannot be reached. Nothing was changed.")
+            return super().read(size)
+
+    reader = DecryptingReader(Failing(sealed), [identity], WHAT, KEY_FILE)
+    with pytest.raises(BackupError, match="cannot be reached"):
+        read_all(reader, MIB)
+    reader.close()
