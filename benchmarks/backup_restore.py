@@ -879,7 +879,7 @@ def server_restores(res, prefix, server, backup_id, expected):
             ops.append(server_restore(res, name, server.source.mount_name,
                                       lambda: InProcess(name, lambda: server.restore_backup(backup_id, "replace")),
                                       expected, prepare))
-            ops[-1].timeline = server.worker.last_timeline
+            ops[-1].timeline = getattr(server.worker, "last_timeline", None)  # none in --baseline-code older than it
     return ops
 
 
