@@ -1,14 +1,16 @@
 """What a restore removes and keeps, and how a folder is written and emptied, at the edges. Fast
 and Docker-free, so the mutation run (tests/MUTANTS.md) checks sources.py with them."""
 
+import errno
 import io
 import os
 import shutil
+import stat
 
 import pytest
 
 from ailab_backup_ext.archive import DIR, FILE, ROOT, SYMLINK, Entry
-from ailab_backup_ext.errors import InvalidArchive
+from ailab_backup_ext.errors import BackupError, InvalidArchive
 from ailab_backup_ext.sources import LocalFolderSource, folders_holding, in_scope, is_excluded, remove_at, removable_extras
 from treeutil import folder_snapshot
 
@@ -21,6 +23,7 @@ def test_excludes_match_a_path_its_parents_or_its_name():
         assert not is_excluded(path, patterns), path
     assert not is_excluded("x.tmp", [])
     assert not is_excluded(".", ["*"])  # the folder itself is never left out
+    assert not is_excluded("a/b.txt", [""])  # an empty pattern (a blank line of the setting) leaves nothing out
 
 
 def test_scope_is_the_chosen_paths_and_what_lies_below():
@@ -442,3 +445,113 @@ def test_a_backup_lists_fifos_and_sockets_by_their_kind(tmp_path):
     finally:
         sock.close()
     assert kinds == {".": DIR, "pipe": "fifo", "sock": "socket"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device file needs root")
+def test_a_backup_lists_a_device_file_by_its_kind(tmp_path):
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    os.mknod(nb / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    kinds = {e.path: e.type for e in LocalFolderSource(str(nb)).list_entries()}
+    assert kinds == {".": DIR, "null": "device file"}
+
+
+# --- what a backup takes while the folder changes ----------------------------------------------
+
+
+def _backed_up(source):
+    """{path: content (a file) or kind} of what a backup of ``source`` reads."""
+    with source.read_entries() as entries:
+        return {e.path: f.read() if f is not None else e.type for e, f in entries}
+
+
+def _tree(root, spec):
+    for path, content in spec.items():
+        if content is None:
+            (root / path).mkdir(parents=True)
+        else:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(content)
+
+
+def test_the_store_reached_by_another_path_is_left_out_of_a_backup_and_never_removed(tmp_path):
+    """A folder store inside the folder named by another path (a bind mount; here a link from
+    outside): found by device and inode, not backed up, and a replace restore keeps it and what
+    lies next to it in the backup."""
+    nb = tmp_path / "nb"
+    _tree(nb, {"a.txt": b"a", "s/notes.txt": b"n", "s/store/data/x.tar.zst": b"archive", "s/zeta.txt": b"z"})
+    os.symlink(nb / "s" / "store", tmp_path / "store-link")
+    source = LocalFolderSource(str(nb))
+    source.store_paths.append(str(tmp_path / "store-link"))
+    assert _backed_up(source) == {".": DIR, "a.txt": b"a", "s": DIR, "s/notes.txt": b"n", "s/zeta.txt": b"z"}
+
+    source = LocalFolderSource(str(nb))
+    source.store_paths.append(str(tmp_path / "store-link"))
+    entries = _entries({"a.txt": b"new"})
+    source.write_entries(entries, replace=True, keep={e.path: e for e, _ in entries})
+    assert (nb / "a.txt").read_bytes() == b"new"
+    assert (nb / "s/store/data/x.tar.zst").read_bytes() == b"archive"
+    assert sorted(os.listdir(nb / "s")) == ["store"]
+
+
+def test_a_file_deleted_while_the_backup_walks_is_left_out_and_the_rest_is_taken(tmp_path):
+    nb = tmp_path / "nb"
+    _tree(nb, {"a.txt": b"a", "b.txt": b"b", "c.txt": b"c", "d/e.txt": b"e"})
+    seen = []
+    for entry in LocalFolderSource(str(nb)).list_entries():
+        seen.append(entry.path)
+        if entry.path == "a.txt":
+            os.remove(nb / "b.txt")
+    assert seen == [".", "a.txt", "c.txt", "d", "d/e.txt"]
+
+
+def _after_lstat_of(name, action, monkeypatch):
+    """Run ``action`` right after the walk has lstat'ed ``name`` (before it opens it)."""
+    real_stat = os.stat
+
+    def stat_then_act(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        if path == name and kwargs.get("dir_fd") is not None:
+            action()
+        return st
+
+    monkeypatch.setattr(os, "stat", stat_then_act)
+
+
+def test_a_folder_deleted_between_its_listing_and_its_opening_is_left_out_and_the_rest_is_taken(tmp_path,
+                                                                                                monkeypatch):
+    nb = tmp_path / "nb"
+    _tree(nb, {"a/x.txt": b"x", "b/y.txt": b"y", "c.txt": b"c"})
+    _after_lstat_of("b", lambda: shutil.rmtree(nb / "b"), monkeypatch)
+    assert _backed_up(LocalFolderSource(str(nb))) == {".": DIR, "a": DIR, "a/x.txt": b"x", "c.txt": b"c"}
+
+
+def test_a_folder_swapped_for_another_while_the_backup_walks_is_refused_by_its_path(tmp_path, monkeypatch):
+    nb = tmp_path / "nb"
+    _tree(nb, {"a/x.txt": b"x", "b/y.txt": b"y", "outside/secret.txt": b"s"})
+
+    def swap():
+        os.rename(nb / "b", tmp_path / "b-old")
+        os.rename(nb / "outside", nb / "b")
+
+    _after_lstat_of("b", swap, monkeypatch)
+    with pytest.raises(BackupError) as refused:
+        _backed_up(LocalFolderSource(str(nb)))
+    assert str(refused.value) == f"{str(nb / 'b')!r} was replaced while it was being read; try again."
+
+
+def test_a_folder_that_cannot_be_read_is_named_in_the_error(tmp_path, monkeypatch):
+    nb = tmp_path / "nb"
+    _tree(nb, {"a.txt": b"a", "sub/x.txt": b"x"})
+    sub = os.stat(nb / "sub")
+    real_listdir = os.listdir
+
+    def listdir(fd):
+        if isinstance(fd, int) and os.path.samestat(os.fstat(fd), sub):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_listdir(fd)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(BackupError) as refused:
+        _backed_up(LocalFolderSource(str(nb)))
+    assert str(refused.value) == f"Cannot read the folder {str(nb / 'sub')!r}: Permission denied."
