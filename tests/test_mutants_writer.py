@@ -209,3 +209,9 @@ def test_reads_of_any_size_from_a_chunked_answer_give_its_bytes_in_order():
         assert first + stream.read(whole) == data
         assert stream.read(whole) == b"" and stream.read(5) == b""
     assert IterStream([]).read(10) == b"" and IterStream([]).read() == b""
+
+
+def test_a_read_of_nothing_from_a_chunked_answer_gives_nothing_and_keeps_the_rest():
+    stream = IterStream([b"abc", b"de"])
+    assert stream.read(0) == b""
+    assert stream.read() == b"abcde"
