@@ -13,7 +13,7 @@ from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import Cancelled
 from ailab_backup_ext.progress import Progress
 from ailab_backup_ext.worker import zygote
-from treeutil import run_in_volume, volume_snapshot
+from treeutil import fill_with_random_files, run_in_volume, volume_snapshot
 
 FILES = 25  # 24 files of 2 MiB and a.txt
 
@@ -21,8 +21,7 @@ FILES = 25  # 24 files of 2 MiB and a.txt
 @pytest.fixture
 def volume_48mb(docker_client, make_volume):
     volume = make_volume()
-    run_in_volume(docker_client, volume, "cd /v && for i in $(seq 24); do dd if=/dev/urandom of=big$i.bin bs=1M "
-                                         "count=2 2>/dev/null; done && echo a > a.txt")
+    fill_with_random_files(docker_client, volume, 24)
     return volume
 
 

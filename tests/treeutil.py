@@ -80,6 +80,13 @@ def run_in_volume(client, volume, script):
     return out.decode()
 
 
+def fill_with_random_files(client, volume, count, mib=2):
+    """``count`` files of ``mib`` MiB of random bytes (big1.bin, ...) and a.txt in the volume: many
+    files, so that a worker's progress moves file by file and a stop lands midway."""
+    run_in_volume(client, volume, f"cd /v && for i in $(seq {count}); do dd if=/dev/urandom of=big$i.bin bs=1M "
+                                  f"count={mib} 2>/dev/null; done && echo a > a.txt")
+
+
 def deep_path(root, total_bytes):
     """Folders below ``root`` (made relative to it, as the kernel allows) until the path from
     root exceeds ``total_bytes``; returns the relative path."""

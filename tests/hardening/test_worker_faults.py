@@ -19,7 +19,7 @@ from ailab_backup_ext.errors import BackupError, Unavailable
 from ailab_backup_ext.progress import Progress
 from hardutil import files_in_volume, our_helpers, remove_our_helpers, wait_until
 from test_faults import stop_when
-from treeutil import run_in_volume
+from treeutil import fill_with_random_files, run_in_volume
 
 MB = 1 << 20
 
@@ -32,8 +32,7 @@ def volume_120mb(docker_client, make_volume):
     volume = make_volume()
     # 60 files of 2 MiB: progress moves file by file, so a stop at the first MiB lands early
     # (three 40 MiB files gave no line between 0 and 98 MB on a quiet machine)
-    run_in_volume(docker_client, volume, "cd /v && for i in $(seq 60); do dd if=/dev/urandom of=big$i.bin bs=1M "
-                                         "count=2 2>/dev/null; done && echo a > a.txt")
+    fill_with_random_files(docker_client, volume, 60)
     return volume
 
 
