@@ -55,6 +55,12 @@ class Pipe:
             self._put_batch()
         return len(data)
 
+    def hand_over(self, data):
+        """Queue ``data`` as it is (no copy): its writer never touches it again."""
+        if self.batch:
+            self._put_batch()
+        self._put(data)
+
     def _put_batch(self):
         data = b"".join(self.batch)
         self.batch, self.batch_bytes = [], 0
@@ -187,8 +193,8 @@ class DecryptingReader:
 
         error = None
         try:
-            for block in decrypt_blocks(raw.read, keys):
-                self.pipe.write(block)
+            for block in decrypt_blocks(raw.read, keys):  # each a new bytearray: handed over, not copied
+                self.pipe.hand_over(block)
         except BrokenPipeError:
             return  # the reader gave up
         except WrongKey:

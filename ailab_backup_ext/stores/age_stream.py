@@ -273,14 +273,14 @@ def _sealed_pieces(first, read):
         yield carry
 
 
-def _open_chunk(aead, counter, sealed, last):
+def _open_chunk(aead, counter, sealed, last, into):
+    """Decrypt the sealed chunk into ``into`` (a view of its plaintext's length), authenticated."""
     nonce = counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
     try:
-        return aead.decrypt(nonce, sealed, None)
+        aead.decrypt_into(nonce, sealed, None, into)
+        return
     except InvalidTag:
         pass
-    if len(sealed) < TAG_BYTES:
-        raise Damaged("it is cut short inside a chunk")
     try:  # only to say which damage it is: the chunk is whole, but where it should not be
         aead.decrypt(nonce[:11] + (b"\x00" if last else b"\x01"), sealed, None)
     except InvalidTag:
@@ -289,32 +289,38 @@ def _open_chunk(aead, counter, sealed, last):
 
 
 def decrypt_blocks(read, identities):
-    """The plaintext of the age stream that ``read(size)`` gives, in blocks of up to
-    ``BLOCK_CHUNKS`` chunks, each authenticated before it is yielded; :class:`WrongKey` or
-    :class:`Damaged` as soon as a fault is found."""
+    """The plaintext of the age stream that ``read(size)`` gives, in blocks (each a new bytearray,
+    never touched again once yielded) of up to ``BLOCK_CHUNKS`` chunks, each chunk authenticated
+    before its block is yielded; :class:`WrongKey` or :class:`Damaged` as soon as a fault is found.
+    Each chunk is decrypted into its place in the block: no chunk is copied once more to join them."""
     source = _Input(read)
     key = file_key(*read_header(source), identities)
     nonce = source.take(NONCE_BYTES)
     if len(nonce) < NONCE_BYTES:
         raise Damaged("it is cut short after its header")
     aead = ChaCha20Poly1305(_hkdf(key, nonce, b"payload"))
-    counter, previous, block = 0, None, []
+    counter, previous = 0, None
+    block, filled = bytearray(BLOCK_CHUNKS * CHUNK_BYTES), 0
     # a piece is opened once the next one has begun: only the last one is the final chunk
     for piece in _sealed_pieces(source.rest(), read):
         if previous is not None:
-            block.append(_open_chunk(aead, counter, previous, last=False))
-            counter += 1
-            if len(block) == BLOCK_CHUNKS:
-                yield b"".join(block)
-                block = []
+            _open_chunk(aead, counter, previous, False, memoryview(block)[filled:filled + CHUNK_BYTES])
+            counter, filled = counter + 1, filled + CHUNK_BYTES
+            if filled == len(block):
+                yield block
+                block, filled = bytearray(BLOCK_CHUNKS * CHUNK_BYTES), 0
         previous = piece
     if previous is None:
         raise Damaged("it is cut short after its header")
     if len(previous) == TAG_BYTES and counter:
         raise Damaged("it ends with an empty chunk after others")
-    block.append(_open_chunk(aead, counter, previous, last=True))
-    if any(block):
-        yield b"".join(block)
+    if len(previous) < TAG_BYTES:  # (every other piece is a whole sealed chunk)
+        raise Damaged("it is cut short inside a chunk")
+    size = len(previous) - TAG_BYTES
+    _open_chunk(aead, counter, previous, True, memoryview(block)[filled:filled + size])
+    del block[filled + size:]
+    if block:
+        yield block
 
 
 def decrypt(data, identities):
