@@ -1,8 +1,8 @@
-"""Streaming decryption of age v1 files (https://c2sp.org/age) for X25519 identities.
+"""Streaming encryption and decryption of age v1 files (https://c2sp.org/age) for X25519 keys.
 
-Our own, on ``cryptography``, because pyrage holds the GIL while it decrypts (160-400 MB/s here,
-and it stalled every other thread of a restore); cryptography's ChaCha20-Poly1305 releases it
-and runs at several times that. Only decryption: encryption stays with pyrage.
+Our own, on ``cryptography``, because pyrage holds the GIL while it encrypts or decrypts
+(160-600 MB/s here, and it stalled every other thread of a backup or restore); cryptography's
+ChaCha20-Poly1305 releases it. pyrage still makes and parses the keys (:mod:`.age`).
 
 Nothing unauthenticated is handed out: the header's MAC is checked before the first chunk, each
 chunk before its plaintext, and the stream ends only with a valid final chunk. Every refusal is
@@ -12,6 +12,7 @@ chunk before its plaintext, and the stream ends only with a valid final chunk. E
 import base64
 import hashlib
 import hmac
+import os
 import re
 
 from cryptography.exceptions import InvalidTag
@@ -321,6 +322,80 @@ def decrypt_blocks(read, identities):
     del block[filled + size:]
     if block:
         yield block
+
+
+# encrypting -----------------------------------------------------------------------------
+
+AGE_RECIPIENT_HRP = "age"
+ENCRYPT_READ_BYTES = 1024 * 1024
+
+
+def recipient_key(text):
+    """The 32-byte X25519 public key of an ``age1...`` recipient."""
+    hrp, key = bech32_decode(text.strip())
+    if hrp != AGE_RECIPIENT_HRP or len(key) != 32:
+        raise ValueError("not an age X25519 recipient (age1...)")
+    return key
+
+
+def _b64(data):
+    return base64.b64encode(data).rstrip(b"=")
+
+
+def header_for(file_key, recipients):
+    """The age header (version, one X25519 stanza per recipient key, MAC) wrapping ``file_key``."""
+    header = bytearray(VERSION + b"\n")
+    for public in recipients:
+        ephemeral = X25519PrivateKey.generate()
+        share = ephemeral.public_key().public_bytes_raw()
+        wrap_key = _hkdf(ephemeral.exchange(X25519PublicKey.from_public_bytes(public)), share + public,
+                         b"age-encryption.org/v1/X25519")
+        body = _b64(ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None))
+        lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+        if len(lines[-1]) == 64:
+            lines.append(b"")  # the last line of a body is shorter than 64 columns, maybe empty
+        header += b"-> X25519 " + _b64(share) + b"\n" + b"\n".join(lines) + b"\n"
+    header += b"---"
+    mac = hmac.new(_hkdf(file_key, None, b"header"), header, hashlib.sha256).digest()
+    return bytes(header + b" " + _b64(mac) + b"\n")
+
+
+def encrypt_stream(read, write, recipients):
+    """Write (``write(bytes-like)``) the age file of what ``read(size)`` gives until it gives
+    nothing, for ``recipients`` (32-byte X25519 public keys): the header and the payload nonce,
+    then sealed chunks, as many at a time as one read allows. A chunk is sealed only once more
+    plaintext follows it, or at the end as the final one."""
+    if not recipients:
+        raise ValueError("no recipient")
+    file_key = os.urandom(16)
+    nonce = os.urandom(NONCE_BYTES)
+    write(header_for(file_key, recipients) + nonce)
+    aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+    counter, held = 0, bytearray()  # plaintext not yet sealed: at most one chunk after each read
+    while data := read(ENCRYPT_READ_BYTES):
+        held += data
+        whole = (len(held) - 1) // CHUNK_BYTES  # the chunks that are surely not the last
+        if whole:
+            sealed = bytearray(whole * SEALED_BYTES)
+            plain, out = memoryview(held), memoryview(sealed)
+            for i in range(whole):
+                aead.encrypt_into(counter.to_bytes(11, "big") + b"\x00", plain[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES],
+                                  None, out[i * SEALED_BYTES:(i + 1) * SEALED_BYTES])
+                counter += 1
+            plain.release()
+            out.release()
+            del held[:whole * CHUNK_BYTES]
+            write(sealed)
+    write(aead.encrypt(counter.to_bytes(11, "big") + b"\x01", bytes(held), None))
+
+
+def encrypt(data, recipients):
+    """The age file of ``data`` (in memory: for tests and small files)."""
+    import io
+
+    parts = []
+    encrypt_stream(io.BytesIO(data).read, parts.append, recipients)
+    return b"".join(parts)
 
 
 def decrypt(data, identities):
