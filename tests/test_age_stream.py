@@ -27,7 +27,7 @@ from pyrage import x25519
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.stores import age_stream
 from ailab_backup_ext.stores.age import DecryptingReader, EncryptingWriter
-from ailab_backup_ext.stores.age_stream import WrongKey, X25519Identity, decrypt, recipient_key
+from ailab_backup_ext.stores.age_stream import Damaged, WrongKey, X25519Identity, decrypt, recipient_key
 
 KIB, MIB = 1024, 1024 * 1024
 CHUNK = 64 * KIB
@@ -116,6 +116,22 @@ def test_what_we_encrypt_pyrage_decrypts_for_each_recipient(size):
         pyrage.decrypt(sealed, [x25519.Identity.generate()])
     chunks = max(1, -(-size // CHUNK))  # a multiple of 64 KiB ends with a full final chunk, never an empty one
     assert len(sealed.split(b"\n---", 1)[1].split(b"\n", 1)[1]) == 16 + size + 16 * chunks
+
+
+def test_a_cryptography_older_than_47_seals_and_opens_the_same(monkeypatch):
+    """Without encrypt_into/decrypt_into (cryptography < 47, which AI-Lab's environment may pin),
+    the same age files are written and read, through copies."""
+    identity = x25519.Identity.generate()
+    plain = os.urandom(3 * CHUNK + 5)
+    monkeypatch.setattr(age_stream, "_INTO", False)
+    sealed = our_encryption(plain, identity)
+    assert pyrage.decrypt(sealed, [identity]) == plain
+    assert decrypt(sealed, ours(identity)) == plain
+    assert restore_read(encrypt(plain, identity), [identity]) == plain
+    with pytest.raises(Damaged, match="does not authenticate"):
+        flipped = bytearray(sealed)
+        flipped[-100] ^= 1
+        decrypt(bytes(flipped), ours(identity))
 
 
 @pytest.mark.skipif(not shutil.which("age"), reason="the reference age (Debian package age) is not installed")

@@ -33,6 +33,9 @@ HEADER_READ_BYTES = 64 * 1024
 PAYLOAD_READ_BYTES = 4 * 1024 * 1024  # an S3 range: handed over whole, not copied
 BLOCK_CHUNKS = 16  # plaintext handed out in 1 MiB blocks, what a restore reads at a time
 _ZERO_NONCE = bytes(12)
+# cryptography 47 seals and opens into a given buffer; an older one (pinned by something else in
+# AI-Lab's environment) gives new bytes, copied into place
+_INTO = hasattr(ChaCha20Poly1305, "decrypt_into") and hasattr(ChaCha20Poly1305, "encrypt_into")
 _VCHARS = re.compile(rb"[\x21-\x7e]+")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*")
 
@@ -278,7 +281,10 @@ def _open_chunk(aead, counter, sealed, last, into):
     """Decrypt the sealed chunk into ``into`` (a view of its plaintext's length), authenticated."""
     nonce = counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
     try:
-        aead.decrypt_into(nonce, sealed, None, into)
+        if _INTO:
+            aead.decrypt_into(nonce, sealed, None, into)
+        else:
+            into[:] = aead.decrypt(nonce, sealed, None)
         return
     except InvalidTag:
         pass
@@ -379,14 +385,21 @@ def encrypt_stream(read, write, recipients):
             sealed = bytearray(whole * SEALED_BYTES)
             plain, out = memoryview(held), memoryview(sealed)
             for i in range(whole):
-                aead.encrypt_into(counter.to_bytes(11, "big") + b"\x00", plain[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES],
-                                  None, out[i * SEALED_BYTES:(i + 1) * SEALED_BYTES])
+                _seal_into(aead, counter.to_bytes(11, "big") + b"\x00", plain[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES],
+                           out[i * SEALED_BYTES:(i + 1) * SEALED_BYTES])
                 counter += 1
             plain.release()
             out.release()
             del held[:whole * CHUNK_BYTES]
             write(sealed)
     write(aead.encrypt(counter.to_bytes(11, "big") + b"\x01", bytes(held), None))
+
+
+def _seal_into(aead, nonce, chunk, into):
+    if _INTO:
+        aead.encrypt_into(nonce, chunk, None, into)
+    else:
+        into[:] = aead.encrypt(nonce, chunk, None)
 
 
 def encrypt(data, recipients):
