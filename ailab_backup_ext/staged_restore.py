@@ -163,7 +163,6 @@ class Staging:
         self.current = current or {}  # path -> lstat of the folder's regular files before the restore
         self.same = {}  # path -> signature() of the folder's file found identical (not staged)
         self._reader = FolderWriter(os.dup(root_fd), root_path) if root_fd is not None else None
-        self.compared_bytes = 0
         self.behind = behind  # a Worker making and writing the staged files, or None: this thread
         self.writer_cpu = 0.0  # the CPU seconds ``behind`` spent
 
@@ -207,7 +206,6 @@ class Staging:
                 if not chunk:
                     if matched == entry.size and not mine.read(1):
                         self.same[entry.path] = signature(st)  # identical: neither staged nor moved
-                        self.compared_bytes += matched
                         return
                     return self._write(entry, content, mine, matched)
                 if mine.read(len(chunk)) != chunk:
@@ -260,7 +258,6 @@ class Staging:
         if digest.hexdigest() != entry.sha256:
             return False
         self.same[entry.path] = signature(st)
-        self.compared_bytes += entry.size
         return True
 
     def check_same(self):
@@ -291,13 +288,12 @@ class Staging:
 
 def _compared_prefix(entry, prefix_from, prefix):
     """The first ``prefix`` bytes of the folder's file ``prefix_from``, found equal to the archive's."""
-    done = 0
-    while done < prefix:
-        piece = os.pread(prefix_from.fileno(), min(CHUNK, prefix - done), done)
-        if not piece:
+    for start in range(0, prefix, CHUNK):
+        wanted = min(CHUNK, prefix - start)
+        piece = os.pread(prefix_from.fileno(), wanted, start)
+        if len(piece) != wanted:  # a regular file reads short only at its end
             raise changed_meanwhile(entry.path)  # shrunk while compared
         yield piece
-        done += len(piece)
 
 
 class _StagedFile:
@@ -345,9 +341,7 @@ class _PlacingWriter(FolderWriter):
             if self.staging.same[entry.path][3] != entry.mtime * 10**9:  # only the time's fraction differs
                 os.utime(name, ns=(entry.mtime * 10**9, entry.mtime * 10**9), dir_fd=parent, follow_symlinks=False)
             return
-        staged = self.staging.files.get(entry.path)
-        if staged is None:  # not staged (never happens for a checked archive): copied as before
-            return super().write_file(parent, name, entry, content)
+        staged = self.staging.files[entry.path]  # each file of a checked archive is staged or found identical
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
