@@ -4,6 +4,7 @@ in a temporary folder, no Docker; where something must happen at one moment of a
 swapped after the folder was listed), the restore's own step is wrapped and called as it is."""
 
 import errno
+import fcntl
 import gc
 import os
 import warnings
@@ -312,3 +313,74 @@ def test_an_archive_cut_inside_a_large_file_is_refused_and_leaves_no_file_open(f
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []  # closed, not left to gc
     assert folder_snapshot(source) == before
     assert staging_folders(source) == []
+
+
+# staging folders left by a killed restore -------------------------------------------------------
+
+
+def staging_kinds(source):
+    """Beside the notebooks: stale staging folders (no lock: their restore was killed), one held
+    (locked, as by a running restore), and names with the prefix that are no staging folder of
+    ours (a file, a link to a folder outside): only the stale ones may go."""
+    outside = source.parent / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not in the folder")
+    stale = [f"{STAGING_PREFIX}{n:012x}" for n in range(1, 4)]
+    for name in stale:
+        (source / name).mkdir()
+        (source / name / "0").write_bytes(b"staged content")
+    held = f"{STAGING_PREFIX}{'f' * 12}"
+    (source / held).mkdir()
+    lock = os.open(source / held, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    (source / f"{STAGING_PREFIX}a-file").write_text("a file")
+    os.symlink(outside, source / f"{STAGING_PREFIX}a-link")
+    os.utime(source, (OLD, OLD))
+    return stale, held, lock
+
+
+def test_only_staging_folders_no_restore_holds_are_removed_and_the_folders_time_stays(folder):
+    source, _ = folder
+    stale, held, lock = staging_kinds(source)
+    try:
+        before = set(os.listdir(source))
+        assert staged_restore.remove_stale_staging(str(source)) == [held]
+        assert set(os.listdir(source)) == before - set(stale)
+        assert (source.parent / "elsewhere" / "keep.txt").exists()
+        assert os.stat(source).st_mtime == OLD
+    finally:
+        os.close(lock)
+    assert staged_restore.remove_stale_staging(str(source)) == []  # its restore ended: it goes too
+    assert held not in os.listdir(source)
+    assert staged_restore.remove_stale_staging(str(source / "missing")) == []
+
+
+def test_a_held_staging_folder_is_left_out_of_the_source_once(folder):
+    source, manager = folder
+    stale, held, lock = staging_kinds(source)
+    try:
+        local = manager.source
+        staged_restore.clear_staging(local)
+        staged_restore.clear_staging(local)
+        assert local.skip_paths.count(held) == 1 and not set(stale) & set(local.skip_paths)
+    finally:
+        os.close(lock)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO])
+def test_a_staging_folder_that_cannot_be_removed_is_left_out_only_when_the_mount_is_read_only(folder, monkeypatch, code):
+    """A backup's helper sees the folder read-only (EROFS, or EACCES/EPERM): what cannot go is left
+    out, removed by the next restore; any other error is raised."""
+    source, _ = folder
+    (source / f"{STAGING_PREFIX}0123456789ab").mkdir()
+
+    def failing(dir_fd, name):
+        raise OSError(code, os.strerror(code), name)
+
+    monkeypatch.setattr(staged_restore, "remove_at", failing)
+    if code == errno.EIO:
+        with pytest.raises(OSError) as failed:
+            staged_restore.remove_stale_staging(str(source))
+        assert failed.value.errno == errno.EIO
+    else:
+        assert staged_restore.remove_stale_staging(str(source)) == [f"{STAGING_PREFIX}0123456789ab"]
