@@ -7,6 +7,7 @@ import errno
 import fcntl
 import gc
 import os
+import re
 import warnings
 
 import pytest
@@ -305,8 +306,9 @@ def test_an_archive_cut_inside_a_large_file_is_refused_and_leaves_no_file_open(f
         warnings.simplefilter("always", ResourceWarning)
         try:
             manager.restore_backup(backup["id"], "replace")
-        except InvalidArchive:
-            pass  # its traceback, holding the restore's frames, goes here
+        except InvalidArchive as exc:  # its traceback, holding the restore's frames, goes at the end of this block
+            assert re.fullmatch(r"The archive is damaged or truncated \([^)]+\)\. Nothing was changed; use another "
+                                r"backup\.", str(exc)), exc
         else:
             pytest.fail("a cut archive was restored")
         gc.collect()
