@@ -157,12 +157,12 @@ class Staging:
     """The staging folder of one restore: the checked files' content, each under a number, and
     the files the folder already holds as the backup has them."""
 
-    def __init__(self, fd, name, root_fd=None, root_path=None, current=None, behind=None):
+    def __init__(self, fd, name, root_fd, root_path, current, behind):
         self.fd, self.name = fd, name
         self.files = {}  # path in the backup -> name in the staging folder
-        self.current = current or {}  # path -> lstat of the folder's regular files before the restore
+        self.current = current  # path -> lstat of the folder's regular files before the restore
         self.same = {}  # path -> signature() of the folder's file found identical (not staged)
-        self._reader = FolderWriter(os.dup(root_fd), root_path) if root_fd is not None else None
+        self._reader = FolderWriter(os.dup(root_fd), root_path)  # None once closed
         self.behind = behind  # a Worker making and writing the staged files, or None: this thread
         self.writer_cpu = 0.0  # the CPU seconds ``behind`` spent
 

@@ -386,3 +386,23 @@ def test_a_staging_folder_that_cannot_be_removed_is_left_out_only_when_the_mount
         assert failed.value.errno == errno.EIO
     else:
         assert staged_restore.remove_stale_staging(str(source)) == [f"{STAGING_PREFIX}0123456789ab"]
+
+
+def test_a_staged_file_that_cannot_be_written_fails_the_restore_before_anything_moves(folder, monkeypatch):
+    """The staged files are written by a worker thread: its failure (a full disk) is waited for
+    and raised before the safety backup and the renames, even for the last file staged."""
+    source, manager = folder
+    backup = manager.create_backup()
+    (source / "intro.ipynb").write_text("changed")  # the one file to stage
+    before = folder_snapshot(source)
+
+    def disk_full(self, data, entry):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), entry.path)
+
+    monkeypatch.setattr(staged_restore._StagedFile, "write_whole", disk_full)
+    with pytest.raises(OSError) as failed:
+        manager.restore_backup(backup["id"], "replace")
+    assert failed.value.errno == errno.ENOSPC
+    assert folder_snapshot(source) == before
+    assert staging_folders(source) == []
+    assert [b["id"] for b in manager.list_backups()] == [backup["id"]]  # no safety backup either
