@@ -401,7 +401,6 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
     on any fault (a stream's own errors, such as a store gone or a wrong key, are raised as they
     are)."""
     digest = hashlib.sha256()
-    manifest = None
     cpu_before = time.thread_time()
     with _opened(path) as raw, hashing_worker() as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
@@ -409,7 +408,7 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
             for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
                                                max_entries=config.max_entries,
                                                unchanged_files=meta.get("unchanged_files", 0)):
-                if isinstance(entry, Manifest):
+                if isinstance(entry, Manifest):  # the last item, always (or iter_archive raises)
                     manifest = entry
                 elif entry.type == FILE and (only is None or entry.path in only):
                     staging.stage(entry, content, compare=only is None)  # reads the file here: its read errors come here

@@ -6,6 +6,7 @@ swapped after the folder was listed), the restore's own step is wrapped and call
 import errno
 import fcntl
 import gc
+import json
 import os
 import warnings
 
@@ -354,6 +355,7 @@ def test_only_staging_folders_no_restore_holds_are_removed_and_the_folders_time_
     assert staged_restore.remove_stale_staging(str(source)) == []  # its restore ended: it goes too
     assert held not in os.listdir(source)
     assert staged_restore.remove_stale_staging(str(source / "missing")) == []
+    assert staged_restore.remove_stale_staging(str(source / "intro.ipynb")) == []  # not a folder
 
 
 def test_a_held_staging_folder_is_left_out_of_the_source_once(folder):
@@ -436,3 +438,33 @@ def test_the_reader_is_told_how_many_unchanged_files_a_partial_safety_backup_lis
     restored_then_changed(folder)
     folder[1].undo_last_restore()
     assert told == [0, 2]
+
+
+def test_an_archive_that_does_not_match_the_stores_checksum_is_refused_by_its_id(folder):
+    source, manager = folder
+    backup = manager.create_backup()
+    record = os.path.join(manager.store.path, "meta", backup["id"] + ".json")
+    with open(record) as f:
+        meta = json.load(f)
+    meta["sha256"] = "0" * 64
+    with open(record, "w") as f:
+        json.dump(meta, f)
+    (source / "intro.ipynb").write_text("changed")
+    before = folder_snapshot(source)
+    with pytest.raises(InvalidArchive) as refused:
+        manager.restore_backup(backup["id"], "replace")
+    assert str(refused.value) == (f"The archive of {backup['id']} does not match its recorded checksum: it was "
+                                  "altered or damaged in the store.")
+    assert folder_snapshot(source) == before
+    assert staging_folders(source) == []
+
+
+def test_a_store_without_a_file_here_is_read_as_its_stream_once(folder, monkeypatch):
+    """As an S3 store's download: the stream itself is checked and staged, not opened as a path."""
+    source, manager = folder
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    (source / "intro.ipynb").write_text("changed")
+    monkeypatch.setattr(core, "local_path", lambda store, name: None)
+    manager.restore_backup(backup["id"], "replace")
+    assert folder_snapshot(source) == original
