@@ -425,8 +425,6 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
     progress.mark("waiting for the staged files' writer")
     staging.written()
     progress.add_thread_cpu("writing staged files (thread)", staging.writer_cpu)
-    if manifest is None:
-        raise InvalidArchive("The archive has no manifest: it was cut short or is not a backup.")
     if meta.get("sha256") and digest.hexdigest() != meta["sha256"]:
         raise InvalidArchive(
             f"The archive of {meta['id']} does not match its recorded checksum: it was altered "
