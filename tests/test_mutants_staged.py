@@ -8,6 +8,7 @@ import fcntl
 import gc
 import json
 import os
+import time
 import warnings
 
 import pytest
@@ -18,6 +19,7 @@ from ailab_backup_ext.archive import CHUNK
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError, InvalidArchive, TooLarge
+from ailab_backup_ext.progress import Progress
 from ailab_backup_ext.staged_restore import STAGING_PREFIX
 from treeutil import folder_snapshot
 
@@ -470,3 +472,22 @@ def test_a_store_without_a_file_here_is_read_as_its_stream_once(folder, monkeypa
     monkeypatch.setattr(core, "local_path", lambda store, name: None)
     manager.restore_backup(backup["id"], "replace")
     assert folder_snapshot(source) == original
+
+
+def test_the_restores_timeline_names_its_phases_and_what_its_threads_spent(folder):
+    """The per-phase timing the worker reports and the benchmark prints: the waits in their order,
+    and the CPU of the reading (this thread's: no more than it has spent in all), the archive's
+    hashing thread and the staged files' writer."""
+    source, manager = folder
+    backup = manager.create_backup()
+    (source / "intro.ipynb").write_text("changed")
+    progress = Progress()
+    manager.restore_backup(backup["id"], "replace", progress)
+    phases = [phase for phase, _, _ in progress.timeline]
+    waits = ["checking", "waiting for the hashing thread", "waiting for the staged files' writer", "syncfs", "restoring"]
+    assert [p for p in phases if p in waits] == waits
+    reading = "reading: zstd, tar, small files' SHA-256, comparing"
+    spent = {task: progress.thread_cpu.get(task) for task in
+             (reading, "SHA-256 of the archive (thread)", "writing staged files (thread)")}
+    assert all(seconds is not None and seconds >= 0 for seconds in spent.values()), progress.thread_cpu
+    assert spent[reading] <= time.thread_time()
