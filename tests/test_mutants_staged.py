@@ -331,14 +331,16 @@ def staging_kinds(source):
     outside = source.parent / "elsewhere"
     outside.mkdir()
     (outside / "keep.txt").write_text("not in the folder")
-    stale = [f"{STAGING_PREFIX}{n:012x}" for n in range(1, 4)]
-    for name in stale:
-        (source / name).mkdir()
-        (source / name / "0").write_bytes(b"staged content")
     held = f"{STAGING_PREFIX}{'f' * 12}"
     (source / held).mkdir()
     lock = os.open(source / held, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(lock, fcntl.LOCK_EX)
+    stale = []
+    while len(stale) < 3 or os.listdir(source).index(held) > os.listdir(source).index(stale[-1]):
+        stale.append(f"{STAGING_PREFIX}{len(stale) + 1:012x}")  # until one is listed after the held one
+        (source / stale[-1]).mkdir()
+        (source / stale[-1] / "0").write_bytes(b"staged content")
+        assert len(stale) < 100
     (source / f"{STAGING_PREFIX}a-file").write_text("a file")
     os.symlink(outside, source / f"{STAGING_PREFIX}a-link")
     os.utime(source, (OLD, OLD))
