@@ -18,6 +18,7 @@ import uuid
 from contextlib import contextmanager, nullcontext
 
 from .archive import (
+    ARCHIVE_HASH_DEPTH,
     CHUNK,
     DIR,
     FILE,
@@ -376,7 +377,7 @@ class BackupManager(ReleaseMoves):
 
     def _check_stream(self, raw, meta=None, progress=None, max_ratio=0, cancel=None):
         digest = hashlib.sha256()
-        with hashing_worker() as hasher:  # the archive's own hash, in a thread of its own
+        with hashing_worker(ARCHIVE_HASH_DEPTH) as hasher:  # the archive's own hash, in a thread of its own
             hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
             manifest = read_archive(hashed, self.config.max_archive_bytes, progress, max_ratio,
                                     max_entries=self.config.max_entries, cancel=cancel,

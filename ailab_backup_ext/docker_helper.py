@@ -270,6 +270,53 @@ class DockerHelper:
         if not self.volume_exists(name):
             self.client.volumes.create(name, labels={HELPER_LABEL: "store"})
 
+    def create_helper(self, image, mounts, **kwargs):
+        """``containers.create`` for a helper, refusing a named volume of ``mounts`` that was
+        removed meanwhile: mounting a volume that does not exist creates it empty, so a volume
+        removed just after its existence check ('docker volume rm' in another shell) would come
+        back empty, to be backed up or restored into. The engine's event stream, opened before the
+        volumes are checked, says whether one was destroyed before this container was created: in
+        the engine's own order, so no clocks are compared."""
+        import docker
+
+        names = {mount["Source"] for mount in mounts if mount.get("Type") == "volume"}
+        try:
+            events = names and self.client.api.events(
+                filters={"type": ["volume", "container"], "event": ["destroy", "create"]}, decode=True)
+        except docker.errors.APIError:
+            events = None  # a socket proxy that hides events: the existence check alone, as before
+        if not events:
+            return self.client.containers.create(image, mounts=mounts, **kwargs)
+        created = None
+        try:
+            for name in sorted(names):
+                self.require_volume(name)
+            created = self.client.containers.create(image, mounts=mounts, **kwargs)
+            gone = sorted(_volumes_destroyed_before(events, created.id) & names)
+        except BaseException:
+            if created is not None:
+                self._remove(created.id)  # the events were lost: no helper left behind
+            raise
+        finally:
+            events.close()
+        if not gone:
+            return created
+        self._remove(created.id)
+        for name in gone:
+            self._remove_volume_quietly(name)  # the empty one the create made again
+        raise NotFound(
+            f"The Docker volume {gone[0]!r} does not exist (it was removed just now). Check the name "
+            "with 'docker volume ls' or set AILabBackup.volume."
+        )
+
+    def _remove_volume_quietly(self, name):
+        import docker
+
+        try:
+            self.client.api.remove_volume(name)
+        except docker.errors.DockerException:
+            pass  # in use by someone else meanwhile: theirs now
+
     @staticmethod
     def mount(kind, source, target, read_only=False):
         from docker.types import Mount
@@ -306,13 +353,13 @@ class DockerHelper:
         image = self.image()
         self._remove_orphans()
         with self.answering("create a helper container"):
-            created = self.client.containers.create(
+            created = self.create_helper(
                 image,
-                [JOB_SCRIPT],
+                mounts,
+                command=[JOB_SCRIPT],
                 # our own job as root, in place of the image's entrypoint (AI-Lab's starts a server)
                 entrypoint=["sh"],
                 user="0:0",
-                mounts=mounts,
                 labels=helper_labels(),
                 network_disabled=True,
             )
@@ -347,8 +394,8 @@ class DockerHelper:
                 if helper is None:
                     self._remove_orphans()
                     with self.answering("create a helper container"):
-                        helper = self.client.containers.create(
-                            self.image(), [JOB_SCRIPT], entrypoint=["sh"], user="0:0", mounts=mounts,
+                        helper = self.create_helper(
+                            self.image(), mounts, command=[JOB_SCRIPT], entrypoint=["sh"], user="0:0",
                             labels=helper_labels(**{KEPT_LABEL: "1"}),
                             network_disabled=True)
                     self._kept[key] = helper
@@ -375,8 +422,8 @@ class DockerHelper:
 
     def _read_once(self, mounts, read):
         with self.answering("create a helper container"):
-            helper = self.client.containers.create(self.image(), [JOB_SCRIPT], entrypoint=["sh"], user="0:0",
-                                                   mounts=mounts, labels=helper_labels(), network_disabled=True)
+            helper = self.create_helper(self.image(), mounts, command=[JOB_SCRIPT], entrypoint=["sh"], user="0:0",
+                                        labels=helper_labels(), network_disabled=True)
         try:
             return read(helper)
         finally:
@@ -537,3 +584,15 @@ class DockerHelper:
                 removed += 1
         return removed
 
+
+def _volumes_destroyed_before(events, container_id):
+    """The names of the volumes destroyed before the container ``container_id`` was created, read
+    from a stream of volume and container events opened before it was asked for."""
+    destroyed = set()
+    for event in events:
+        actor = (event.get("Actor") or {}).get("ID")
+        if event.get("Type") == "volume" and event.get("Action") == "destroy":
+            destroyed.add(actor)
+        elif event.get("Type") == "container" and event.get("Action") == "create" and actor == container_id:
+            return destroyed
+    return destroyed

@@ -328,7 +328,7 @@ class DownloadHandler(BaseHandler):
                     chunk = await asyncio.to_thread(stream.read, CHUNK)
                     if not chunk:
                         break
-                    self.write(chunk)
+                    self.write(chunk if isinstance(chunk, bytes) else bytes(chunk))  # (a decrypted block is a bytearray)
                     await self.flush()  # waits for a slow client: memory stays bounded
             except StreamClosedError:
                 return

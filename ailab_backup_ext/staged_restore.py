@@ -28,12 +28,13 @@ import time
 import uuid
 from contextlib import contextmanager, nullcontext, suppress
 
-from .archive import CHUNK, FILE, FeedingReader, Manifest, Worker, hashing_worker, iter_archive
+from .archive import ARCHIVE_HASH_DEPTH, CHUNK, FILE, FeedingReader, Manifest, Worker, hashing_worker, iter_archive
 from .archive.reader import _READ_ERRORS as READ_ERRORS
 from .errors import BackupError, InvalidArchive
 from .sources import FolderWriter, remove_at
 
 STAGING_PREFIX = ".ailab-restore-"
+SMALL_FILES_BATCH = 32  # small files handed to the staging's writer at once (at most CHUNK bytes of them)
 
 
 @contextmanager
@@ -165,6 +166,7 @@ class Staging:
         self._reader = FolderWriter(os.dup(root_fd), root_path)  # None once closed
         self.behind = behind  # a Worker making and writing the staged files, or None: this thread
         self.writer_cpu = 0.0  # the CPU seconds ``behind`` spent
+        self._small, self._small_bytes = [], 0  # small files not yet handed to ``behind``: (file, data, entry)
 
     def close(self):
         if self._reader is not None:
@@ -224,7 +226,13 @@ class Staging:
             data = content.read(CHUNK)
             more = content.read(CHUNK)
             if not more:
-                run(out.write_whole, data, entry)
+                if self.behind is None:
+                    out.write_whole(data, entry)
+                else:  # handed over with other small files: one hand-over for many
+                    self._small.append((out, data, entry))
+                    self._small_bytes += len(data)
+                    if self._small_bytes >= CHUNK or len(self._small) >= SMALL_FILES_BATCH:
+                        self._hand_small_files()
                 self.files[entry.path] = staged
                 return
             pending = data + more  # more than its size said (a member's reader never gives that)
@@ -240,6 +248,11 @@ class Staging:
             raise
         run(out.finish, entry)
         self.files[entry.path] = staged
+
+    def _hand_small_files(self):
+        if self._small:
+            batch, self._small, self._small_bytes = self._small, [], 0
+            self.behind.submit(_write_small_files, batch)
 
     def hashes_as(self, entry):
         """True when the folder's file ``entry.path`` is the entry (its SHA-256 computed now,
@@ -275,6 +288,7 @@ class Staging:
         """Wait until every staged file is written; raise the first error writing one raised.
         Files staged after this (an undo's unchanged files, from another backup) are written here."""
         if self.behind is not None:
+            self._hand_small_files()
             behind, self.behind = self.behind, None
             try:
                 behind.close()
@@ -284,6 +298,11 @@ class Staging:
     def writer(self, root_fd, path):
         """A :class:`FolderWriter` that renames staged files into place instead of copying."""
         return _PlacingWriter(root_fd, path, self)
+
+
+def _write_small_files(batch):
+    for out, data, entry in batch:
+        out.write_whole(data, entry)
 
 
 def _compared_prefix(entry, prefix_from, prefix):
@@ -297,25 +316,31 @@ def _compared_prefix(entry, prefix_from, prefix):
 
 
 class _StagedFile:
-    """One staged file, written by the staging's worker: open, write..., finish (closed on any error)."""
+    """One staged file, written by the staging's worker: open, write..., finish (closed on any error).
+    A bare file descriptor, no buffered file object: the pieces are large, and thousands of small
+    files are made one after the other."""
 
     def __init__(self, dir_fd, name):
-        self.dir_fd, self.name, self.out = dir_fd, name, None
+        self.dir_fd, self.name, self.fd = dir_fd, name, None
 
     def open(self):
-        fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.dir_fd)
-        self.out = os.fdopen(fd, "wb")
+        self.fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.dir_fd)
 
     def write(self, chunk):
         try:
-            self.out.write(chunk)
+            written = os.write(self.fd, chunk)
+            if written < len(chunk):  # rare for a file (a signal, a full disk: then the next write raises)
+                view = memoryview(chunk)[written:]
+                while view:
+                    view = view[os.write(self.fd, view):]
         except BaseException:
-            self.out.close()
+            self.abandon()
             raise
 
     def abandon(self):
-        if self.out is not None:
-            self.out.close()
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
     def write_whole(self, data, entry):
         self.open()
@@ -323,12 +348,13 @@ class _StagedFile:
         self.finish(entry)
 
     def finish(self, entry):
-        with self.out as out:
-            out.flush()
-            start_writeback(out.fileno())
-            os.fchmod(out.fileno(), entry.mode)
-            FolderWriter._own_fd(out.fileno(), entry)
-            os.utime(out.fileno(), (entry.mtime, entry.mtime))
+        try:
+            start_writeback(self.fd)
+            os.fchmod(self.fd, entry.mode)
+            FolderWriter._own_fd(self.fd, entry)
+            os.utime(self.fd, (entry.mtime, entry.mtime))
+        finally:
+            self.abandon()
 
 
 class _PlacingWriter(FolderWriter):
@@ -402,7 +428,7 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
     are)."""
     digest = hashlib.sha256()
     cpu_before = time.thread_time()
-    with _opened(path) as raw, hashing_worker() as hasher:
+    with _opened(path) as raw, hashing_worker(ARCHIVE_HASH_DEPTH) as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
         try:
             for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,

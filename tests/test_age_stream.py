@@ -1,8 +1,10 @@
-"""Our own streaming age decryption (stores/age_stream.py, used by restores of encrypted backups,
-issue 16): it opens what pyrage (bindings of rage, age's Rust implementation) and the reference
-`age` (Go; Debian's package, which scripts/test.sh installs) encrypt, for one recipient or several, and refuses, with our clear errors, a wrong key and every kind of damage (header, MAC,
-payload, cuts, trailing data) before handing out anything unauthenticated. Read in any sizes,
-and its read-ahead stays a few MiB ahead of the reader."""
+"""Our own streaming age decryption and encryption (stores/age_stream.py, used by restores and
+backups of encrypted backups, issue 16): it opens what pyrage (bindings of rage, age's Rust
+implementation) and the reference `age` (Go; Debian's package, which scripts/test.sh installs)
+encrypt, for one recipient or several, and refuses, with our clear errors, a wrong key and every
+kind of damage (header, MAC, payload, cuts, trailing data) before handing out anything
+unauthenticated. Read in any sizes, and its read-ahead stays a few MiB ahead of the reader. What
+it encrypts, pyrage and the reference age open."""
 
 import base64
 import hashlib
@@ -23,8 +25,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pyrage import x25519
 
 from ailab_backup_ext.errors import BackupError
-from ailab_backup_ext.stores.age import DecryptingReader
-from ailab_backup_ext.stores.age_stream import WrongKey, X25519Identity, decrypt
+from ailab_backup_ext.stores import age_stream
+from ailab_backup_ext.stores.age import DecryptingReader, EncryptingWriter
+from ailab_backup_ext.stores.age_stream import WrongKey, X25519Identity, decrypt, recipient_key
 
 KIB, MIB = 1024, 1024 * 1024
 CHUNK = 64 * KIB
@@ -96,6 +99,91 @@ def test_what_the_reference_age_encrypts_we_decrypt(tmp_path):
                         str(tmp_path / "plain")], check=True)
         for identity in identities:
             assert decrypt((tmp_path / "sealed").read_bytes(), [identity]) == plain, size
+
+
+def our_encryption(plain, *identities):
+    return age_stream.encrypt(plain, [recipient_key(str(i.to_public())) for i in identities])
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 5 * MIB + 7])
+def test_what_we_encrypt_pyrage_decrypts_for_each_recipient(size):
+    recipients = [x25519.Identity.generate() for _ in range(2)]
+    plain = os.urandom(size)
+    sealed = our_encryption(plain, *recipients)
+    for identity in recipients:
+        assert pyrage.decrypt(sealed, [identity]) == plain
+    with pytest.raises(pyrage.DecryptError):
+        pyrage.decrypt(sealed, [x25519.Identity.generate()])
+    chunks = max(1, -(-size // CHUNK))  # a multiple of 64 KiB ends with a full final chunk, never an empty one
+    assert len(sealed.split(b"\n---", 1)[1].split(b"\n", 1)[1]) == 16 + size + 16 * chunks
+
+
+@pytest.mark.skipif(not shutil.which("age"), reason="the reference age (Debian package age) is not installed")
+def test_what_we_encrypt_the_reference_age_decrypts(tmp_path):
+    keys = [subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    recipients = [recipient_key(next(k for k in key.splitlines() if k.startswith("# public key: ")).split()[-1])
+                  for key in keys]
+    for n, key in enumerate(keys):
+        (tmp_path / f"key{n}").write_text(key)
+    for size in (0, 1, CHUNK, CHUNK + 1, 2 * MIB + 3):
+        plain = os.urandom(size)
+        (tmp_path / "sealed").write_bytes(age_stream.encrypt(plain, recipients))
+        for n in range(2):
+            opened = subprocess.run(["age", "-d", "-i", str(tmp_path / f"key{n}"), str(tmp_path / "sealed")],
+                                    capture_output=True, check=True).stdout
+            assert opened == plain, size
+
+
+def test_each_file_gets_its_own_file_key_and_nonce(identity):
+    plain = os.urandom(CHUNK + 1)
+    first, second = our_encryption(plain, identity), our_encryption(plain, identity)
+    assert first.split(b"\n-> ")[0] == second.split(b"\n-> ")[0]  # the version line
+    assert first[-(CHUNK + 64):] != second[-(CHUNK + 64):]
+    assert first.split(b"\n---")[0] != second.split(b"\n---")[0]  # another ephemeral share
+
+
+def test_a_recipient_that_is_not_one_is_refused():
+    with pytest.raises(ValueError):
+        recipient_key(str(x25519.Identity.generate()))  # a secret key, not a recipient
+    with pytest.raises(ValueError):
+        age_stream.encrypt(b"x", [])
+
+
+class Collected:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, data):
+        self.parts.append(bytes(data))
+        return len(data)
+
+
+@pytest.mark.parametrize("piece", [1, 1000, CHUNK, MIB + 3])
+def test_the_encrypting_writer_streams_what_is_written_in_any_pieces(identity, piece):
+    plain = os.urandom(3 * MIB + 12345)
+    out = Collected()
+    writer = EncryptingWriter(out, [identity.to_public()])
+    view = memoryview(plain)
+    for offset in range(0, len(plain), piece):
+        writer.write(view[offset:offset + piece])
+    writer.close()
+    assert pyrage.decrypt(b"".join(out.parts), [identity]) == plain
+    assert max(len(p) for p in out.parts) <= 2 * MIB  # streamed: never the whole file at once
+
+
+def test_a_failing_store_stops_the_encrypting_writer_with_its_own_error(identity):
+    class Failing:
+        error = None
+
+        def write(self, data):
+            self.error = BackupError("the store is gone")
+            raise self.error
+
+    writer = EncryptingWriter(Failing(), [identity.to_public()])
+    with pytest.raises(BackupError, match="the store is gone"):
+        for _ in range(64):
+            writer.write(os.urandom(MIB))
+        writer.close()
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096, CHUNK + 3, MIB + 1, -1])

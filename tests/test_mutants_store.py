@@ -60,16 +60,56 @@ def test_the_clean_up_at_start_removes_spools_of_dead_processes_only(tmp_path):
     data.mkdir(parents=True)
     dead = data / f".b-1.tar.zst.{DEAD_PID}.ailab-partial"
     dead_too = data / f"{DEAD_PID + 1}.ailab-partial"  # the pid alone before the suffix
-    mine = data / f".b-2.tar.zst.{os.getpid()}.ailab-partial"  # a backup running now
     # not spools: a finished archive, a name with a dead pid but another 14-character ending
     kept = [data / "b-3.tar.zst", data / f".b-4.tar.zst.{DEAD_PID}.other-partial", data / ".b-5.tar.zst.x.ailab-partial"]
-    for path in [dead, dead_too, mine, *kept]:
+    for path in [dead, dead_too, *kept]:
         path.write_bytes(b"x")
-    assert store.remove_stale_spools() == 2
-    assert sorted(os.listdir(data)) == sorted(p.name for p in [mine, *kept])
-    assert store.remove_stale_spools() == 0
+    with store.spool("b-2.tar.zst") as mine:  # a backup running now
+        with open(mine, "wb") as f:
+            f.write(b"x")
+        assert store.remove_stale_spools() == 2
+        assert sorted(os.listdir(data)) == sorted([os.path.basename(mine), *(p.name for p in kept)])
+        assert store.remove_stale_spools() == 0
     assert FolderStore(tmp_path / "no-store").remove_stale_spools() == 0  # nothing there yet: nothing made
     assert not (tmp_path / "no-store").exists()
+
+
+def test_a_spool_whose_writer_runs_in_another_pid_namespace_is_kept_by_its_lock(tmp_path):
+    """The server in AI-Lab's container and a command line on the host may share a folder store:
+    the other's pid means nothing here (no such process, or someone else), its flock does."""
+    store = FolderStore(tmp_path / "store")
+    data = tmp_path / "store" / "data"
+    data.mkdir(parents=True)
+    theirs = data / f".b-1.tar.zst.{DEAD_PID}.ailab-partial"  # written there, now
+    theirs.write_bytes(b"half")
+    fd = os.open(theirs, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as their spool_file holds it
+        assert store.remove_stale_spools() == 0
+        assert theirs.read_bytes() == b"half"
+    finally:
+        os.close(fd)  # their writer died: the kernel drops its lock
+    assert store.remove_stale_spools() == 1
+    assert os.listdir(data) == []
+
+
+def test_a_spool_with_our_own_pid_left_by_an_earlier_process_is_removed_and_written_over(tmp_path):
+    """A restarted container's server often has the pid it had before: the spool its killed
+    predecessor left has our pid, and no lock."""
+    store = FolderStore(tmp_path / "store")
+    data = tmp_path / "store" / "data"
+    data.mkdir(parents=True)
+    left = data / f".b-1.tar.zst.{os.getpid()}.ailab-partial"
+    left.write_bytes(b"from before the restart")
+    assert store.remove_stale_spools() == 1
+    assert os.listdir(data) == []
+    left.write_bytes(b"from before the restart")  # not cleaned up yet: the same name is written over
+    with store.spool("b-1.tar.zst") as path:
+        assert path == str(left)
+        with open(path, "wb") as f:
+            f.write(b"new")
+        store.commit(path, "b-1.tar.zst", {"id": "b-1", "archive": "b-1.tar.zst"})
+    assert (data / "b-1.tar.zst").read_bytes() == b"new"
 
 
 def test_the_clean_up_at_start_removes_unlocked_worker_spools_only(tmp_path):

@@ -5,6 +5,7 @@ changes nothing (the folder's own time neither), a restore stopped at any point 
 and no staging folder is ever kept or backed up."""
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -177,3 +178,60 @@ def test_worker_restore_stopped_while_staging_changes_nothing_in_the_volume(
     after = volume_snapshot(docker_client, volume)
     assert not [p for p in after if p.startswith(STAGING_PREFIX)]
     assert after == before  # the folder's time too: kept while staging came and went
+
+
+def add_small_files(source, count):
+    folder = source / "many"
+    folder.mkdir()
+    for n in range(count):
+        (folder / f"note-{n}.ipynb").write_bytes(os.urandom(n * 37 % 5000))  # 0 to 5 KB, a few empty
+
+
+def test_small_files_reach_the_writer_in_batches_and_every_one_is_restored(local, monkeypatch):
+    """Small files are handed to the staging's writer thread many at a time (one hand-over each
+    cost as much as writing it), and none is lost on the way, the last, partial batch neither."""
+    source, manager = local
+    add_small_files(source, 3 * staged_restore.SMALL_FILES_BATCH + 5)
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    change(source)
+    shutil.rmtree(source / "many")  # (files the folder holds as the backup has them are not staged)
+    handed = []
+    original_submit = staged_restore.Worker.submit
+
+    def counted(worker, fn, *args):
+        handed.append(len(args[0]) if fn is staged_restore._write_small_files else 0)
+        return original_submit(worker, fn, *args)
+
+    monkeypatch.setattr(staged_restore.Worker, "submit", counted)
+    manager.restore_backup(backup["id"], "replace")
+    assert folder_snapshot(source) == original
+    batches = [n for n in handed if n]
+    assert sum(batches) >= 3 * staged_restore.SMALL_FILES_BATCH + 5
+    assert len(batches) < sum(batches) / 4 and max(batches) <= staged_restore.SMALL_FILES_BATCH
+
+
+def test_a_staged_write_that_fails_changes_nothing(local, monkeypatch):
+    """The disk fills up while the writer thread writes a batch of small files: the restore says
+    so, nothing visible changed, and the staging folder is gone."""
+    source, manager = local
+    add_small_files(source, 2 * staged_restore.SMALL_FILES_BATCH)
+    backup = manager.create_backup()
+    change(source)
+    shutil.rmtree(source / "many")
+    before = folder_snapshot(source)
+    written = []
+    original_write = staged_restore._StagedFile.write
+
+    def full_disk(staged, chunk):
+        written.append(len(chunk))
+        if len(written) == staged_restore.SMALL_FILES_BATCH + 3:
+            raise OSError(28, "No space left on device")
+        return original_write(staged, chunk)
+
+    monkeypatch.setattr(staged_restore._StagedFile, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        manager.restore_backup(backup["id"], "replace")
+    assert folder_snapshot(source) == before
+    assert staging_folders(source) == []
+    assert [b["id"] for b in manager.list_backups()] == [backup["id"]]

@@ -29,6 +29,7 @@ from .format import (
     utc_now,
 )
 from .reader import (
+    ARCHIVE_HASH_DEPTH,
     MAX_HEADER_DATA,
     EntryChecker,
     TarReader,
@@ -42,6 +43,7 @@ from .threads import PARALLEL_MIN_BYTES, FeedingReader, IterStream, Worker, hash
 from .writer import STORE_MIN_BYTES, file_chunks, tar_header, tar_padding, tar_stream, tarinfo_for, write_archive
 
 __all__ = [
+    "ARCHIVE_HASH_DEPTH",
     "CHUNK",
     "DATA_ROOT",
     "DIR",

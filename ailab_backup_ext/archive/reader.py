@@ -135,11 +135,17 @@ class _HeadThen:
         return self.raw.read(size)
 
 
+# What zstd asks its input for at a time: an S3 range (stores/s3.py RANGE_BYTES) whole, so that a
+# download's pieces are handed on as they came, never sliced into copies.
+COMPRESSED_READ_BYTES = 4 * 1024 * 1024
+ARCHIVE_HASH_DEPTH = 2  # such pieces waiting for the archive's SHA-256 thread: 8 MiB at most
+
+
 def open_decompressed(raw):
     """A readable stream of tar bytes from zstd, gzip or plain tar input (sniffed, not guessed)."""
     head = _read_exactly(raw.read, 4)
-    if head == b"\x28\xb5\x2f\xfd":  # read in 1 MiB pieces (the default, 128 KiB, costs more hand-overs)
-        return zstandard.ZstdDecompressor().stream_reader(_HeadThen(head, raw), read_size=CHUNK,
+    if head == b"\x28\xb5\x2f\xfd":  # read in large pieces (the default, 128 KiB, costs more hand-overs)
+        return zstandard.ZstdDecompressor().stream_reader(_HeadThen(head, raw), read_size=COMPRESSED_READ_BYTES,
                                                           read_across_frames=True)
     source = io.BufferedReader(_Prefixed(head, raw), CHUNK)
     if head[:2] == b"\x1f\x8b":

@@ -60,8 +60,8 @@ class Worker:
             raise self._error
 
 
-def hashing_worker():
-    return Worker("ailab-backup-hash")  # pragma: no mutate (a thread's name)
+def hashing_worker(depth=8):
+    return Worker("ailab-backup-hash", depth)  # pragma: no mutate (a thread's name)
 
 
 PARALLEL_MIN_BYTES = 256 * 1024

@@ -1,10 +1,9 @@
-"""Encryption at rest in the age format (https://age-encryption.org): encrypted with pyrage,
-decrypted with our own :mod:`.age_stream`.
+"""Encryption at rest in the age format (https://age-encryption.org): encrypted and decrypted with
+our own :mod:`.age_stream` (pyrage, which holds the GIL while it does either, makes the keys).
 
-Streams both ways in bounded memory. Encrypting: pyrage's ``encrypt_io`` in a thread of its own,
-fed through a :class:`Pipe`. Decrypting: our own :mod:`.age_stream` (pyrage holds the GIL while it
-decrypts) in a read-ahead thread. What a store holds is an ordinary age file: ``age -d -i KEY FILE | tar --zstd -x``
-opens it without this extension.
+Streams both ways in bounded memory. Encrypting: in a thread of its own, fed through a
+:class:`Pipe`. Decrypting: in a read-ahead thread. What a store holds is an ordinary age file:
+``age -d -i KEY FILE | tar --zstd -x`` opens it without this extension.
 
 The private key (an X25519 identity, ``AGE-SECRET-KEY-1...``) is kept in one file of this machine,
 mode 0600, by default in Jupyter's data directory: never in the notebooks folder (it would be in
@@ -35,7 +34,7 @@ class Pipe:
     """A bounded queue of byte chunks between one writing and one reading thread. Either side
     can fail or give up; the other then sees the error instead of waiting for ever."""
 
-    BATCH = 256 * 1024  # pyrage writes 64 KiB pieces: handed over in batches, a queue call each
+    BATCH = 256 * 1024  # small pieces are handed over in batches, a queue call each
 
     def __init__(self, depth=8):
         self.chunks = queue.Queue(depth)
@@ -54,6 +53,12 @@ class Pipe:
         if self.batch_bytes >= self.BATCH:
             self._put_batch()
         return len(data)
+
+    def hand_over(self, data):
+        """Queue ``data`` as it is (no copy): its writer never touches it again."""
+        if self.batch:
+            self._put_batch()
+        self._put(data)
 
     def _put_batch(self):
         data = b"".join(self.batch)
@@ -114,15 +119,16 @@ class EncryptingWriter:
     :meth:`close` ends the age stream (its last chunk is only known then)."""
 
     def __init__(self, out, recipients):
-        import pyrage
+        from .age_stream import encrypt_stream, recipient_key
 
+        keys = [recipient_key(str(recipient)) for recipient in recipients]
         self.pipe = Pipe()
         self.error = None
         self.out = out
 
         def run():
             try:
-                pyrage.encrypt_io(self.pipe, out, recipients)
+                encrypt_stream(self.pipe.read, out.write, keys)
             except BaseException as exc:  # noqa: BLE001 - raised in the writing thread
                 self.error = exc
                 self.pipe.abandon()
@@ -187,8 +193,8 @@ class DecryptingReader:
 
         error = None
         try:
-            for block in decrypt_blocks(raw.read, keys):
-                self.pipe.write(block)
+            for block in decrypt_blocks(raw.read, keys):  # each a new bytearray: handed over, not copied
+                self.pipe.hand_over(block)
         except BrokenPipeError:
             return  # the reader gave up
         except WrongKey:

@@ -92,7 +92,7 @@ class S3Store:
     @property
     def client(self):
         if self._client is None:
-            import boto3
+            import botocore.session  # not boto3: its import (s3transfer, resources) costs a restore ~0.1 s
             from botocore.config import Config
 
             config = Config(
@@ -102,8 +102,9 @@ class S3Store:
                 request_checksum_calculation="when_required", response_checksum_validation="when_required",
             )  # checksums: the archive carries its own (zstd frames, SHA-256); not all S3 servers know these
             _quiet_sdk_logs()
-            session = boto3.session.Session()
-            self._client = session.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+            session = botocore.session.get_session()  # boto3's own chain of credentials: it is botocore's
+            self._client = session.create_client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                                                 config=config)
             self._secrets = _secrets_of(session)
         return self._client
 

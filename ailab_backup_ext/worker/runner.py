@@ -306,12 +306,11 @@ class WorkerRunner:
     def _run_container(self, job, mounts, probe, progress):
         from ..docker_helper import helper_labels
 
-        client = self.docker.client
         self.docker._remove_orphans()
         code = self._code_tar(probe.get("inject_zstandard", False))
         with self.docker.answering("create a worker container"):
-            container = client.containers.create(
-                probe["image"], ["/ailab/job.sh"], entrypoint=["sh"], user="0:0", mounts=mounts,
+            container = self.docker.create_helper(
+                probe["image"], mounts, command=["/ailab/job.sh"], entrypoint=["sh"], user="0:0",
                 labels=helper_labels(**{WORKER_LABEL: job["id"]}),
                 network_disabled=True, working_dir="/")
         self.containers_created += 1
@@ -360,9 +359,9 @@ class WorkerRunner:
             code = self._code_tar(probe.get("inject_zstandard", False))
             self.docker._remove_orphans()
             with self.docker.answering("create a worker container"):
-                helper = self.docker.client.containers.create(
-                    probe["image"], ["-c", zygote.KEPT_MAIN, CODE_AT], entrypoint=[probe["python"]], user="0:0",
-                    mounts=mounts,
+                helper = self.docker.create_helper(
+                    probe["image"], mounts, command=["-c", zygote.KEPT_MAIN, CODE_AT], entrypoint=[probe["python"]],
+                    user="0:0",
                     labels=helper_labels(**{WORKER_LABEL: "kept", KEPT_LABEL: "1"}), network_disabled=True,
                     working_dir="/", stdin_open=True, auto_remove=True)
             self.containers_created += 1

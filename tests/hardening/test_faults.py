@@ -431,9 +431,6 @@ def test_restore_into_a_volume_removed_after_listing(listed_volume, docker_clien
     assert [m["kind"] for m in manager.list_backups()] == ["manual"]  # no safety backup of nothing
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: check-then-mount race: a volume removed between DockerMountSource._mounts()' existence "
-    "check and the helper's creation is silently re-created empty by Docker (and backed up)"))
 def test_volume_removed_just_after_the_existence_check(listed_volume, docker_client):
     manager, volume = listed_volume
     real_mount = manager.docker.mount
@@ -448,3 +445,26 @@ def test_volume_removed_just_after_the_existence_check(listed_volume, docker_cli
         manager.create_backup()
     assert manager.list_backups() == []
     assert volume not in _volume_names(docker_client), "Docker re-created the removed volume as a side effect"
+
+
+def test_volume_removed_in_the_instant_before_the_helper_is_created(listed_volume, docker_client, monkeypatch):
+    """The narrowest window: every check passed, and the volume goes right before the engine is
+    asked for the helper, whose mount would make it again, empty."""
+    from docker.models.containers import ContainerCollection
+
+    manager, volume = listed_volume
+    first = manager.create_backup()  # the source was fine a moment ago
+    real_create = ContainerCollection.create
+
+    def vanish_then_create(self, image, command=None, **kwargs):
+        if any(m.get("Source") == volume for m in kwargs.get("mounts") or []) and volume in _volume_names(docker_client):
+            docker_client.volumes.get(volume).remove()  # 'docker volume rm' in another shell, just now
+        return real_create(self, image, command, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "create", vanish_then_create)
+    with pytest.raises(NotFound, match="removed just now"):
+        manager.create_backup()
+    monkeypatch.undo()
+    assert [b["id"] for b in manager.list_backups()] == [first["id"]], "an empty backup of the re-made volume was listed"
+    assert volume not in _volume_names(docker_client), "the volume the helper's mount made again was left behind"
+    assert our_helpers(docker_client) == []

@@ -15,7 +15,7 @@ import pytest
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.docker_helper import DockerHelper
-from ailab_backup_ext.errors import BackupError, Unavailable
+from ailab_backup_ext.errors import BackupError, NotFound, Unavailable
 from ailab_backup_ext.progress import Progress
 from hardutil import files_in_volume, our_helpers, remove_our_helpers, wait_until
 from test_faults import stop_when
@@ -313,3 +313,38 @@ def test_a_preview_whose_client_went_away_stops_in_the_kept_worker(
         assert plan["unchanged"]["count"] == VOLUME_FILES
     finally:
         manager.docker.close()
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["one worker per operation", "the server's kept worker"])
+def test_a_volume_removed_in_the_instant_before_the_worker_is_created_is_not_made_again(
+        docker_client, make_volume, python_image, monkeypatch, kept):
+    """Mounting a volume that does not exist makes it, empty: a volume removed just before the
+    worker's container is created must be refused, not backed up empty (nor left made again)."""
+    from docker.models.containers import ContainerCollection
+
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, "echo '{}' > /v/intro.ipynb")
+    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=python_image))
+    manager.docker.keep_helpers = kept
+    real_create = ContainerCollection.create
+
+    def vanish_then_create(self, image, command=None, **kwargs):
+        if any(m.get("Source") == volume for m in kwargs.get("mounts") or []) and docker_client.volumes.list(
+                filters={"name": volume}):
+            docker_client.volumes.get(volume).remove()  # 'docker volume rm' in another shell, just now
+        return real_create(self, image, command, **kwargs)
+
+    try:
+        assert manager.status()["worker"]["in_use"]  # the worker path, not the streaming one
+        first = manager.create_backup()
+        manager.docker.close()  # the kept worker holds the volume: a new one is made below
+        manager.docker.keep_helpers = kept
+        monkeypatch.setattr(ContainerCollection, "create", vanish_then_create)
+        with pytest.raises(NotFound, match="removed just now"):
+            manager.create_backup()
+        monkeypatch.undo()
+        assert [m["id"] for m in manager.list_backups()] == [first["id"]]
+    finally:
+        manager.docker.close()
+    assert volume not in {v.name for v in docker_client.volumes.list()}, "the worker's mount made the volume again"
+    assert wait_until(lambda: not our_helpers(docker_client), 20)
