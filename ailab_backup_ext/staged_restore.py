@@ -158,13 +158,12 @@ class Staging:
     """The staging folder of one restore: the checked files' content, each under a number, and
     the files the folder already holds as the backup has them."""
 
-    def __init__(self, fd, name, root_fd=None, root_path=None, current=None, behind=None):
+    def __init__(self, fd, name, root_fd, root_path, current, behind):
         self.fd, self.name = fd, name
         self.files = {}  # path in the backup -> name in the staging folder
-        self.current = current or {}  # path -> lstat of the folder's regular files before the restore
+        self.current = current  # path -> lstat of the folder's regular files before the restore
         self.same = {}  # path -> signature() of the folder's file found identical (not staged)
-        self._reader = FolderWriter(os.dup(root_fd), root_path) if root_fd is not None else None
-        self.compared_bytes = 0
+        self._reader = FolderWriter(os.dup(root_fd), root_path)  # None once closed
         self.behind = behind  # a Worker making and writing the staged files, or None: this thread
         self.writer_cpu = 0.0  # the CPU seconds ``behind`` spent
         self._small, self._small_bytes = [], 0  # small files not yet handed to ``behind``: (file, data, entry)
@@ -209,7 +208,6 @@ class Staging:
                 if not chunk:
                     if matched == entry.size and not mine.read(1):
                         self.same[entry.path] = signature(st)  # identical: neither staged nor moved
-                        self.compared_bytes += matched
                         return
                     return self._write(entry, content, mine, matched)
                 if mine.read(len(chunk)) != chunk:
@@ -273,7 +271,6 @@ class Staging:
         if digest.hexdigest() != entry.sha256:
             return False
         self.same[entry.path] = signature(st)
-        self.compared_bytes += entry.size
         return True
 
     def check_same(self):
@@ -310,13 +307,12 @@ def _write_small_files(batch):
 
 def _compared_prefix(entry, prefix_from, prefix):
     """The first ``prefix`` bytes of the folder's file ``prefix_from``, found equal to the archive's."""
-    done = 0
-    while done < prefix:
-        piece = os.pread(prefix_from.fileno(), min(CHUNK, prefix - done), done)
-        if not piece:
+    for start in range(0, prefix, CHUNK):
+        wanted = min(CHUNK, prefix - start)
+        piece = os.pread(prefix_from.fileno(), wanted, start)
+        if len(piece) != wanted:  # a regular file reads short only at its end
             raise changed_meanwhile(entry.path)  # shrunk while compared
         yield piece
-        done += len(piece)
 
 
 class _StagedFile:
@@ -371,9 +367,7 @@ class _PlacingWriter(FolderWriter):
             if self.staging.same[entry.path][3] != entry.mtime * 10**9:  # only the time's fraction differs
                 os.utime(name, ns=(entry.mtime * 10**9, entry.mtime * 10**9), dir_fd=parent, follow_symlinks=False)
             return
-        staged = self.staging.files.get(entry.path)
-        if staged is None:  # not staged (never happens for a checked archive): copied as before
-            return super().write_file(parent, name, entry, content)
+        staged = self.staging.files[entry.path]  # each file of a checked archive is staged or found identical
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
@@ -433,7 +427,6 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
     on any fault (a stream's own errors, such as a store gone or a wrong key, are raised as they
     are)."""
     digest = hashlib.sha256()
-    manifest = None
     cpu_before = time.thread_time()
     with _opened(path) as raw, hashing_worker(ARCHIVE_HASH_DEPTH) as hasher:
         hashed = FeedingReader(raw, functools.partial(hasher.submit, digest.update))
@@ -441,7 +434,7 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
             for entry, content in iter_archive(hashed, config.max_archive_bytes, progress,
                                                max_entries=config.max_entries,
                                                unchanged_files=meta.get("unchanged_files", 0)):
-                if isinstance(entry, Manifest):
+                if isinstance(entry, Manifest):  # the last item, always (or iter_archive raises)
                     manifest = entry
                 elif entry.type == FILE and (only is None or entry.path in only):
                     staging.stage(entry, content, compare=only is None)  # reads the file here: its read errors come here
@@ -458,8 +451,6 @@ def check_and_stage(path, meta, staging, config, progress, only=None):
     progress.mark("waiting for the staged files' writer")
     staging.written()
     progress.add_thread_cpu("writing staged files (thread)", staging.writer_cpu)
-    if manifest is None:
-        raise InvalidArchive("The archive has no manifest: it was cut short or is not a backup.")
     if meta.get("sha256") and digest.hexdigest() != meta["sha256"]:
         raise InvalidArchive(
             f"The archive of {meta['id']} does not match its recorded checksum: it was altered "

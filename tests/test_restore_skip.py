@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-import ailab_backup_ext.core as core
+import ailab_backup_ext.staged_restore as staged_restore
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
 from ailab_backup_ext.errors import BackupError, InvalidArchive
@@ -69,8 +69,8 @@ def test_restore_over_itself_stages_nothing_and_its_undo_is_exact(local, monkeyp
     original = folder_snapshot(source)
     kept = inodes(source, UNTOUCHED + ["intro.ipynb"])
     written = []
-    stage = core.check_and_stage.__globals__["Staging"]._write
-    monkeypatch.setattr(core.check_and_stage.__globals__["Staging"], "_write",
+    stage = staged_restore.Staging._write
+    monkeypatch.setattr(staged_restore.Staging, "_write",
                         lambda self, entry, *a, **k: (written.append(entry.path), stage(self, entry, *a, **k))[1])
     result = manager.restore_backup(backup["id"], "replace")
     assert written == []

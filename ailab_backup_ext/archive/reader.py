@@ -397,7 +397,7 @@ class _BoundedDecompressed:
     unpacks to more than that many times the compressed bytes read so far, whatever the bytes are
     (file data, headers, padding, what follows the end); and stopped when ``cancel`` is set."""
 
-    def __init__(self, stream, counted, max_ratio=0, cancel=None):
+    def __init__(self, stream, counted, max_ratio, cancel):
         self.stream = stream
         self.counted = counted
         self.max_ratio = max_ratio
@@ -509,7 +509,7 @@ MANIFEST_BYTES_PER_ENTRY = 512
 MANIFEST_BASE_OBJECTS = 100_000
 
 
-def _read_manifest(tar, info, found_before, allowance, entry_count, unchanged_files=0):
+def _read_manifest(tar, info, found_before, allowance, entry_count, unchanged_files):
     if info.name != MANIFEST_NAME or found_before is not None:
         raise InvalidArchive(
             f"Refused member {info.name!r}: an archive holds only notebooks/ and one {MANIFEST_NAME}."
@@ -540,7 +540,7 @@ def _read_manifest(tar, info, found_before, allowance, entry_count, unchanged_fi
         raise InvalidArchive("The archive's manifest is not valid JSON.") from None
 
 
-def _match_manifest(manifest, found, check_content=True):
+def _match_manifest(manifest, found, check_content):
     declared = {}
     for entry in manifest.entries:
         if entry.path in declared:

@@ -24,7 +24,7 @@ class _VerifiedSink:
 
     SYNC_EVERY = 64 * 1024 * 1024
 
-    def __init__(self, out, compression, sync=False):
+    def __init__(self, out, compression, sync):
         self.out = out
         self.sync = sync  # pragma: no mutate (sync timing only)
         self.unsynced = 0
@@ -262,7 +262,7 @@ def write_archive(out, entries, manifest, compression, progress=None, sync=False
         for entry, digest in digests:
             entry.sha256 = digest.hexdigest()
         data = json.dumps(manifest.to_json(), indent=1).encode()
-        info = Entry(MANIFEST_NAME, FILE, size=len(data), mode=0o644, mtime=int(utc_now().timestamp()))
+        info = Entry(MANIFEST_NAME, FILE, size=len(data), mtime=int(utc_now().timestamp()))
         for chunk in tar_stream([(info, io.BytesIO(data))], root_name=None):
             compressor.write(chunk)
         compressor.close()
