@@ -92,6 +92,7 @@ class BackupManager(ReleaseMoves):
             self.docker = DockerHelper(self.config.docker_url, self.config.helper_image)
         self.worker = WorkerRunner(self.docker) if self.docker else None
         self._resolved = None
+        self._settings_read = False
         self._busy = threading.Lock()
         self.jobs = JobRunner()
         self.scheduler = Scheduler(self)
@@ -115,7 +116,17 @@ class BackupManager(ReleaseMoves):
             return None
 
     def resolve(self, refresh=False):
-        """Find the source and the store once (or again with ``refresh``)."""
+        """Find the source and the store once (or again with ``refresh``), and read the settings
+        kept beside the store the first time."""
+        places = self._places(refresh)
+        if not self._settings_read:
+            self._settings_read = True
+            self.settings.load()  # its helper image serves every helper from now on
+        return places
+
+    def _places(self, refresh=False):
+        """The source and the store, found once (or again with ``refresh``), without reading
+        the settings kept beside the store (which needs a helper container in Docker)."""
         if self._resolved is None or refresh:
             source = self._find_source()
             store = self._find_store(source)
@@ -127,10 +138,7 @@ class BackupManager(ReleaseMoves):
                 if source.kind == "volume" and source.mount_name == store.volume:
                     raise BackupError("The store volume cannot be the volume it backs up. Set AILabBackup.store.")
             second = self._second_store()  # s3: AILabBackup.copy_to
-            first = self._resolved is None
             self._resolved = (source, MirroredStore(store, second) if second else store)
-            if first:
-                self.settings.load()  # its helper image serves every helper from now on
         return self._resolved
 
     @property
@@ -255,14 +263,17 @@ class BackupManager(ReleaseMoves):
         """Run ``op`` in a worker container; raises NotRouted when none can run it here."""
         if self.worker is None:
             raise NotRouted("no Docker")
-        source, store = self.resolve()
+        source, store = self._places()
         if self.docker_version() is None:  # a folder store is read here; a volume then says why not
             raise NotRouted("Docker is not reachable")
-        config = {name: getattr(self.config, name) for name in WORKER_SETTINGS}
-        config["excludes"] = self.settings.excludes  # a setting made in a UI wins, as in-process
-        if op != "verify":  # the worker cannot see this server's container nor its defaults folder
-            params["release"] = self.running_release()
-        result = self.worker.run(op, source, store, config, progress, params, write_source=write_source)
+        # the command line's worker container is made first: the settings are read through it
+        with self._one_operation(), self.worker.made_first(op, source, store, write_source):
+            source, store = self.resolve()
+            config = {name: getattr(self.config, name) for name in WORKER_SETTINGS}
+            config["excludes"] = self.settings.excludes  # a setting made in a UI wins, as in-process
+            if op != "verify":  # the worker cannot see this server's container nor its defaults folder
+                params["release"] = self.running_release()
+            result = self.worker.run(op, source, store, config, progress, params, write_source=write_source)
         if op in ("backup", "restore", "release_move"):  # a new backup (a restore's safety backup too) for the UIs
             self.note_change()
         return result
@@ -808,7 +819,7 @@ class BackupManager(ReleaseMoves):
             return self.plan_release_move(backup_id, progress)
         _check_mode(mode)
         with self._one_operation():
-            source, store = self.resolve()
+            source, store = self._places()  # the settings are read with the worker, if one runs it
             if self.checks_in_child and type(source) is LocalFolderSource and type(store) is FolderStore:
                 # as resolved here, so that the child reads the very folder and store
                 settings = {**config_values(self.config), "source_dir": source.path, "store": store.path}

@@ -155,6 +155,10 @@ def read_ahead(chunks, depth=8):
         stop.set()  # the reader stopped early: let the pump end, it drops what it holds
 
 
+def _mounts_key(mounts):
+    return tuple(sorted(repr(sorted(mount.items())) for mount in mounts))
+
+
 def single_file_tar(name, data, mode=0o600):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -344,25 +348,19 @@ class DockerHelper:
     @contextmanager
     def container(self, mounts):
         """A created (not started) helper container, removed on leaving whatever happens (or at
-        the end of the open :meth:`session`, which shares it). :meth:`run` starts it."""
+        the end of the open :meth:`session`, which shares it: also a helper of the session that
+        has these mounts among more, such as the command line's worker, see :meth:`share`).
+        :meth:`run` starts it."""
         helpers = getattr(self._shared, "helpers", None)
-        key = tuple(sorted(repr(sorted(mount.items())) for mount in mounts))
-        if helpers is not None and key in helpers:
-            yield helpers[key]
-            return
-        image = self.image()
-        self._remove_orphans()
-        with self.answering("create a helper container"):
-            created = self.create_helper(
-                image,
-                mounts,
-                command=[JOB_SCRIPT],
-                # our own job as root, in place of the image's entrypoint (AI-Lab's starts a server)
-                entrypoint=["sh"],
-                user="0:0",
-                labels=helper_labels(),
-                network_disabled=True,
-            )
+        key = _mounts_key(mounts)
+        if helpers is not None:
+            wanted = set(key)
+            # a request for no mounts (the probe of an image) is answered by a helper of its own
+            found = helpers.get(key) or next((h for k, h in helpers.items() if wanted and wanted <= set(k)), None)
+            if found is not None:
+                yield found
+                return
+        created = self.job_helper(mounts)
         if helpers is not None:
             helpers[key] = created
             yield created
@@ -371,6 +369,29 @@ class DockerHelper:
             yield created
         finally:
             self._remove(created.id)
+
+    def job_helper(self, mounts, image=None, labels=None, what="create a helper container", **options):
+        """A created helper container that runs our job script (see :meth:`run`) as root, in place
+        of the image's entrypoint (AI-Lab's starts a server), with no network; the caller removes it."""
+        self._remove_orphans()
+        with self.answering(what):
+            return self.create_helper(image or self.image(), mounts, command=[JOB_SCRIPT], entrypoint=["sh"],
+                                      user="0:0", labels=labels or helper_labels(), network_disabled=True, **options)
+
+    def share(self, mounts, created):
+        """Hand ``created`` (a helper with ``mounts``) to the open session, which removes it when it
+        ends; False when no session is open (then the caller removes it)."""
+        if not self.in_session():
+            return False
+        self._shared.helpers[_mounts_key(mounts)] = created
+        return True
+
+    def in_session(self):
+        return getattr(self._shared, "helpers", None) is not None
+
+    def shared(self, mounts):
+        """The open session's helper with exactly ``mounts``, or None."""
+        return (getattr(self._shared, "helpers", None) or {}).get(_mounts_key(mounts))
 
     def keeps(self, key):
         """Whether a kept helper for ``key`` exists (its mounts exist then too)."""
@@ -392,12 +413,7 @@ class DockerHelper:
             for _attempt in range(2):
                 helper = self._kept.get(key)
                 if helper is None:
-                    self._remove_orphans()
-                    with self.answering("create a helper container"):
-                        helper = self.create_helper(
-                            self.image(), mounts, command=[JOB_SCRIPT], entrypoint=["sh"], user="0:0",
-                            labels=helper_labels(**{KEPT_LABEL: "1"}),
-                            network_disabled=True)
+                    helper = self.job_helper(mounts, labels=helper_labels(**{KEPT_LABEL: "1"}))
                     self._kept[key] = helper
                 api = self.client.api
                 with self.answering("look at the store"):
@@ -421,9 +437,7 @@ class DockerHelper:
             return read(helper)
 
     def _read_once(self, mounts, read):
-        with self.answering("create a helper container"):
-            helper = self.create_helper(self.image(), mounts, command=[JOB_SCRIPT], entrypoint=["sh"], user="0:0",
-                                        labels=helper_labels(), network_disabled=True)
+        helper = self.job_helper(mounts)
         try:
             return read(helper)
         finally:

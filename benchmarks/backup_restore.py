@@ -528,15 +528,28 @@ def compare(expected, actual):
 # The benchmark
 
 
-def cli_command():
-    exe = shutil.which("ailab-backup")
-    return [exe] if exe else [sys.executable, "-m", "ailab_backup_ext.cli"]
+def cli_command(code_dir=None):
+    """Our command line; with ``code_dir``, the one of the package in that folder (-P: not the
+    one of the current folder)."""
+    exe = None if code_dir else shutil.which("ailab-backup")
+    return [exe] if exe else [sys.executable, "-P", "-m", "ailab_backup_ext.cli"]
 
 
-def cli_env(image):
+def cli_env(image, code_dir=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AILAB_BACKUP_") and k not in ("VOLUME", "DIR")}
     env["AILAB_BACKUP_HELPER_IMAGE"] = image
+    if code_dir:
+        env["PYTHONPATH"] = os.path.abspath(code_dir)
     return env
+
+
+def check_baseline_cli(code_dir, image):
+    """The baseline's command line runs the baseline's code, not ours."""
+    code_dir = os.path.abspath(code_dir)
+    found = subprocess.run([sys.executable, "-P", "-c", "import ailab_backup_ext.cli as c; print(c.__file__)"],
+                           env=cli_env(image, code_dir), capture_output=True, text=True, check=True).stdout.strip()
+    if not found.startswith(code_dir + os.sep):
+        raise RuntimeError(f"the baseline command line runs {found}, not the code in {code_dir}")
 
 
 def seed_backup(res, volume, image, tmp_dir):
@@ -704,23 +717,23 @@ class TempWatch:
         self._thread.join()
 
 
-def worker_backup(res, name, volume, store, image, tmp_dir):
-    op = Operation(name, "backup", "ours")
-    env = {**cli_env(image), "TMPDIR": tmp_dir}
+def worker_backup(res, name, volume, store, image, tmp_dir, code_dir=None):
+    op = Operation(name, "backup", "baseline" if code_dir else "ours")
+    env = {**cli_env(image, code_dir), "TMPDIR": tmp_dir}
     with op, TempWatch(tmp_dir) as watch:
-        step = op.run(cli_command() + ["--volume", volume, "--store", store, "create"], env=env)
+        step = op.run(cli_command(code_dir) + ["--volume", volume, "--store", store, "create"], env=env)
     op.backup_id = step.stdout.strip().splitlines()[-1]
     op.temp_peak_bytes = watch.peak
     op.note = f"CLI temp folder peak {watch.peak} bytes"
     return op
 
 
-def worker_restore(res, name, store, backup_id, image, expected):
+def worker_restore(res, name, store, backup_id, image, expected, code_dir=None):
     volume = res.volume("worker-restore")
-    op = Operation(name, "restore", "ours")
+    op = Operation(name, "restore", "baseline" if code_dir else "ours")
     with op:
-        op.run(cli_command() + ["--volume", volume, "--store", store, "restore", backup_id, "--mode", "replace"],
-               env=cli_env(image))
+        op.run(cli_command(code_dir) + ["--volume", volume, "--store", store, "restore", backup_id, "--mode",
+                                        "replace"], env=cli_env(image, code_dir))
     op.verified, op.note = compare(expected, snapshot(res, volume))
     res.remove_volume(volume)
     return op
@@ -1118,6 +1131,7 @@ def run_benchmark(args):
         if args.baseline_code:
             baseline = BaselineServer(args.baseline_code, res.volume("baseline-restore"), worker_store_volume,
                                       worker_image)
+            check_baseline_cli(args.baseline_code, worker_image)
         for i in range(args.repeat):
             print(f"round {i + 1}/{args.repeat} ...", file=sys.stderr)
             op, seed_dir = seed_backup(res, volume, args.image, args.tmp_dir)
@@ -1133,13 +1147,16 @@ def run_benchmark(args):
                 ops.append(our_restore(res, "our restore (folder store)", store_folder, folder_id, args.image,
                                        expected))
             cli_tmp = res.folder("cli-tmp", args.tmp_dir)
-            ops.append(worker_backup(res, "worker backup (volume store)", volume, worker_store_volume, worker_image,
-                                     cli_tmp))
-            worker_id = ops[-1].backup_id
-            ops.append(worker_backup(res, "worker backup (folder store)", volume, worker_store_folder, worker_image,
-                                     cli_tmp))
-            ops.append(worker_restore(res, "worker restore (replace)", worker_store_volume, worker_id, worker_image,
-                                      expected))
+            # ours and the old code's command line (--baseline-code) in turn, each first every other round
+            clis = [("", None)] + ([("baseline ", args.baseline_code)] if args.baseline_code else [])
+            for prefix_, code_dir in clis[::-1] if i % 2 else clis:
+                ops.append(worker_backup(res, prefix_ + "worker backup (volume store)", volume, worker_store_volume,
+                                         worker_image, cli_tmp, code_dir))
+                worker_id = ops[-1].backup_id
+                ops.append(worker_backup(res, prefix_ + "worker backup (folder store)", volume, worker_store_folder,
+                                         worker_image, cli_tmp, code_dir))
+                ops.append(worker_restore(res, prefix_ + "worker restore (replace)", worker_store_volume, worker_id,
+                                          worker_image, expected, code_dir))
             ops.append(server_backup("server worker backup (volume)", servers["volume"]))
             server_id = ops[-1].backup_id
             ops.append(server_backup("server worker backup (folder)", servers["folder"]))
@@ -1300,8 +1317,9 @@ def main(argv=None):
                              "or archive-API rows): for quick iterations")
     parser.add_argument("--baseline-code", metavar="DIR", default=None,
                         help="a folder holding an older ailab_backup_ext package (e.g. made by `git archive main "
-                             "ailab_backup_ext | tar -x -C DIR`): its server worker's restores are measured in "
-                             "the same run, in turn with ours, for a before/after comparison")
+                             "ailab_backup_ext | tar -x -C DIR`): its server worker's restores and its command "
+                             "line's worker rows are measured in the same run, in turn with ours, for a "
+                             "before/after comparison")
     parser.add_argument("--tmp-dir", default=None, help="where the temporary folders go (default: $TMPDIR)")
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"),
                         help="JSON results file (default %(default)s; a copy goes to run-<size>mb.json beside it)")

@@ -22,6 +22,7 @@ import tarfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 
 from ..errors import BackupError, Busy, Cancelled, InvalidArchive, NotFound, TooLarge, Unavailable
 from ..sources import DockerMountSource
@@ -203,6 +204,53 @@ class WorkerRunner:
 
     # running --------------------------------------------------------------------------------------
 
+    def _mounts(self, store_mount, source, needs_source, write_source):
+        """The worker's mounts: the store, and the source (checked to exist: a mount would make a
+        missing volume)."""
+        mounts = [store_mount]
+        if needs_source:
+            source.check_exists()
+        if self.docker.keep_helpers and isinstance(source, DockerMountSource):  # verify too: the same kept worker
+            mounts += self._kept_source_mounts(source)
+        elif needs_source:
+            mounts.append(self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=not write_source))
+        return mounts
+
+    @contextmanager
+    def made_first(self, op, source, store, write_source=False):
+        """Within it, the command line's worker container for ``op`` is made at once and shared
+        by the open session (see DockerHelper.share): what the operation reads from the store
+        before the job (the settings) goes through it, so one container serves the whole command.
+        Nothing is made for a server (its kept worker serves) or where no worker can run."""
+        if self.docker.keep_helpers or not self.docker.in_session():
+            yield
+            return
+        needs_source = op != "verify"
+        try:
+            (store_mount, _, _), probe = self._where(source, store, needs_source)
+        except NotRouted:
+            yield  # the streaming path's own helpers serve
+            return
+        mounts = self._mounts(store_mount, source, needs_source, write_source)
+        if self.docker.shared(mounts) is None:
+            # our code's tar is made while the engine makes the container (copying the image)
+            code = threading.Thread(target=self._code_tar, args=(probe.get("inject_zstandard", False),),
+                                    daemon=True, name="ailab-backup-code-tar")
+            code.start()
+            try:
+                self.docker.share(mounts, self._create_worker(probe, mounts))
+            finally:
+                code.join()
+        yield
+
+    def _create_worker(self, probe, mounts):
+        from ..docker_helper import helper_labels
+
+        container = self.docker.job_helper(mounts, probe["image"], helper_labels(**{WORKER_LABEL: "1"}),
+                                           "create a worker container", working_dir="/")
+        self.containers_created += 1
+        return container
+
     def run(self, op, source, store, config, progress, params, write_source=False):
         """Run ``op`` in a worker; its result. Raises :class:`NotRouted` when no worker can run it
         here (nothing was changed then), else what the operation raised."""
@@ -210,15 +258,9 @@ class WorkerRunner:
         (store_mount, store_path, marker_needed), probe = self._where(source, store, needs_source)
         job_id = uuid.uuid4().hex[:16]
         kept = self.docker.keep_helpers  # a server: one worker kept for its lifetime, jobs exec'd into it
-        mounts = [store_mount]
         job = {"id": job_id, "op": op, "params": params, "config": config,
                "store": {"path": store_path, "describe": store.describe()}}
-        if needs_source:
-            source.check_exists()
-        if kept and isinstance(source, DockerMountSource):  # verify too: the same kept worker
-            mounts += self._kept_source_mounts(source)
-        elif needs_source:
-            mounts.append(self.docker.mount(source.kind, source.mount_name, SOURCE_AT, read_only=not write_source))
+        mounts = self._mounts(store_mount, source, needs_source, write_source)
         if needs_source:
             base = SOURCE_RW_AT if kept and write_source else SOURCE_AT
             path = posixpath.join(base, source.subpath) if source.subpath else base
@@ -304,16 +346,13 @@ class WorkerRunner:
         return buf.getvalue()
 
     def _run_container(self, job, mounts, probe, progress):
-        from ..docker_helper import helper_labels
-
-        self.docker._remove_orphans()
         code = self._code_tar(probe.get("inject_zstandard", False))
-        with self.docker.answering("create a worker container"):
-            container = self.docker.create_helper(
-                probe["image"], mounts, command=["/ailab/job.sh"], entrypoint=["sh"], user="0:0",
-                labels=helper_labels(**{WORKER_LABEL: job["id"]}),
-                network_disabled=True, working_dir="/")
-        self.containers_created += 1
+        container = self.docker.shared(mounts)  # made first (see made_first); the session removes it
+        if container is not None and container.attrs.get("Config", {}).get("Image") != probe["image"]:
+            container = None  # the settings read through it named another helper image
+        own = container is None
+        if own:
+            container = self._create_worker(probe, mounts)
         try:
             with self.docker.answering("put the worker's code into its helper container"):
                 container.put_archive("/", self._job_tar(code, job, probe["python"]))
@@ -328,7 +367,8 @@ class WorkerRunner:
                 lambda: container.wait().get("StatusCode"),
                 lambda: container.logs(stdout=False, stderr=True, tail=20).decode(errors="replace"))
         finally:
-            self.docker._remove(container.id)
+            if own:
+                self.docker._remove(container.id)
 
     # the kept worker (a server's) -----------------------------------------------------------------
 
