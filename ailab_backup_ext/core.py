@@ -266,8 +266,7 @@ class BackupManager(ReleaseMoves):
         source, store = self._places()
         if self.docker_version() is None:  # a folder store is read here; a volume then says why not
             raise NotRouted("Docker is not reachable")
-        # the command line's worker container is made first: the settings are read through it
-        with self._one_operation(), self.worker.made_first(op, source, store, write_source):
+        with self._worker_first(op, write_source):
             source, store = self.resolve()
             config = {name: getattr(self.config, name) for name in WORKER_SETTINGS}
             config["excludes"] = self.settings.excludes  # a setting made in a UI wins, as in-process
@@ -277,6 +276,18 @@ class BackupManager(ReleaseMoves):
         if op in ("backup", "restore", "release_move"):  # a new backup (a restore's safety backup too) for the UIs
             self.note_change()
         return result
+
+    @contextmanager
+    def _worker_first(self, op, write_source=False):
+        """An operation whose command line's worker container for ``op`` is made first, so that
+        what is read from the store before the job (the settings, a listing) goes through it: one
+        container for the whole command (see WorkerRunner.made_first)."""
+        with self._one_operation():
+            if self.worker is None:
+                yield
+                return
+            with self.worker.made_first(op, *self._places(), write_source):
+                yield
 
     @property
     def mode(self):
@@ -863,8 +874,9 @@ class BackupManager(ReleaseMoves):
     def undo_last_restore(self, progress=None):
         """Bring back the state before the last restore: its safety backup, restored with replace.
         (That restore takes a safety backup too, so an undo can itself be undone.)"""
-        meta = self.last_safety_backup()
-        result = self.restore_backup(meta["id"], "replace", progress)
+        with self._worker_first("restore", write_source=True):  # the listing, then the restore: one container
+            meta = self.last_safety_backup()
+            result = self.restore_backup(meta["id"], "replace", progress)
         return {**result, "undone": meta["id"]}
 
     def prune(self, keep=None):

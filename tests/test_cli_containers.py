@@ -1,5 +1,5 @@
 """The command line's containers, on the real engine: each worker command (backup, restore with
-its safety backup, verify, the restore preview) makes one helper container, which reads the
+its safety backup, undo, verify, the restore preview) makes one helper container, which reads the
 settings kept beside the store before it runs the job, and none is left behind. A setting that
 names another helper image is still obeyed (then a second container runs the job in it)."""
 
@@ -65,9 +65,12 @@ def test_each_worker_command_makes_one_container_and_leaves_none(
     backup_id = one_container("--volume", volume, "create").strip().splitlines()[-1]
     assert "OK" in one_container("--volume", volume, "verify", backup_id)
     assert "Nothing was changed" in one_container("--volume", target, "restore", backup_id, "--dry-run")
+    before = volume_snapshot(docker_client, target)
     out = one_container("--volume", target, "restore", backup_id, "--mode", "replace")
     assert "The state before is kept as" in out  # the safety backup, taken by the same worker
     assert volume_snapshot(docker_client, target) == original
+    assert "Undone" in one_container("--volume", target, "undo")  # the listing too goes through its worker
+    assert volume_snapshot(docker_client, target) == before
 
 
 def test_a_helper_image_kept_in_the_settings_runs_the_job(
