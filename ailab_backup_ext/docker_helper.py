@@ -207,13 +207,21 @@ class DockerHelper:
         )
 
     def version(self):
-        """The engine's version; raises :class:`Unavailable` when Docker cannot be reached."""
+        """The engine's version; raises :class:`Unavailable` when Docker cannot be reached. Asked
+        once per :meth:`session` (an operation asks up to four times; a later call that finds
+        Docker gone fails with its own error)."""
         import docker
 
+        known = getattr(self._shared, "version", None)
+        if known:
+            return known
         try:
-            return self.client.version().get("Version", "unknown")
+            answer = self.client.version().get("Version", "unknown")
         except (docker.errors.DockerException, OSError) as exc:
             raise Unavailable(self._unreachable(exc)) from None
+        if self.in_session():
+            self._shared.version = answer
+        return answer
 
     def own_container(self):
         """``docker inspect`` data of the container this server runs in, or None."""
@@ -341,7 +349,7 @@ class DockerHelper:
         try:
             yield
         finally:
-            helpers, self._shared.helpers = self._shared.helpers, None
+            helpers, self._shared.helpers, self._shared.version = self._shared.helpers, None, None
             for created in helpers.values():
                 self._remove(created.id)
 
