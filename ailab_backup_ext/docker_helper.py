@@ -401,6 +401,11 @@ class DockerHelper:
         """The open session's helper with exactly ``mounts``, or None."""
         return (getattr(self._shared, "helpers", None) or {}).get(_mounts_key(mounts))
 
+    def take_shared(self, mounts):
+        """The open session's helper with exactly ``mounts``, taken out of it (the caller removes
+        it now: a worker's container runs one job), or None."""
+        return (getattr(self._shared, "helpers", None) or {}).pop(_mounts_key(mounts), None)
+
     def keeps(self, key):
         """Whether a kept helper for ``key`` exists (its mounts exist then too)."""
         with self._kept_lock:

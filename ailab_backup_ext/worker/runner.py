@@ -219,9 +219,10 @@ class WorkerRunner:
     @contextmanager
     def made_first(self, op, source, store, write_source=False):
         """Within it, the command line's worker container for ``op`` is made at once and shared
-        by the open session (see DockerHelper.share): what the operation reads from the store
-        before the job (the settings) goes through it, so one container serves the whole command.
-        Nothing is made for a server (its kept worker serves) or where no worker can run."""
+        by the open session (see DockerHelper.share) until the job takes it: what the operation
+        reads from the store before the job (the settings) goes through it, so one container
+        serves the whole command. Nothing is made for a server (its kept worker serves) or where
+        no worker can run."""
         if self.docker.keep_helpers or not self.docker.in_session():
             yield
             return
@@ -347,11 +348,11 @@ class WorkerRunner:
 
     def _run_container(self, job, mounts, probe, progress):
         code = self._code_tar(probe.get("inject_zstandard", False))
-        container = self.docker.shared(mounts)  # made first (see made_first); the session removes it
+        container = self.docker.take_shared(mounts)  # made first (see made_first): this job's alone now
         if container is not None and container.attrs.get("Config", {}).get("Image") != probe["image"]:
-            container = None  # the settings read through it named another helper image
-        own = container is None
-        if own:
+            self.docker._remove(container.id)  # the settings read through it named another helper image
+            container = None
+        if container is None:
             container = self._create_worker(probe, mounts)
         try:
             with self.docker.answering("put the worker's code into its helper container"):
@@ -367,8 +368,7 @@ class WorkerRunner:
                 lambda: container.wait().get("StatusCode"),
                 lambda: container.logs(stdout=False, stderr=True, tail=20).decode(errors="replace"))
         finally:
-            if own:
-                self.docker._remove(container.id)
+            self.docker._remove(container.id)
 
     # the kept worker (a server's) -----------------------------------------------------------------
 
