@@ -93,3 +93,35 @@ def test_a_helper_image_kept_in_the_settings_runs_the_job(
         assert our_helpers(docker_client) == []
     finally:
         docker_client.images.remove(other, noprune=True)
+
+
+@pytest.mark.parametrize("worker", [True, False], ids=["in the worker", "in this process"])
+def test_an_exclude_given_on_the_command_line_wins_over_the_kept_excludes(
+        docker_client, make_volume, tmp_path, python_image, probed, capsys, worker):
+    """``--exclude`` is for this run: it replaces the excludes kept beside the store, wherever
+    the backup runs (the worker reads the kept settings itself)."""
+    from treeutil import HELPER_IMAGE, run_in_volume
+
+    volume, store = make_volume(), str(tmp_path / "store")
+    run_in_volume(docker_client, volume, "mkdir /v/by_setting /v/by_option && echo a > /v/by_setting/a.ipynb"
+                                         " && echo b > /v/by_option/b.ipynb && echo c > /v/c.ipynb")
+    os.makedirs(store)
+    with open(os.path.join(store, "settings.json"), "w") as f:
+        json.dump({"excludes": ["by_setting"]}, f)
+    image = python_image if worker else HELPER_IMAGE
+    if worker:
+        probed(python_image)
+    options = ["--helper-image", image, "--store", store]
+    out = ailab_backup(capsys, *options, "--volume", volume, "--exclude", "by_option", "create")
+    assert BackupManager(AILabBackup(volume=volume, store=store, helper_image=image)).status()["worker"]["in_use"] \
+        == worker
+
+    def restored(backup_id):
+        target = make_volume()  # empty: a restore leaves what is excluded in place
+        ailab_backup(capsys, *options, "--volume", target, "restore", backup_id, "--mode", "replace")
+        return {path for path in volume_snapshot(docker_client, target) if path.endswith(".ipynb")}
+
+    assert restored(out.strip().splitlines()[-1]) == {"by_setting/a.ipynb", "c.ipynb"}
+    kept = ailab_backup(capsys, *options, "--volume", volume, "create").strip().splitlines()[-1]
+    assert restored(kept) == {"by_option/b.ipynb", "c.ipynb"}, "without --exclude, the kept excludes hold"
+    assert our_helpers(docker_client) == []

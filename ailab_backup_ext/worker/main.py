@@ -184,6 +184,9 @@ def manager_for(job):
     store.last_commit = job["op"] == "backup"
     manager = BackupManager(config, root_dir=source.path if source else job["store"]["path"])
     manager._resolved = (source, store)  # what resolve() would find, had it these folders
+    # the server sent the effective excludes (a command line's --exclude wins over the kept ones):
+    # the kept settings this manager reads beside the store must not replace them
+    manager.settings.pinned = {"excludes"}
     return manager
 
 
