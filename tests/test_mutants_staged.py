@@ -493,3 +493,63 @@ def test_the_restores_timeline_names_its_phases_and_what_its_threads_spent(folde
              (reading, "SHA-256 of the archive (thread)", "writing staged files (thread)")}
     assert all(seconds is not None and seconds >= 0 for seconds in spent.values()), progress.thread_cpu
     assert spent[reading] <= time.thread_time()
+
+
+# writing the staged files ------------------------------------------------------------------------
+
+
+def test_a_small_file_that_differs_keeping_its_size_and_time_comes_back_whole(folder):
+    """A small file is compared in one piece: the piece that differs is what gets staged (the
+    archive has nothing left to read by then), not an empty file."""
+    source, manager = folder
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    rewrite_keeping_meta(source / "intro.ipynb", 0)
+    rewrite_keeping_meta(source / "sub/notes.txt", len("some notes") - 1)
+    manager.restore_backup(backup["id"], "replace")
+    assert folder_snapshot(source) == original
+
+
+def test_staged_files_written_in_short_writes_come_back_whole(folder, monkeypatch):
+    """A write may take only part of what it is given (a signal, a nearly full disk): the rest is
+    written until all of it is, for every staged file."""
+    source, manager = folder
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    for rel in ("intro.ipynb", "sub/notes.txt", BIG):
+        os.remove(source / rel)
+    real_write = os.write
+
+    def short_write(fd, data):
+        if len(data) > 1 and os.path.isfile(f"/proc/self/fd/{fd}"):
+            return real_write(fd, memoryview(data)[:len(data) // 2])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_write)
+    manager.restore_backup(backup["id"], "replace")
+    monkeypatch.undo()
+    assert folder_snapshot(source) == original
+
+
+def open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_a_restore_leaves_no_file_descriptor_open(folder):
+    """Each staged file is a bare descriptor (no file object the garbage collector would close):
+    every one is closed once written, or a restore of many files runs out of them."""
+    source, manager = folder
+    for number in range(40):  # more than one batch of small files
+        (source / f"many/{number}.txt").parent.mkdir(exist_ok=True)
+        (source / f"many/{number}.txt").write_text(f"file {number}")
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    for number in range(40):
+        os.remove(source / f"many/{number}.txt")
+    os.remove(source / BIG)
+    gc.collect()
+    before = open_fds()
+    manager.restore_backup(backup["id"], "replace")
+    gc.collect()
+    assert open_fds() == before
+    assert folder_snapshot(source) == original
