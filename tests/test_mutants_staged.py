@@ -59,6 +59,10 @@ def rewrite_keeping_meta(path, offset):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
 def changed_message(path):
     return (f"{path!r} was changed while the restore was being prepared; nothing was changed. Restore "
             "again once nothing else writes to the folder.")
@@ -305,6 +309,7 @@ def test_an_archive_cut_inside_a_large_file_is_refused_and_leaves_no_file_open(f
     (source / BIG).write_bytes(b"changed")
     before = folder_snapshot(source)
     gc.collect()  # what earlier tests left to it is not this restore's
+    fds_before = open_fds()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         try:
@@ -317,6 +322,7 @@ def test_an_archive_cut_inside_a_large_file_is_refused_and_leaves_no_file_open(f
         gc.collect()
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and "file" in str(w.message)]
     assert unclosed == []  # closed, not left to the garbage collector
+    assert open_fds() == fds_before  # the staged files are bare descriptors: no warning tells of them
     assert folder_snapshot(source) == before
     assert staging_folders(source) == []
 
@@ -529,10 +535,6 @@ def test_staged_files_written_in_short_writes_come_back_whole(folder, monkeypatc
     manager.restore_backup(backup["id"], "replace")
     monkeypatch.undo()
     assert folder_snapshot(source) == original
-
-
-def open_fds():
-    return sorted(os.listdir("/proc/self/fd"))
 
 
 def test_a_restore_leaves_no_file_descriptor_open(folder):
