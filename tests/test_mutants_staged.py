@@ -516,6 +516,25 @@ def test_a_small_file_that_differs_keeping_its_size_and_time_comes_back_whole(fo
     assert folder_snapshot(source) == original
 
 
+def test_a_small_file_that_grows_while_it_is_compared_comes_back_as_the_backup_has_it(folder, monkeypatch):
+    """Its bytes all equal the archive's, then it goes on (written to after it was opened): it is
+    staged from the bytes compared equal, the backup's file whole, not from the archive's nothing left."""
+    source, manager = folder
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    real_open_current = staged_restore.Staging.open_current
+
+    def growing(self, path):
+        opened = real_open_current(self, path)
+        if path == "intro.ipynb" and opened is not None:
+            with open(source / path, "ab") as f:
+                f.write(b" and more")
+        return opened
+
+    monkeypatch.setattr(staged_restore.Staging, "open_current", growing)
+    manager.restore_backup(backup["id"], "replace")
+    assert folder_snapshot(source) == original
+
 def test_staged_files_written_in_short_writes_come_back_whole(folder, monkeypatch):
     """A write may take only part of what it is given (a signal, a nearly full disk): the rest is
     written until all of it is, for every staged file."""
