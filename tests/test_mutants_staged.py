@@ -421,6 +421,39 @@ def test_a_staged_file_that_cannot_be_written_fails_the_restore_before_anything_
     assert [b["id"] for b in manager.list_backups()] == [backup["id"]]  # no safety backup either
 
 
+def test_a_large_staged_file_failing_while_its_pieces_are_handed_over_fails_the_restore_with_that_error(folder, monkeypatch):
+    """The writer thread fails on a large file's first piece while the reading thread still hands it
+    the next ones: the restore fails with the disk's error (also what abandoning the file raises
+    then), and nothing changes."""
+    source, manager = folder
+    backup = manager.create_backup()
+    (source / BIG).write_bytes(b"changed")  # the one file to stage: three and a half chunks
+    before = folder_snapshot(source)
+    failed_in_writer = []
+
+    def disk_full(self, chunk):
+        failed_in_writer.append(self.name)
+        self.abandon()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_submit = staged_restore.Worker.submit
+
+    def submit_once_the_failure_is_known(self, fn, *args):
+        if failed_in_writer and isinstance(getattr(fn, "__self__", None), staged_restore._StagedFile):
+            waited_until = time.monotonic() + 30  # the next hand-over to the staging's thread finds its failure
+            while self._error is None and time.monotonic() < waited_until:
+                time.sleep(0.001)
+        return real_submit(self, fn, *args)
+
+    monkeypatch.setattr(staged_restore._StagedFile, "write", disk_full)
+    monkeypatch.setattr(staged_restore.Worker, "submit", submit_once_the_failure_is_known)
+    with pytest.raises(OSError) as failed:
+        manager.restore_backup(backup["id"], "replace")
+    assert failed.value.errno == errno.ENOSPC
+    assert failed_in_writer == ["0"]
+    assert folder_snapshot(source) == before
+    assert staging_folders(source) == []
+
 def test_a_restore_refuses_an_archive_with_more_entries_than_the_limit_and_changes_nothing(folder, tmp_path):
     source, manager = folder
     backup = manager.create_backup()  # the folder, 2 folders, 3 files
