@@ -290,3 +290,13 @@ def test_chains_of_extended_headers_of_every_kind_are_refused():
 def test_an_archive_cut_in_the_padding_after_a_file_is_refused_as_truncated():
     body = tar_body(good_members())  # the last member: sub/new.txt, 9 bytes, then 503 of padding
     assert _refusal(body[:-400]) == _damaged("unexpected end of data")
+
+
+@pytest.mark.parametrize("cut", ["in a file's data", "between members"])
+def test_a_zstd_archive_of_several_frames_is_read_to_its_end(cut):
+    """zstd -T (pzstd, multithreaded writers) writes one frame after another: the tar goes on in
+    the next frame, and every frame is read, not only the first."""
+    tar = _big_archive("none")
+    split = len(tar) // 2 if cut == "in a file's data" else 512  # after the folder's header
+    frames = compress(tar[:split], "zstd") + compress(tar[split:], "zstd")
+    assert _files(frames, lambda reader: reader.read()) == {"big.bin": BIG, "small": b"abc"}

@@ -59,6 +59,10 @@ def rewrite_keeping_meta(path, offset):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
 def changed_message(path):
     return (f"{path!r} was changed while the restore was being prepared; nothing was changed. Restore "
             "again once nothing else writes to the folder.")
@@ -305,6 +309,7 @@ def test_an_archive_cut_inside_a_large_file_is_refused_and_leaves_no_file_open(f
     (source / BIG).write_bytes(b"changed")
     before = folder_snapshot(source)
     gc.collect()  # what earlier tests left to it is not this restore's
+    fds_before = open_fds()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         try:
@@ -317,6 +322,7 @@ def test_an_archive_cut_inside_a_large_file_is_refused_and_leaves_no_file_open(f
         gc.collect()
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and "file" in str(w.message)]
     assert unclosed == []  # closed, not left to the garbage collector
+    assert open_fds() == fds_before  # the staged files are bare descriptors: no warning tells of them
     assert folder_snapshot(source) == before
     assert staging_folders(source) == []
 
@@ -415,6 +421,39 @@ def test_a_staged_file_that_cannot_be_written_fails_the_restore_before_anything_
     assert [b["id"] for b in manager.list_backups()] == [backup["id"]]  # no safety backup either
 
 
+def test_a_large_staged_file_failing_while_its_pieces_are_handed_over_fails_the_restore_with_that_error(folder, monkeypatch):
+    """The writer thread fails on a large file's first piece while the reading thread still hands it
+    the next ones: the restore fails with the disk's error (also what abandoning the file raises
+    then), and nothing changes."""
+    source, manager = folder
+    backup = manager.create_backup()
+    (source / BIG).write_bytes(b"changed")  # the one file to stage: three and a half chunks
+    before = folder_snapshot(source)
+    failed_in_writer = []
+
+    def disk_full(self, chunk):
+        failed_in_writer.append(self.name)
+        self.abandon()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_submit = staged_restore.Worker.submit
+
+    def submit_once_the_failure_is_known(self, fn, *args):
+        if failed_in_writer and isinstance(getattr(fn, "__self__", None), staged_restore._StagedFile):
+            waited_until = time.monotonic() + 30  # the next hand-over to the staging's thread finds its failure
+            while self._error is None and time.monotonic() < waited_until:
+                time.sleep(0.001)
+        return real_submit(self, fn, *args)
+
+    monkeypatch.setattr(staged_restore._StagedFile, "write", disk_full)
+    monkeypatch.setattr(staged_restore.Worker, "submit", submit_once_the_failure_is_known)
+    with pytest.raises(OSError) as failed:
+        manager.restore_backup(backup["id"], "replace")
+    assert failed.value.errno == errno.ENOSPC
+    assert failed_in_writer == ["0"]
+    assert folder_snapshot(source) == before
+    assert staging_folders(source) == []
+
 def test_a_restore_refuses_an_archive_with_more_entries_than_the_limit_and_changes_nothing(folder, tmp_path):
     source, manager = folder
     backup = manager.create_backup()  # the folder, 2 folders, 3 files
@@ -493,3 +532,78 @@ def test_the_restores_timeline_names_its_phases_and_what_its_threads_spent(folde
              (reading, "SHA-256 of the archive (thread)", "writing staged files (thread)")}
     assert all(seconds is not None and seconds >= 0 for seconds in spent.values()), progress.thread_cpu
     assert spent[reading] <= time.thread_time()
+
+
+# writing the staged files ------------------------------------------------------------------------
+
+
+def test_a_small_file_that_differs_keeping_its_size_and_time_comes_back_whole(folder):
+    """A small file is compared in one piece: the piece that differs is what gets staged (the
+    archive has nothing left to read by then), not an empty file."""
+    source, manager = folder
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    rewrite_keeping_meta(source / "intro.ipynb", 0)
+    rewrite_keeping_meta(source / "sub/notes.txt", len("some notes") - 1)
+    manager.restore_backup(backup["id"], "replace")
+    assert folder_snapshot(source) == original
+
+
+def test_a_small_file_that_grows_while_it_is_compared_comes_back_as_the_backup_has_it(folder, monkeypatch):
+    """Its bytes all equal the archive's, then it goes on (written to after it was opened): it is
+    staged from the bytes compared equal, the backup's file whole, not from the archive's nothing left."""
+    source, manager = folder
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    real_open_current = staged_restore.Staging.open_current
+
+    def growing(self, path):
+        opened = real_open_current(self, path)
+        if path == "intro.ipynb" and opened is not None:
+            with open(source / path, "ab") as f:
+                f.write(b" and more")
+        return opened
+
+    monkeypatch.setattr(staged_restore.Staging, "open_current", growing)
+    manager.restore_backup(backup["id"], "replace")
+    assert folder_snapshot(source) == original
+
+def test_staged_files_written_in_short_writes_come_back_whole(folder, monkeypatch):
+    """A write may take only part of what it is given (a signal, a nearly full disk): the rest is
+    written until all of it is, for every staged file."""
+    source, manager = folder
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    for rel in ("intro.ipynb", "sub/notes.txt", BIG):
+        os.remove(source / rel)
+    real_write = os.write
+
+    def short_write(fd, data):
+        if len(data) > 1 and os.path.isfile(f"/proc/self/fd/{fd}"):
+            return real_write(fd, memoryview(data)[:len(data) // 2])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_write)
+    manager.restore_backup(backup["id"], "replace")
+    monkeypatch.undo()
+    assert folder_snapshot(source) == original
+
+
+def test_a_restore_leaves_no_file_descriptor_open(folder):
+    """Each staged file is a bare descriptor (no file object the garbage collector would close):
+    every one is closed once written, or a restore of many files runs out of them."""
+    source, manager = folder
+    for number in range(40):  # more than one batch of small files
+        (source / f"many/{number}.txt").parent.mkdir(exist_ok=True)
+        (source / f"many/{number}.txt").write_text(f"file {number}")
+    original = folder_snapshot(source)
+    backup = manager.create_backup()
+    for number in range(40):
+        os.remove(source / f"many/{number}.txt")
+    os.remove(source / BIG)
+    gc.collect()
+    before = open_fds()
+    manager.restore_backup(backup["id"], "replace")
+    gc.collect()
+    assert open_fds() == before
+    assert folder_snapshot(source) == original
