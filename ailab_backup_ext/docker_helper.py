@@ -289,14 +289,11 @@ class DockerHelper:
         back empty, to be backed up or restored into. The engine's event stream, opened before the
         volumes are checked, says whether one was destroyed before this container was created: in
         the engine's own order, so no clocks are compared."""
-        import docker
-
         names = {mount["Source"] for mount in mounts if mount.get("Type") == "volume"}
-        try:
-            events = names and self.client.api.events(
-                filters={"type": ["volume", "container"], "event": ["destroy", "create"]}, decode=True)
-        except docker.errors.APIError:
-            events = None  # a socket proxy that hides events: the existence check alone, as before
+        # a socket proxy that refuses /events: docker-py's stream then just ends (it turns the 403
+        # into StopIteration), no destroy is seen, and the existence check alone holds, as before
+        events = names and self.client.api.events(
+            filters={"type": ["volume", "container"], "event": ["destroy", "create"]}, decode=True)
         if not events:
             return self.client.containers.create(image, mounts=mounts, **kwargs)
         created = None
@@ -342,7 +339,7 @@ class DockerHelper:
         """Within it, this thread's helpers with the same mounts are one container, made once and
         removed when the session ends: creating a container costs the engine 0.05-0.3 s, and one
         restore needs the same mounts up to four times. Sessions nest; other threads are apart."""
-        if getattr(self._shared, "helpers", None) is not None:
+        if self.in_session():
             yield
             return
         self._shared.helpers = {}
@@ -359,7 +356,7 @@ class DockerHelper:
         the end of the open :meth:`session`, which shares it: also a helper of the session that
         has these mounts among more, such as the command line's worker, see :meth:`share`).
         :meth:`run` starts it."""
-        helpers = getattr(self._shared, "helpers", None)
+        helpers = self._session_helpers()
         key = _mounts_key(mounts)
         if helpers is not None:
             wanted = set(key)
@@ -394,17 +391,21 @@ class DockerHelper:
         self._shared.helpers[_mounts_key(mounts)] = created
         return True
 
+    def _session_helpers(self):
+        """This thread's open session's helpers by their mounts, or None outside a session."""
+        return getattr(self._shared, "helpers", None)
+
     def in_session(self):
-        return getattr(self._shared, "helpers", None) is not None
+        return self._session_helpers() is not None
 
     def shared(self, mounts):
         """The open session's helper with exactly ``mounts``, or None."""
-        return (getattr(self._shared, "helpers", None) or {}).get(_mounts_key(mounts))
+        return (self._session_helpers() or {}).get(_mounts_key(mounts))
 
     def take_shared(self, mounts):
         """The open session's helper with exactly ``mounts``, taken out of it (the caller removes
         it now: a worker's container runs one job), or None."""
-        return (getattr(self._shared, "helpers", None) or {}).pop(_mounts_key(mounts), None)
+        return (self._session_helpers() or {}).pop(_mounts_key(mounts), None)
 
     def keeps(self, key):
         """Whether a kept helper for ``key`` exists (its mounts exist then too)."""

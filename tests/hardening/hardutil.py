@@ -37,11 +37,14 @@ def our_spools(directory=None, pid=None):
 
 class DockerProxy:
     """A Unix socket at ``path`` forwarding to the real Docker socket. ``kill()`` is the daemon
-    stopping: the socket goes away and every open connection is cut; ``start()`` brings it back."""
+    stopping: the socket goes away and every open connection is cut; ``start()`` brings it back.
+    A GET of an API path ending in one of ``refused`` ('/events') gets 403 Forbidden, as from the
+    socket proxies that hide parts of the API."""
 
-    def __init__(self, path, target=DOCKER_SOCKET):
+    def __init__(self, path, target=DOCKER_SOCKET, refused=()):
         self.path = str(path)
         self.target = target
+        self.refused = tuple(refused)
         self.url = f"unix://{self.path}"
         self._listener = None
         self._conns = set()
@@ -102,14 +105,26 @@ class DockerProxy:
                     return
                 self._conns.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, a is client), daemon=True).start()
 
-    def _pump(self, src, dst):
+    def _refuses(self, data):
+        # a request's head comes in one piece from docker-py, and a body never starts with "GET /v"
+        if not (self.refused and data.startswith(b"GET /v")):
+            return False
+        path = data.split(b" ", 2)[1].split(b"?")[0].decode()
+        return path.endswith(self.refused)
+
+    def _pump(self, src, dst, from_client=False):
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                if from_client and self._refuses(data):
+                    body = b'{"message":"forbidden by the socket proxy"}'
+                    src.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                    continue
                 dst.sendall(data)
         except OSError:
             pass

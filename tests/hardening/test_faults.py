@@ -400,6 +400,31 @@ def listed_volume(docker_client, make_volume, tmp_path):
     return manager, volume
 
 
+def test_an_engine_behind_a_proxy_that_refuses_events_still_backs_up_and_restores(
+        docker_client, make_volume, tmp_path):
+    """Socket proxies (e.g. for a rootless setup) may refuse /events, which the check against a
+    volume removed meanwhile reads: the operations must still work, with the existence check."""
+    from hardutil import DockerProxy
+
+    proxy = DockerProxy(tmp_path / "docker.sock", refused=("/events",))
+    proxy.start()
+    try:
+        api = DockerHelper(proxy.url).client.api
+        assert api._get(api._url("/events")).status_code == 403  # the proxy does refuse
+        volume = make_volume()
+        run_in_volume(docker_client, volume, "echo '{}' > /v/intro.ipynb")
+        before = volume_snapshot(docker_client, volume)
+        manager = BackupManager(AILabBackup(volume=volume, store=str(tmp_path / "store"), docker_url=proxy.url))
+        backup = manager.create_backup()
+        assert [b["id"] for b in manager.list_backups()] == [backup["id"]]
+        run_in_volume(docker_client, volume, "echo broken > /v/intro.ipynb")
+        manager.restore_backup(backup["id"], "replace")
+        assert volume_snapshot(docker_client, volume) == before
+    finally:
+        proxy.kill()
+    assert our_helpers(docker_client) == []
+
+
 def _volume_names(client):
     return {v.name for v in client.volumes.list()}
 
