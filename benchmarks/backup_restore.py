@@ -1157,9 +1157,11 @@ def run_benchmark(args):
                                          worker_image, cli_tmp, code_dir))
                 ops.append(worker_restore(res, prefix_ + "worker restore (replace)", worker_store_volume, worker_id,
                                           worker_image, expected, code_dir))
-            ops.append(server_backup("server worker backup (volume)", servers["volume"]))
-            server_id = ops[-1].backup_id
-            ops.append(server_backup("server worker backup (folder)", servers["folder"]))
+            # in turn, each first every other round, so neither always follows the other's 0.5 GB write
+            for kind in ("volume", "folder")[::-1] if i % 2 else ("volume", "folder"):
+                ops.append(server_backup(f"server worker backup ({kind})", servers[kind]))
+                if kind == "volume":
+                    server_id = ops[-1].backup_id
             # ours and the old code's (--baseline-code) in turn, each first every other round
             restorers = [("server worker", servers["restore"])] + ([("baseline server worker", baseline)]
                                                                    if baseline else [])

@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -555,3 +556,82 @@ def test_a_folder_that_cannot_be_read_is_named_in_the_error(tmp_path, monkeypatc
     with pytest.raises(BackupError) as refused:
         _backed_up(LocalFolderSource(str(nb)))
     assert str(refused.value) == f"Cannot read the folder {str(nb / 'sub')!r}: Permission denied."
+
+
+# --- exclude_local_store: a folder store inside the folder it backs up is never backed up, a store
+# that is the folder itself is refused, and a store beside it is none of its business
+
+
+def test_a_store_inside_the_folder_is_left_out_however_it_is_named(tmp_path):
+    nb = tmp_path / "nb"
+    # "..store" is inside: its relative path starts with two dots but is no way out
+    _tree(nb, {"a.txt": b"a", "..store/x.tar.zst": b"archive", "sub/store/y.tar.zst": b"archive"})
+    for store, left in ((nb / "..store", "..store/x.tar.zst"), (nb / "sub" / "store", "sub/store/y.tar.zst")):
+        source = LocalFolderSource(str(nb))
+        source.exclude_store(str(store))
+        source.exclude_store(str(store))  # again (the settings re-read): still left out, once
+        backed_up = _backed_up(source)
+        assert left not in backed_up and "a.txt" in backed_up, (store, backed_up)
+        assert os.path.relpath(store, nb) not in backed_up
+
+
+def test_a_store_beside_the_folder_changes_nothing_in_its_backup(tmp_path):
+    nb = tmp_path / "nb"
+    _tree(nb, {"a.txt": b"a", "nbstore/b.txt": b"b"})
+    _tree(tmp_path, {"nbstore/x.tar.zst": b"archive"})  # a sibling whose name starts like the folder's
+    whole = _backed_up(LocalFolderSource(str(nb)))
+    for store in (tmp_path / "nbstore", tmp_path, tmp_path / "elsewhere"):
+        source = LocalFolderSource(str(nb))
+        source.exclude_store(str(store))
+        assert _backed_up(source) == whole, store
+    assert set(whole) == {".", "a.txt", "nbstore", "nbstore/b.txt"}
+
+
+def test_a_store_that_is_the_folder_itself_is_refused(tmp_path):
+    nb = tmp_path / "nb"
+    _tree(nb, {"a.txt": b"a"})
+    os.symlink(nb, tmp_path / "link")
+    for store in (nb, tmp_path / "link", str(nb) + "/"):
+        with pytest.raises(BackupError, match="is the folder it backs up"):
+            LocalFolderSource(str(nb)).exclude_store(str(store))
+
+
+def test_a_folder_not_there_is_left_for_the_backup_to_report(tmp_path):
+    source = LocalFolderSource(str(tmp_path / "missing"))
+    source.exclude_store(str(tmp_path / "missing" / "store"))  # no error here: the backup says it
+    assert source.skip_paths == [] and source.store_paths == []
+
+
+@pytest.fixture
+def bind_mount(tmp_path):
+    """``bind(src, dst)`` bind-mounts (as root), unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a bind mount needs root")
+    mounted = []
+
+    def bind(src, dst):
+        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+        mounted.append(dst)
+
+    yield bind
+    for dst in reversed(mounted):
+        subprocess.run(["umount", str(dst)], check=False)
+
+
+def test_a_store_bind_mounted_inside_or_onto_the_folder_is_found_by_device_and_inode(tmp_path, bind_mount):
+    """The store's path lies outside the folder, but the folder reaches it through a bind mount
+    (the way Docker mounts a volume store into AI-Lab's container): still never backed up; and a
+    store that is the folder by another mount is refused."""
+    nb, store = tmp_path / "nb", tmp_path / "store"
+    _tree(nb, {"a.txt": b"a", "mnt/.keep": b""})
+    _tree(store, {"x.tar.zst": b"archive"})
+    bind_mount(store, nb / "mnt")
+    source = LocalFolderSource(str(nb))
+    source.exclude_store(str(store))
+    assert _backed_up(source) == {".": DIR, "a.txt": b"a"}
+
+    other = tmp_path / "other"
+    other.mkdir()
+    bind_mount(nb, other)
+    with pytest.raises(BackupError, match="is the folder it backs up"):
+        LocalFolderSource(str(nb)).exclude_store(str(other))
