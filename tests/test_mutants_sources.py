@@ -592,7 +592,7 @@ def test_a_store_that_is_the_folder_itself_is_refused(tmp_path):
     _tree(nb, {"a.txt": b"a"})
     os.symlink(nb, tmp_path / "link")
     for store in (nb, tmp_path / "link", str(nb) + "/"):
-        with pytest.raises(BackupError, match="is the folder it backs up"):
+        with pytest.raises(BackupError, match="is the folder it backs up .*Set AILabBackup.store to a folder outside it[.]$"):
             LocalFolderSource(str(nb)).exclude_store(str(store))
 
 
@@ -635,3 +635,25 @@ def test_a_store_bind_mounted_inside_or_onto_the_folder_is_found_by_device_and_i
     bind_mount(nb, other)
     with pytest.raises(BackupError, match="is the folder it backs up"):
         LocalFolderSource(str(nb)).exclude_store(str(other))
+
+
+class _NoOwnContainer:
+    def own_container(self):
+        return None
+
+
+def test_a_docker_source_seen_here_hands_the_store_inside_to_its_helper_as_a_path_to_skip(tmp_path):
+    """A Docker mount this process also sees (its own container's): the helper's walk knows the
+    store only by the relative paths it is given (it has no inode of ours to compare)."""
+    from ailab_backup_ext.sources import DockerMountSource
+
+    nb = tmp_path / "nb"
+    _tree(nb, {"a.txt": b"a", "..store/x": b"", "sub/store/y": b"", "nbx/z": b""})
+    _tree(tmp_path, {"nbx/w": b""})
+    for store, skipped in ((nb / "..store", ["..store"]), (nb / "sub" / "store", ["sub/store"]),
+                           (tmp_path / "nbx", []), (tmp_path / "elsewhere", []), (tmp_path, [])):
+        source = DockerMountSource(_NoOwnContainer(), "volume", "notebooks")
+        source.local_path = str(nb)
+        source.exclude_store(str(store))
+        source.exclude_store(str(store))  # the settings read again: still once
+        assert source.skip_paths == skipped, store
