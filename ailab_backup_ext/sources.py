@@ -552,17 +552,18 @@ def exclude_local_store(source, folder, store_path):
     A store that is the folder itself is refused."""
     if not folder or not os.path.isdir(folder):
         return
+    real_folder, real_store = os.path.realpath(folder), os.path.realpath(store_path)
+    same = real_folder == real_store
     try:
-        same = os.path.samefile(folder, store_path)  # also by a link or another mount
+        same = same or os.path.samefile(folder, store_path)
     except OSError:
-        same = False  # no store there yet: not the folder
+        pass
     if same:
         raise BackupError(
             f"The store {store_path!r} is the folder it backs up ({folder!r}). Set AILabBackup.store "
             "to a folder outside it."
         )
-    real_store = os.path.realpath(store_path)
-    inside = os.path.relpath(real_store, os.path.realpath(folder))
+    inside = os.path.relpath(real_store, real_folder)
     if inside != ".." and not inside.startswith("../") and inside not in source.skip_paths:
         source.skip_paths.append(inside)  # the store is never part of a backup
     if hasattr(source, "store_paths"):
