@@ -436,3 +436,19 @@ def test_cli_keygen_copy_all_and_list_where(tmp_path, s3_server, s3_bucket, monk
     assert main(base + ["copy", "--all"]) == 1  # no second store set
     assert "copy_to" in capsys.readouterr().err
     assert f"cli/data/{backup_id}.tar.zst.age" in s3_server.objects(s3_bucket)
+
+
+@pytest.mark.parametrize("encryption", ["off", "on"])
+def test_an_archive_is_found_with_one_head_request_in_its_own_mode(tmp_path, s3_server, s3_bucket, encryption):
+    """The key of the configured mode is asked for first: no 404 before the first range."""
+    make_tree(str(tmp_path / "nb"), big_mb=1)
+    manager = s3_manager(tmp_path, s3_server, s3_bucket, encryption=encryption)
+    if encryption == "on":
+        manager.generate_key()
+    meta = manager.create_backup()
+    store = manager.store
+    heads = []
+    store.client.meta.events.register("provide-client-params.s3.HeadObject", lambda **kw: heads.append(kw["params"]["Key"]))
+    with store.open_archive(meta["archive"]) as reader:
+        assert reader.read(1)
+    assert heads == [f"backups/data/{meta['archive']}" + (".age" if encryption == "on" else "")]

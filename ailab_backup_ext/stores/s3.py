@@ -209,9 +209,13 @@ class S3Store:
 
     def _archive_key(self, archive_name):
         """The key holding the archive, whether it is encrypted, and its head (size, ETag);
-        NotFound when neither is there."""
-        for key, encrypted in ((self.prefix + "data/" + archive_name, False),
-                               (self.prefix + "data/" + archive_name + AGE_SUFFIX, True)):
+        NotFound when neither is there. The likelier key is asked for first (encrypted when
+        encryption is not off): a HEAD answered 404 is a round trip before the first range."""
+        candidates = ((self.prefix + "data/" + archive_name, False),
+                      (self.prefix + "data/" + archive_name + AGE_SUFFIX, True))
+        if self.encryption is not None and self.encryption.mode != "off":
+            candidates = candidates[::-1]
+        for key, encrypted in candidates:
             try:
                 head = self._call(f"looking for {archive_name}", "head_object", Key=key)
                 return key, encrypted, head
