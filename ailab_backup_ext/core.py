@@ -50,7 +50,7 @@ from .changes import ChangeWatch
 from .checker import config_values, run_in_child
 from .usage import Usage, toggled_excludes
 from .sources import DockerMountSource, LocalFolderSource, is_excluded
-from .stores import (FolderStore, MirroredStore, S3Store, VolumeStore, check_id, is_s3_url, local_path, make_id,
+from .stores import (FolderStore, MirroredStore, S3Store, VolumeStore, check_id, is_s3_url, make_id,
                      meta_is_sound, open_writer)
 from .stores.age import Encryption
 from .worker.runner import NotRouted, WorkerRunner
@@ -418,7 +418,7 @@ class BackupManager(ReleaseMoves):
     def _checked_copy(self, meta, progress=None):
         """The stored archive as a file of this machine, checked completely on the way, in one
         pass: the stored file itself in a folder store; from a volume, a copy made while checking."""
-        path = local_path(self.store, meta["archive"])
+        path = self.store.local_path(meta["archive"])
         if path:
             yield path, self._checked(path, meta, progress)[0]
             return
@@ -431,7 +431,7 @@ class BackupManager(ReleaseMoves):
 
     def _checked_stored(self, meta, progress=None):
         """The stored archive read once and checked completely, nothing spooled: its manifest."""
-        path = local_path(self.store, meta["archive"])
+        path = self.store.local_path(meta["archive"])
         if path:
             return self._checked(path, meta, progress)[0]
         with self.store.open_archive(meta["archive"]) as src:
@@ -815,7 +815,7 @@ class BackupManager(ReleaseMoves):
     def _archive_to_read(self, meta):
         """The archive of ``meta`` to read once: its file when the store has one here, else the
         store's stream (S3's ranged download, a store volume's helper), with no spool."""
-        path = local_path(self.store, meta["archive"])
+        path = self.store.local_path(meta["archive"])
         return nullcontext(path) if path else self.store.open_archive(meta["archive"])
 
     def plan_restore(self, backup_id, mode="merge", paths=None, progress=None, cancel=None):

@@ -510,7 +510,7 @@ def test_a_store_without_a_file_here_is_read_as_its_stream_once(folder, monkeypa
     original = folder_snapshot(source)
     backup = manager.create_backup()
     (source / "intro.ipynb").write_text("changed")
-    monkeypatch.setattr(core, "local_path", lambda store, name: None)
+    monkeypatch.setattr(type(manager.store), "local_path", lambda store, name: None)
     manager.restore_backup(backup["id"], "replace")
     assert folder_snapshot(source) == original
 

@@ -8,11 +8,11 @@ share: :mod:`.records` (ids, metadata) and :mod:`.spool` (partial archives). Enc
 from .folder import FolderStore
 from .records import check_id, make_id, meta_is_sound
 from .volume import VolumeStore
-from .base import HERE, OFF, ArchiveWriter, Store, local_path, location_of, open_writer
+from .base import HERE, OFF, ArchiveWriter, Store, location_of, open_writer
 from .mirror import MirroredStore
 from .s3 import S3Store, is_s3_url
 
 __all__ = [
     "ArchiveWriter", "FolderStore", "HERE", "MirroredStore", "OFF", "S3Store", "Store", "VolumeStore",
-    "check_id", "is_s3_url", "local_path", "location_of", "make_id", "meta_is_sound", "open_writer",
+    "check_id", "is_s3_url", "location_of", "make_id", "meta_is_sound", "open_writer",
 ]

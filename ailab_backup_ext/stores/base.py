@@ -9,7 +9,6 @@ interrupted backup has none and is never listed. Kinds: :class:`~ailab_backup_ex
 :class:`~ailab_backup_ext.stores.mirror.MirroredStore` (a store plus a second copy elsewhere).
 """
 
-import os
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +47,10 @@ class Store(Protocol):
     def open_archive(self, archive_name):
         """A context manager giving the stored archive as a readable stream (decrypted, for an
         encrypted store); :class:`NotFound` when this store does not hold it."""
+
+    def local_path(self, archive_name):
+        """The path of this machine holding the archive as it is stored, when there is one (a
+        folder store), so that a restore reads it in place instead of copying it first; else None."""
 
     def remove(self, backup_id, archive_name) -> None:
         """Delete a backup: its metadata first (unlisted at once), then its archive."""
@@ -110,19 +113,6 @@ def open_writer(store, archive_name):
 
     with store.spool(archive_name) as path, open(path, "wb") as f:
         yield _SpoolingWriter(store, archive_name, path, f, sync=isinstance(store, FolderStore))
-
-
-def local_path(store, archive_name):
-    """The path of this machine holding the archive as it is stored, when there is one (a folder
-    store), so that a restore reads it in place instead of copying it first; else None."""
-    if hasattr(store, "local_path"):
-        return store.local_path(archive_name)
-    from .folder import FolderStore
-
-    if isinstance(store, FolderStore):
-        path = os.path.join(store.path, "data", archive_name)
-        return path if os.path.isfile(path) else None
-    return None
 
 
 def location_of(store):

@@ -87,6 +87,10 @@ class FolderStore:
         with f:
             yield f
 
+    def local_path(self, archive_name):
+        path = os.path.join(self.path, "data", archive_name)
+        return path if os.path.isfile(path) else None
+
     @contextmanager
     def local_copy(self, archive_name):
         """A path of this machine holding the archive (the stored file itself, here)."""

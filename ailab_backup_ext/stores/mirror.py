@@ -119,9 +119,7 @@ class MirroredStore:
             yield stream
 
     def local_path(self, archive_name):
-        from .base import local_path
-
-        return local_path(self.primary, archive_name)
+        return self.primary.local_path(archive_name)
 
     def read_state(self, name):
         return self.primary.read_state(name)
