@@ -167,7 +167,10 @@ def test_labels_say_here_and_off_the_machine_for_s3_and_name_two_folders():
 
     s3 = S3Store("s3://bucket/backups")  # no connection made until it is used
     folder = FolderStore("/srv/here")
-    assert (location_of(folder), location_of(s3), location_of(object())) == (HERE, OFF, HERE)
+    from ailab_backup_ext.stores.volume import VolumeStore
+
+    volume = VolumeStore(None, "ailab-backups")  # no engine asked until it is used
+    assert (location_of(folder), location_of(s3), location_of(volume)) == (HERE, OFF, HERE)
     assert (HERE, OFF) == ("here", "off the machine")
     assert MirroredStore(folder, s3).labels() == ("here", "off the machine")
     assert MirroredStore(s3, folder).labels() == ("off the machine", "here")

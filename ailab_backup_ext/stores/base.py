@@ -117,4 +117,4 @@ def open_writer(store, archive_name):
 
 def location_of(store):
     """``here`` for a store on this machine (a folder, a Docker volume), else ``off the machine``."""
-    return OFF if getattr(store, "kind", "") == "s3" else HERE
+    return OFF if store.kind == "s3" else HERE
