@@ -143,6 +143,14 @@ class AILabBackup(Configurable):
         runs in, else 'ubuntu'. A choice made in the UIs (one of the offered images, see
         helper_image_choices) is kept beside the store and wins over this setting.""",
     )
+    helper_cpus = Float(
+        0.0,
+        min=0.0,
+        config=True,
+        help="""The CPUs each helper container may use, as Docker's --cpus (1.5: one and a half
+        cores). 0, the default, sets no limit. A limit keeps a long backup from slowing the
+        notebooks that run beside it, and makes the backup slower in turn.""",
+    )
     helper_image_choices = List(
         Unicode(),
         default_value=[],
@@ -286,6 +294,7 @@ class AILabBackup(Configurable):
     _default_docker_url = _env_default("docker_url", "")
     _default_compression = _env_default("compression", "zstd")
     _default_excludes = _env_default("excludes", [])
+    _default_helper_cpus = _env_default("helper_cpus", 0.0)
     _default_helper_image_choices = _env_default("helper_image_choices", [])
     _default_max_archive_bytes = _env_default("max_archive_bytes", 0)
     _default_max_upload_bytes = _env_default("max_upload_bytes", 20 * 1024**3)

@@ -89,7 +89,7 @@ class BackupManager(ReleaseMoves):
         self.root_dir = os.path.abspath(os.path.expanduser(root_dir or "~/notebooks"))
         self.docker = None
         if self.config.docker_url.lower() != "none":
-            self.docker = DockerHelper(self.config.docker_url, self.config.helper_image)
+            self.docker = DockerHelper(self.config.docker_url, self.config.helper_image, self.config.helper_cpus)
         self.worker = WorkerRunner(self.docker) if self.docker else None
         self._resolved = None
         self._settings_read = False

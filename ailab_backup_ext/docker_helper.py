@@ -171,9 +171,10 @@ def single_file_tar(name, data, mode=0o600):
 class DockerHelper:
     """One Docker engine, reached lazily; every helper container is labelled and always removed."""
 
-    def __init__(self, url="", helper_image=""):
+    def __init__(self, url="", helper_image="", helper_cpus=0.0):
         self.url = url
         self.configured_image = helper_image
+        self.helper_cpus = helper_cpus  # AILabBackup.helper_cpus: 0 sets no limit
         self._client = None
         self._image = None
         self._orphans = set()  # helpers whose removal did not reach Docker
@@ -289,6 +290,8 @@ class DockerHelper:
         back empty, to be backed up or restored into. The engine's event stream, opened before the
         volumes are checked, says whether one was destroyed before this container was created: in
         the engine's own order, so no clocks are compared."""
+        if self.helper_cpus:
+            kwargs["nano_cpus"] = round(self.helper_cpus * 1e9)
         names = {mount["Source"] for mount in mounts if mount.get("Type") == "volume"}
         # a socket proxy that refuses /events: docker-py's stream then just ends (it turns the 403
         # into StopIteration), no destroy is seen, and the existence check alone holds, as before

@@ -44,9 +44,17 @@ def committed(client, store):
     return sorted(f for f in files_in_volume(client, store) if not f.endswith(".ailab-partial"))
 
 
-# Progress lines this often, so that the tests' stops at the first MiB land midway: at the default
-# 0.2 s the first line after the start may already be 100 MB into a 125 MB backup.
+# Progress lines this often, and a tenth of a core for the worker, so that the tests' stops at the
+# first MiB land midway on any machine: unlimited, a fresh machine backs the 125 MB up in 0.2 s and
+# its first line after the start may come at the end (the CI failed so, 4 tests); at a tenth of a
+# core it takes about 4 s and its first line comes about 7 MB in.
 STOP_PROGRESS_INTERVAL = 0.01
+STOP_HELPER_CPUS = 0.1
+
+
+def stoppable(**traits):
+    """The configuration of a test that stops the worker midway."""
+    return AILabBackup(progress_interval=STOP_PROGRESS_INTERVAL, helper_cpus=STOP_HELPER_CPUS, **traits)
 
 
 def is_worker(container):
@@ -61,8 +69,7 @@ def our_worker(client):
 def test_worker_killed_midway_lists_nothing_and_its_partial_file_goes_with_the_next_operation(
         docker_client, make_volume, volume_120mb, python_image):
     store = make_volume("ailabstore")
-    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image,
-                                        progress_interval=STOP_PROGRESS_INTERVAL))
+    manager = BackupManager(stoppable(volume=volume_120mb, store=store, helper_image=python_image))
     killed = []
     # killed at once from the thread that follows the worker: a kill does not wait for anything
     stop = stop_when(lambda: killed.append(our_worker(docker_client).kill()), "backing up", 1 * MB)
@@ -84,7 +91,8 @@ def test_process_killed_midway_leaves_a_complete_verified_backup_or_none(
     for _attempt in range(3):  # each look at the store takes a helper: a quick backup may end between two
         cli = subprocess.Popen([sys.executable, "-m", "ailab_backup_ext.cli", "--volume", volume_120mb, "--store",
                                 store, "--helper-image", python_image, "create"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "AILAB_BACKUP_HELPER_CPUS": str(STOP_HELPER_CPUS)})
 
         def worker_writing():
             return [c for c in our_helpers(docker_client, cli.pid) if is_worker(c)] \
@@ -123,8 +131,8 @@ def test_process_killed_midway_leaves_a_complete_verified_backup_or_none(
 def test_docker_lost_midway_is_a_clear_error_and_the_next_operation_cleans_up(
         docker_client, make_volume, volume_120mb, python_image, docker_proxy):
     store = make_volume("ailabstore")
-    manager = BackupManager(AILabBackup(volume=volume_120mb, store=store, helper_image=python_image,
-                                        docker_url=docker_proxy.url))
+    manager = BackupManager(stoppable(volume=volume_120mb, store=store, helper_image=python_image,
+                                      docker_url=docker_proxy.url))
     stop = stop_when(docker_proxy.kill, "backing up", 4 * MB)
     with pytest.raises(Unavailable, match="Docker stopped answering"):
         manager.create_backup(progress=Progress(stop))
@@ -195,10 +203,28 @@ def test_a_stopped_server_removes_the_helper_it_kept_for_listing(docker_client, 
 # the worker a server keeps for its lifetime (jobs exec'd into it) -----------------------------
 
 def server_manager(volume, store, image):
-    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=image,
-                                        progress_interval=STOP_PROGRESS_INTERVAL))
+    manager = BackupManager(stoppable(volume=volume, store=store, helper_image=image))
     manager.docker.keep_helpers = True  # as the server extension sets it
     return manager
+
+
+def test_helper_cpus_limits_every_helper_container(docker_client, make_volume, python_image):
+    """AILabBackup.helper_cpus, as 'docker inspect' shows it: on the kept worker and on the kept
+    helper that lists the store; and the backup it makes is whole."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    fill_with_random_files(docker_client, volume, 2)
+    manager = BackupManager(AILabBackup(volume=volume, store=store, helper_image=python_image, helper_cpus=0.5))
+    manager.docker.keep_helpers = True
+    try:
+        backup = manager.create_backup()
+        manager.list_backups()
+        helpers = our_helpers(docker_client)
+        assert any(is_worker(c) for c in helpers) and any(not is_worker(c) for c in helpers)
+        for helper in helpers:
+            assert docker_client.api.inspect_container(helper.id)["HostConfig"]["NanoCpus"] == 500_000_000
+        assert manager.verify_backup(backup["id"])["ok"]
+    finally:
+        manager.docker.close()
 
 
 def test_kept_worker_killed_midway_lists_nothing_and_the_next_operation_makes_a_new_one(
