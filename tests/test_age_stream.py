@@ -450,6 +450,99 @@ def test_an_identity_with_a_changed_character_is_refused(identity):
     assert X25519Identity.from_str(text.lower()).public == X25519Identity.from_str(text).public
 
 
+# Bech32, as age's keys use it ------------------------------------------------------------
+
+CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+
+
+def polymod(values):  # BIP 173's reference, written out here rather than taken from the module
+    check = 1
+    for value in values:
+        top = check >> 25
+        check = (check & 0x1FFFFFF) << 5 ^ value
+        for i, generator in enumerate([0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3]):
+            check ^= generator if (top >> i) & 1 else 0
+    return check
+
+
+def bech32_of_values(hrp, values):
+    """A Bech32 string of 5-bit ``values`` as given (any padding), with a valid checksum."""
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    check = polymod(expanded + values + [0] * 6) ^ 1
+    return hrp + "1" + "".join(CHARSET[v] for v in values + [(check >> 5 * (5 - i)) & 31 for i in range(6)])
+
+
+def five_bit(data):
+    """``data`` in 5-bit groups, its last zero-padded (BIP 173's convertbits)."""
+    bits = "".join(f"{byte:08b}" for byte in data)
+    bits += "0" * (-len(bits) % 5)
+    return [int(bits[i:i + 5], 2) for i in range(0, len(bits), 5)]
+
+
+# BIP 173's valid test vectors: each decodes (the checksum holds), to its own human-readable part
+@pytest.mark.parametrize("text, hrp", [
+    ("A12UEL5L", "a"),
+    ("a12uel5l", "a"),
+    ("an83characterlonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1tt5tgs",
+     "an83characterlonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio"),
+    ("abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxw", "abcdef"),
+    ("split1checkupstagehandshakeupstreamerranterredcaperred2y9e3w", "split"),
+    ("?1ezyfcl", "?"),
+])
+def test_the_bip173_valid_strings_decode(text, hrp):
+    decoded_hrp, data = age_stream.bech32_decode(text)
+    assert decoded_hrp == hrp
+    assert age_stream.bech32_decode(text.swapcase()) == (decoded_hrp, data)
+
+
+def test_bech32_data_comes_back_byte_for_byte_at_every_length():
+    for size in range(0, 41):  # every padding there is: 0 to 4 bits, and none (5-byte multiples)
+        data = os.urandom(size)
+        assert age_stream.bech32_decode(bech32_of_values("age", five_bit(data))) == ("age", data), size
+    assert age_stream.bech32_decode("abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxw")[1] == \
+        bytes.fromhex("00443214c74254b635cf84653a56d7c675be77df")
+
+
+# BIP 173's invalid test vectors, and what is wrong with each
+@pytest.mark.parametrize("text, reason", [
+    ("pzry9x0s0muk", "not Bech32"),  # no separator
+    ("1pzry9x0s0muk", "not Bech32"),  # empty human-readable part
+    ("10a06t8", "not Bech32"),
+    ("1qzzfhee", "not Bech32"),
+    ("x1b4n0q5v", "not Bech32"),  # 'b' is not a data character
+    ("li1dgmt3", "not Bech32"),  # a checksum of 5 characters
+    ("a1", "not Bech32"),
+    ("A12uEL5L", "mixed case"),
+    ("A1G7SGD8", "bad checksum"),  # checksummed as upper case
+    ("a12uel5m", "bad checksum"),
+])
+def test_the_bip173_invalid_strings_are_refused_with_their_reason(text, reason):
+    with pytest.raises(ValueError, match=f"^{reason}$"):
+        age_stream.bech32_decode(text)
+
+
+@pytest.mark.parametrize("values", [
+    [0],  # five bits of padding: a whole extra group
+    [0, 0, 0],  # one byte and seven bits
+    [0, 1],  # one byte whose two padding bits are not zero: the lowest one set
+    [0, 2],  # ... the higher one set
+    five_bit(b"\0" * 4)[:-1] + [1],  # four bytes, four padding bits, the lowest set
+])
+def test_bad_padding_is_refused(values):
+    with pytest.raises(ValueError, match="^bad padding$"):
+        age_stream.bech32_decode(bech32_of_values("age", values))
+
+
+def test_an_identity_decodes_to_the_secret_of_its_own_recipient():
+    for _ in range(20):
+        identity = x25519.Identity.generate()
+        hrp, secret = age_stream.bech32_decode(str(identity))
+        assert hrp == "age-secret-key-" and len(secret) == 32
+        public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+        assert age_stream.bech32_decode(str(identity.to_public())) == ("age", public)
+        assert X25519Identity.from_str(str(identity)).public == public
+
+
 # the read-ahead ---------------------------------------------------------------------------
 
 class CountingReader:
