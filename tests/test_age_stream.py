@@ -81,7 +81,7 @@ def test_each_of_several_recipients_opens_it_and_others_do_not():
     for identity in recipients:
         assert decrypt(sealed, ours(identity)) == plain
     stranger = x25519.Identity.generate()
-    with pytest.raises(WrongKey):
+    with pytest.raises(WrongKey, match="^no identity opens the file$"):
         decrypt(sealed, ours(stranger))
     assert decrypt(sealed, ours(stranger) + ours(recipients[2])) == plain  # any identity of the list
 
@@ -159,9 +159,9 @@ def test_each_file_gets_its_own_file_key_and_nonce(identity):
 
 
 def test_a_recipient_that_is_not_one_is_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^not an age X25519 recipient \(age1\.\.\.\)$"):
         recipient_key(str(x25519.Identity.generate()))  # a secret key, not a recipient
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no recipient$"):
         age_stream.encrypt(b"x", [])
 
 
@@ -236,9 +236,10 @@ def refused(data, identity):
 
 
 def assert_damaged(data, identity, reason):
+    """Refused as damaged, for ``reason`` (what the user reads: the whole message is checked)."""
     message, got = refused(data, identity)
-    assert message.startswith(f"{WHAT} could not be decrypted: it is damaged or incomplete in the store")
-    assert reason in message and message.endswith("Nothing was changed.")
+    assert message == f"{WHAT} could not be decrypted: it is damaged or incomplete in the store ({reason}). " \
+                      "Nothing was changed."
     return got
 
 
@@ -263,7 +264,7 @@ def test_a_changed_header_mac_is_refused(identity):
     sealed = encrypt(os.urandom(1000), identity)
     mac_at = header_end(sealed) + 4
     flipped = sealed[:mac_at] + (b"B" if sealed[mac_at:mac_at + 1] == b"A" else b"A") + sealed[mac_at + 1:]
-    assert assert_damaged(flipped, identity, "(the header's MAC does not match)") == b""
+    assert assert_damaged(flipped, identity, "the header's MAC does not match") == b""
 
 
 def test_a_changed_stanza_is_refused(identity):
@@ -282,7 +283,7 @@ def test_a_flipped_payload_byte_is_refused_and_nothing_after_the_last_good_chunk
     chunk_index = {"first chunk": 0, "middle chunk": 20, "last chunk": 40, "payload nonce": None}[where]
     at = payload + 3 if chunk_index is None else payload + 16 + chunk_index * SEALED + 5
     flipped = sealed[:at] + bytes([sealed[at] ^ 0x01]) + sealed[at + 1:]
-    reason = "does not authenticate)" if chunk_index is not None else "chunk 0 of its payload does not authenticate"
+    reason = f"chunk {chunk_index or 0} of its payload does not authenticate"
     got = assert_damaged(flipped, identity, reason)
     assert plain.startswith(got) and len(got) <= (chunk_index or 0) * CHUNK
 
@@ -292,52 +293,77 @@ def test_a_payload_cut_at_a_chunk_boundary_is_refused(identity, chunks):
     plain = os.urandom(40 * CHUNK + 100)
     sealed = encrypt(plain, identity)
     payload = sealed.index(b"\n", header_end(sealed)) + 1 + 16
-    got = assert_damaged(sealed[:payload + chunks * SEALED], identity, "(it is cut short at a chunk boundary)")
+    got = assert_damaged(sealed[:payload + chunks * SEALED], identity, "it is cut short at a chunk boundary")
     assert plain.startswith(got) and len(got) < chunks * CHUNK
 
 
-@pytest.mark.parametrize("cut", [1, 15, 16, 17, SEALED // 2, SEALED - 1])
-def test_a_payload_cut_inside_a_chunk_is_refused(identity, cut):
+@pytest.mark.parametrize("cut, reason", [
+    (1, "it is cut short inside a chunk"), (15, "it is cut short inside a chunk"),
+    (16, "it ends with an empty chunk after others"),  # a tag alone: an empty final chunk
+    (17, "chunk 4 of its payload does not authenticate"),  # a short chunk, not the final one
+    (SEALED // 2, "chunk 4 of its payload does not authenticate"),
+    (SEALED - 1, "chunk 4 of its payload does not authenticate"),
+])
+def test_a_payload_cut_inside_a_chunk_is_refused(identity, cut, reason):
     plain = os.urandom(5 * CHUNK)
     sealed = encrypt(plain, identity)
-    got = assert_damaged(sealed[:len(sealed) - SEALED + cut], identity, "")
+    got = assert_damaged(sealed[:len(sealed) - SEALED + cut], identity, reason)
     assert plain.startswith(got) and len(got) <= 4 * CHUNK
 
 
-@pytest.mark.parametrize("cut", ["in the header", "after the header", "in the nonce"])
-def test_a_file_cut_before_its_payload_is_refused(identity, cut):
+@pytest.mark.parametrize("cut, reason", [("in the header", "the header is cut short"),
+                                         ("after the header", "it is cut short after its header"),
+                                         ("in the nonce", "it is cut short after its header"),
+                                         ("after the nonce", "it is cut short after its header")])
+def test_a_file_cut_before_its_payload_is_refused(identity, cut, reason):
     sealed = encrypt(os.urandom(100), identity)
     end = sealed.index(b"\n", header_end(sealed)) + 1
-    at = {"in the header": end - 10, "after the header": end, "in the nonce": end + 9}[cut]
-    assert_damaged(sealed[:at], identity, "cut short")
+    at = {"in the header": end - 10, "after the header": end, "in the nonce": end + 9, "after the nonce": end + 16}[cut]
+    assert_damaged(sealed[:at], identity, reason)
 
 
 @pytest.mark.parametrize("extra", [b"\x00", os.urandom(16), os.urandom(SEALED), os.urandom(SEALED + 3)])
 @pytest.mark.parametrize("size", [100, CHUNK, 3 * CHUNK + 5])
 def test_trailing_bytes_are_refused(identity, extra, size):
     plain = os.urandom(size)
-    got = assert_damaged(encrypt(plain, identity) + extra, identity, "")
+    # after a whole final chunk, the bytes that follow; else the short final chunk is no longer last
+    reason = "it has data after its final chunk" if size == CHUNK else \
+        f"chunk {size // CHUNK} of its payload does not authenticate"
+    got = assert_damaged(encrypt(plain, identity) + extra, identity, reason)
     assert plain.startswith(got)
 
 
+def noncanonical(last):
+    """The last character of a 32-byte value's base64 with one of its 2 unused bits set: it
+    decodes to the same bytes, but age accepts only the canonical text."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return alphabet[alphabet.index(last) | 1:][:1]
+
+
 HEADER_FAULTS = {
-    "not age": (lambda h: b"PK\x03\x04" + h, "(it is not an age file)"),
-    "binary without a line end": (lambda h: b"\x28\xb5\x2f\xfd" + b"\x00" * 2 * MIB, "(it is not an age file)"),
+    "not age": (lambda h: b"PK\x03\x04" + h, "it is not an age file"),
+    "binary without a line end": (lambda h: b"\x28\xb5\x2f\xfd" + b"\x00" * 2 * MIB, "it is not an age file"),
     "other version": (lambda h: h.replace(b"age-encryption.org/v1\n", b"age-encryption.org/v2\n"),
-                      "(it is in an age version other than v1)"),
+                      "it is in an age version other than v1"),
     "armored": (lambda h: b"-----BEGIN AGE ENCRYPTED FILE-----\n" + base64.b64encode(h) + b"\n",
-                "(it is ASCII-armored, not a binary age file)"),
-    "CRLF line ends": (lambda h: h.replace(b"\n---", b"\r\n---"), "(the header has invalid base64)"),
-    "no recipient": (lambda h: b"age-encryption.org/v1\n" + h[h.index(b"---"):], "(the header has no recipient)"),
-    "unknown line": (lambda h: h.replace(b"-> X25519", b"=> X25519"), "(the header has a line it should not have)"),
-    "empty argument": (lambda h: h.replace(b"-> X25519 ", b"-> X25519  "), "(the header has an invalid stanza)"),
-    "padded base64": (lambda h: h.replace(b"\n---", b"=\n---", 1), "(the header has invalid base64)"),
+                "it is ASCII-armored, not a binary age file"),
+    "CRLF line ends": (lambda h: h.replace(b"\n---", b"\r\n---"), "the header has invalid base64"),
+    "no recipient": (lambda h: b"age-encryption.org/v1\n" + h[h.index(b"---"):], "the header has no recipient"),
+    "unknown line": (lambda h: h.replace(b"-> X25519", b"=> X25519"), "the header has a line it should not have"),
+    "empty argument": (lambda h: h.replace(b"-> X25519 ", b"-> X25519  "), "the header has an invalid stanza"),
+    "padded base64": (lambda h: h.replace(b"\n---", b"=\n---", 1), "the header has invalid base64"),
     "X25519 without share": (lambda h: h.replace(h[h.index(b"-> X25519"):h.index(b"\n", h.index(b"-> X25519"))],
-                                                 b"-> X25519"), "(the header has an invalid X25519 stanza)"),
-    "short MAC": (lambda h: h[:-3] + b"\n", "(the header has invalid base64)"),
-    "a MAC of the wrong length": (lambda h: h[:-1] + b"AAAA\n", "(a header field has the wrong length)"),
+                                                 b"-> X25519"), "the header has an invalid X25519 stanza"),
+    "short MAC": (lambda h: h[:-3] + b"\n", "the header has invalid base64"),
+    "a MAC of the wrong length": (lambda h: h[:-1] + b"AAAA\n", "a header field has the wrong length"),
+    "a body line of 65 columns": (lambda h: h.replace(b"\n---", b"\n-> x\n" + b"A" * 65 + b"\n\n---"),
+                                  "the header has an invalid stanza body"),
+    "a share of 31 bytes": (lambda h: h.replace(h[h.index(b"-> X25519 "):h.index(b"\n", h.index(b"-> X25519 "))],
+                                                b"-> X25519 " + b64(bytes(31))), "a header field has the wrong length"),
+    "non-canonical base64": (lambda h: h[:-2] + noncanonical(h[-2:-1]) + b"\n",
+                             "the header has non-canonical base64"),
     "a header without end": (lambda h: h[:h.index(b"---")] + b"-> x\n" + b"A" * 64 * 20000 + b"\n",
-                             "(the header is too long)"),
+                             "the header is too long"),
 }
 
 
@@ -390,7 +416,8 @@ def test_the_hand_made_files_are_valid_age(identity):
 
 def test_stanzas_of_other_types_are_skipped(identity):
     key, plain = os.urandom(16), b"notebooks"
-    other = b"-> example.com/enigma arg1 arg2\n" + b64(os.urandom(48)) + b"\n" + b64(os.urandom(10)) + b"\n"
+    # a body of two lines, the last ending in "X" (which no 32-byte value's base64 does)
+    other = b"-> example.com/enigma arg1 arg2\n" + b64(os.urandom(48)) + b"\n" + b64(os.urandom(9)) + b"AAAX\n"
     made = seal(key, [other, x25519_stanza(key, identity)], [(plain, 1)])
     assert decrypt(made, ours(identity)) == plain
 
@@ -399,25 +426,25 @@ def test_a_passphrase_stanza_beside_another_is_refused(identity):
     key = os.urandom(16)
     scrypt = b"-> scrypt " + b64(os.urandom(16)) + b" 18\n" + b64(os.urandom(32)) + b"\n"
     made = seal(key, [x25519_stanza(key, identity), scrypt], [(b"notebooks", 1)])
-    assert_damaged(made, identity, "(a passphrase (scrypt) stanza is mixed with others, which age forbids)")
+    assert_damaged(made, identity, "a passphrase (scrypt) stanza is mixed with others, which age forbids")
 
 
 def test_a_share_of_low_order_is_refused(identity):
     key = os.urandom(16)
     stanza = b"-> X25519 " + b64(bytes(32)) + b"\n" + b64(os.urandom(32)) + b"\n"
-    assert_damaged(seal(key, [stanza], [(b"notebooks", 1)]), identity, "(a recipient stanza with an invalid share)")
+    assert_damaged(seal(key, [stanza], [(b"notebooks", 1)]), identity, "a recipient stanza with an invalid share")
 
 
 def test_a_stream_whose_last_chunk_is_not_marked_final_is_refused(identity):
     key = os.urandom(16)
     made = seal(key, [x25519_stanza(key, identity)], [(os.urandom(CHUNK), 0), (b"the end", 0)])
-    assert_damaged(made, identity, "(it is cut short at a chunk boundary)")
+    assert_damaged(made, identity, "it is cut short at a chunk boundary")
 
 
 def test_a_chunk_marked_final_before_the_end_is_refused(identity):
     key = os.urandom(16)
     made = seal(key, [x25519_stanza(key, identity)], [(os.urandom(CHUNK), 1), (b"more", 1)])
-    assert_damaged(made, identity, "(it has data after its final chunk)")
+    assert_damaged(made, identity, "it has data after its final chunk")
 
 
 def test_an_empty_final_chunk_is_refused_unless_it_is_the_only_one(identity):
@@ -425,13 +452,13 @@ def test_an_empty_final_chunk_is_refused_unless_it_is_the_only_one(identity):
     stanza = x25519_stanza(key, identity)
     assert decrypt(seal(key, [stanza], [(b"", 1)]), ours(identity)) == b""
     made = seal(key, [stanza], [(os.urandom(CHUNK), 0), (b"", 1)])
-    assert_damaged(made, identity, "(it ends with an empty chunk after others)")
+    assert_damaged(made, identity, "it ends with an empty chunk after others")
 
 
 def test_a_short_chunk_before_the_end_is_refused(identity):
     key = os.urandom(16)
     made = seal(key, [x25519_stanza(key, identity)], [(b"short", 0), (b"the end", 1)])
-    assert_damaged(made, identity, "does not authenticate")
+    assert_damaged(made, identity, "chunk 0 of its payload does not authenticate")
 
 
 @pytest.mark.parametrize("text", ["", "AGE-SECRET-KEY-1", "public key", "not a key at all"])
@@ -541,6 +568,47 @@ def test_an_identity_decodes_to_the_secret_of_its_own_recipient():
         public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
         assert age_stream.bech32_decode(str(identity.to_public())) == ("age", public)
         assert X25519Identity.from_str(str(identity)).public == public
+
+
+# how the store is read --------------------------------------------------------------------
+
+class Trickle:
+    """A store that gives one byte a read (a slow network's smallest answer); the sizes asked."""
+
+    def __init__(self, data, most=1):
+        self.stream, self.most, self.asked = io.BytesIO(data), most, []
+
+    def read(self, size):
+        self.asked.append(size)
+        return self.stream.read(min(size, self.most))
+
+
+@pytest.mark.parametrize("size", [0, 100, CHUNK + 1])
+def test_a_store_that_gives_a_byte_at_a_time_gives_the_same_plaintext(identity, size):
+    plain = os.urandom(size)
+    sealed = encrypt(plain, identity)
+    assert b"".join(age_stream.decrypt_blocks(Trickle(sealed).read, ours(identity))) == plain
+
+
+def test_a_header_read_in_pieces_is_refused_as_too_long_only_past_a_mib(identity):
+    sealed = encrypt(b"notebooks", identity)
+    long_header = sealed[:header_end(sealed)] + b"-> x\n" + (b"A" * 64 + b"\n") * 17000 + b"\n" + \
+        sealed[header_end(sealed):]
+    with pytest.raises(age_stream.Damaged, match="^the header is too long$"):
+        b"".join(age_stream.decrypt_blocks(Trickle(long_header, 60_000).read, ours(identity)))
+
+
+@pytest.mark.parametrize("size", [0, 5 * MIB + 7, 12 * MIB])
+def test_no_read_asks_for_more_than_a_bounded_size(identity, size):
+    """Neither side ever asks for the whole rest: a 20 GB backup must not come into memory."""
+    plain = os.urandom(size)
+    source = Trickle(plain, 1 << 40)
+    sealed = io.BytesIO()
+    age_stream.encrypt_stream(source.read, sealed.write, [recipient_key(str(identity.to_public()))])
+    assert source.asked and all(n is not None and 0 < n <= 1 * MIB for n in source.asked)
+    store = Trickle(sealed.getvalue(), 1 << 40)
+    assert b"".join(age_stream.decrypt_blocks(store.read, ours(identity))) == plain
+    assert store.asked and all(n is not None and 0 < n <= 4 * MIB for n in store.asked)
 
 
 # the read-ahead ---------------------------------------------------------------------------

@@ -62,6 +62,7 @@ class Damaged(AgeError):
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _BECH32_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
 IDENTITY_HRP = "age-secret-key-"
+NOT_AN_IDENTITY = "not an age X25519 identity (AGE-SECRET-KEY-1...)"  # never the text itself
 
 
 def _bech32_polymod(values):
@@ -114,9 +115,9 @@ class X25519Identity:
         try:
             hrp, secret = bech32_decode(text.strip())
         except ValueError:
-            hrp, secret = None, b""
+            raise ValueError(NOT_AN_IDENTITY) from None
         if hrp != IDENTITY_HRP or len(secret) != 32:
-            raise ValueError("not an age X25519 identity (AGE-SECRET-KEY-1...)")  # never the text itself
+            raise ValueError(NOT_AN_IDENTITY)
         return cls(secret)
 
     def unwrap(self, share, body):
@@ -139,7 +140,7 @@ def _base64(text, size=None):
     """Canonical unpadded base64, as age requires, of ``size`` bytes when given."""
     if not _BASE64.fullmatch(text) or len(text) % 4 == 1:
         raise Damaged("the header has invalid base64")
-    data = base64.b64decode(text + b"=" * (-len(text) % 4))
+    data = base64.b64decode(text + b"==")  # padding past what is needed is ignored
     if base64.b64encode(data).rstrip(b"=") != text:
         raise Damaged("the header has non-canonical base64")
     if size is not None and len(data) != size:
@@ -356,11 +357,9 @@ def header_for(file_key, recipients):
         share = ephemeral.public_key().public_bytes_raw()
         wrap_key = _hkdf(ephemeral.exchange(X25519PublicKey.from_public_bytes(public)), share + public,
                          b"age-encryption.org/v1/X25519")
+        # a 32-byte body, 43 columns: one line, under the 64 at which age wraps a body
         body = _b64(ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None))
-        lines = [body[i:i + 64] for i in range(0, len(body), 64)]
-        if len(lines[-1]) == 64:
-            lines.append(b"")  # the last line of a body is shorter than 64 columns, maybe empty
-        header += b"-> X25519 " + _b64(share) + b"\n" + b"\n".join(lines) + b"\n"
+        header += b"-> X25519 " + _b64(share) + b"\n" + body + b"\n"
     header += b"---"
     mac = hmac.new(_hkdf(file_key, None, b"header"), header, hashlib.sha256).digest()
     return bytes(header + b" " + _b64(mac) + b"\n")
