@@ -572,22 +572,25 @@ def test_an_identity_decodes_to_the_secret_of_its_own_recipient():
 
 # how the store is read --------------------------------------------------------------------
 
-class Trickle:
-    """A store that gives one byte a read (a slow network's smallest answer); the sizes asked."""
+class StoreReader:
+    """A store's answers: at most ``most`` bytes a read when given (a slow network answers with
+    less than asked); the sizes asked and the bytes taken, for the tests of how it is read."""
 
-    def __init__(self, data, most=1):
-        self.stream, self.most, self.asked = io.BytesIO(data), most, []
+    def __init__(self, data, most=None):
+        self.stream, self.most, self.asked, self.taken = io.BytesIO(data), most, [], 0
 
-    def read(self, size):
+    def read(self, size=-1):
         self.asked.append(size)
-        return self.stream.read(min(size, self.most))
+        data = self.stream.read(size if self.most is None else min(size, self.most))
+        self.taken += len(data)
+        return data
 
 
 @pytest.mark.parametrize("size", [0, 100, CHUNK + 1])
 def test_a_store_that_gives_a_byte_at_a_time_gives_the_same_plaintext(identity, size):
     plain = os.urandom(size)
     sealed = encrypt(plain, identity)
-    assert b"".join(age_stream.decrypt_blocks(Trickle(sealed).read, ours(identity))) == plain
+    assert b"".join(age_stream.decrypt_blocks(StoreReader(sealed, most=1).read, ours(identity))) == plain
 
 
 def test_a_header_over_a_mib_read_in_pieces_is_refused_as_too_long(identity):
@@ -595,34 +598,23 @@ def test_a_header_over_a_mib_read_in_pieces_is_refused_as_too_long(identity):
     long_header = sealed[:header_end(sealed)] + b"-> x\n" + (b"A" * 64 + b"\n") * 17000 + b"\n" + \
         sealed[header_end(sealed):]
     with pytest.raises(age_stream.Damaged, match="^the header is too long$"):
-        b"".join(age_stream.decrypt_blocks(Trickle(long_header, 60_000).read, ours(identity)))
+        b"".join(age_stream.decrypt_blocks(StoreReader(long_header, most=60_000).read, ours(identity)))
 
 
 @pytest.mark.parametrize("size", [0, 5 * MIB + 7, 12 * MIB])
 def test_no_read_asks_for_more_than_a_bounded_size(identity, size):
     """Neither side ever asks for the whole rest: a 20 GB backup must not come into memory."""
     plain = os.urandom(size)
-    source = Trickle(plain, 1 << 40)
+    source = StoreReader(plain)
     sealed = io.BytesIO()
     age_stream.encrypt_stream(source.read, sealed.write, [recipient_key(str(identity.to_public()))])
     assert source.asked and all(n is not None and 0 < n <= 1 * MIB for n in source.asked)
-    store = Trickle(sealed.getvalue(), 1 << 40)
+    store = StoreReader(sealed.getvalue())
     assert b"".join(age_stream.decrypt_blocks(store.read, ours(identity))) == plain
     assert store.asked and all(n is not None and 0 < n <= 4 * MIB for n in store.asked)
 
 
 # the read-ahead ---------------------------------------------------------------------------
-
-class CountingReader:
-    def __init__(self, data):
-        self.stream = io.BytesIO(data)
-        self.taken = 0
-
-    def read(self, size=-1):
-        data = self.stream.read(size)
-        self.taken += len(data)
-        return data
-
 
 def settled(counting, seconds=10):
     """How much the read-ahead has taken once it stopped taking more."""
@@ -635,7 +627,7 @@ def settled(counting, seconds=10):
 
 def test_the_read_ahead_stays_a_few_mib_ahead_of_a_slow_reader(identity):
     plain = os.urandom(64 * MIB)
-    raw = CountingReader(encrypt(plain, identity))
+    raw = StoreReader(encrypt(plain, identity))
     reader = DecryptingReader(raw, [identity], WHAT, KEY_FILE, depth=4)
     try:
         first = reader.read(1)
@@ -649,7 +641,7 @@ def test_the_read_ahead_stays_a_few_mib_ahead_of_a_slow_reader(identity):
 
 
 def test_closing_while_the_read_ahead_waits_ends_its_thread(identity):
-    raw = CountingReader(encrypt(os.urandom(32 * MIB), identity))
+    raw = StoreReader(encrypt(os.urandom(32 * MIB), identity))
     reader = DecryptingReader(raw, [identity], WHAT, KEY_FILE)
     reader.read(10)
     settled(raw)
@@ -663,7 +655,7 @@ def test_closing_while_the_read_ahead_waits_ends_its_thread(identity):
 def test_a_read_error_of_the_store_reaches_the_reader_as_it_is(identity):
     sealed = encrypt(os.urandom(3 * MIB), identity)
 
-    class Failing(CountingReader):
+    class Failing(StoreReader):
         def read(self, size=-1):
             if self.taken > MIB:
                 raise BackupError("The S3 store at http://127.0.0.1:1 cannot be reached. Nothing was changed.")
