@@ -8,7 +8,10 @@ import hashlib
 import io
 import os
 import random
+import subprocess
+import sys
 import tarfile
+import threading
 
 import pytest
 import zstandard
@@ -215,3 +218,90 @@ def test_a_read_of_nothing_from_a_chunked_answer_gives_nothing_and_keeps_the_res
     stream = IterStream([b"abc", b"de"])
     assert stream.read(0) == b""
     assert stream.read() == b"abcde"
+
+
+def _noise_entries(sizes, seed=3):
+    """A root folder and incompressible files of ``sizes`` (stored as raw zstd frames)."""
+    rng = random.Random(seed)
+    entries = [(Entry(ROOT, DIR, mode=0o755), None)]
+    for n, size in enumerate(sizes):
+        data = rng.randbytes(size)
+        entries.append((Entry(f"f{n}.bin", FILE, size=size), io.BytesIO(data)))
+    return entries
+
+
+def test_an_archive_written_to_a_file_that_asks_for_it_is_synced_as_it_grows(tmp_path, monkeypatch):
+    """A folder store's archive is flushed to disk whenever ``SYNC_EVERY`` bytes went out since
+    the last time, so the kernel never holds a whole 20 GB archive in dirty pages and the store's
+    final fsync is short; without ``sync`` nothing syncs (an S3 upload has no file)."""
+    every = 2 * 1024 * 1024
+    monkeypatch.setattr(archive_writer._VerifiedSink, "SYNC_EVERY", every)
+    # what one hand-over to the writing thread holds at most: a 1 MiB chunk in raw blocks
+    one_take = archive_writer.CHUNK + 3 * (archive_writer.CHUNK // archive_writer._RAW_BLOCK)
+    synced_at = []  # the file's length at each fdatasync
+    real = os.fdatasync
+    monkeypatch.setattr(archive_writer.os, "fdatasync", lambda fd: (synced_at.append(os.fstat(fd).st_size), real(fd)))
+    for sync in (True, False):
+        synced_at.clear()
+        with open(tmp_path / f"a{sync}.tar.zst", "wb") as out:
+            size, _ = write_archive(out, _noise_entries([9 * 1024 * 1024, 5 * 1024 * 1024]),
+                                    Manifest("now", {}), "zstd", sync=sync)
+        if not sync:
+            assert synced_at == []
+            continue
+        assert size > 14 * 1024 * 1024
+        gaps = [b - a for a, b in zip([0] + synced_at, synced_at)]
+        assert len(synced_at) >= size // (every + one_take), synced_at
+        assert all(every <= gap < every + one_take for gap in gaps), gaps
+        assert size - synced_at[-1] < every + one_take
+
+
+def test_a_backup_runs_in_named_threads_that_are_gone_when_it_ends(tmp_path):
+    """In a thread dump of a stuck server (py-spy, faulthandler) the backup's threads say what
+    they are; none of them outlives the backup."""
+    seen = set()
+
+    class Peek(io.BytesIO):
+        def read(self, size=-1):
+            seen.update(t.name for t in threading.enumerate())
+            return super().read(size)
+
+    before = set(threading.enumerate())
+    data = os.urandom(1024 * 1024)
+    entries = [(Entry(ROOT, DIR, mode=0o755), None), (Entry("a.bin", FILE, size=len(data)), Peek(data))]
+    write_archive(io.BytesIO(), entries, Manifest("now", {}), "zstd")
+    assert {"ailab-backup-write", "ailab-backup-hash"} <= seen
+    assert set(threading.enumerate()) == before
+
+
+def test_a_worker_never_closed_does_not_keep_the_process_alive():
+    """If a backup's error path ever missed a ``close``, the CLI and the server would still exit
+    instead of hanging on the worker's thread."""
+    code = "from ailab_backup_ext.archive.threads import Worker, hashing_worker\n" \
+           "w = Worker('left-open'); h = hashing_worker(); w.submit(print, 'ran'); print('end')\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "end" in done.stdout
+
+
+def test_a_compressed_stream_ended_inside_a_stored_file_still_decodes_whole():
+    """The compressor's own contract, whatever writes last: closing it in the middle of a raw
+    frame ends that frame, so any zstd reader gets every byte back."""
+    sink = io.BytesIO()
+
+    class Parts:  # what _VerifiedSink offers the compressor
+        write = sink.write
+
+        @staticmethod
+        def write_parts(parts):
+            for part in parts:
+                sink.write(part)
+
+    compressor = archive_writer._Compressor(Parts, "zstd")
+    head, stored = b"header " * 100, os.urandom(300_000)
+    compressor.write(head)
+    compressor.write_stored(stored)
+    compressor.close()
+    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(sink.getvalue()), read_across_frames=True) as r:
+        assert r.read() == head + stored
+    assert compressor.length == len(head) + len(stored)

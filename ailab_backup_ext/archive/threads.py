@@ -61,7 +61,7 @@ class Worker:
 
 
 def hashing_worker(depth=8):
-    return Worker("ailab-backup-hash", depth)  # pragma: no mutate (a thread's name)
+    return Worker("ailab-backup-hash", depth)
 
 
 PARALLEL_MIN_BYTES = 256 * 1024

@@ -26,7 +26,7 @@ class _VerifiedSink:
 
     def __init__(self, out, compression, sync):
         self.out = out
-        self.sync = sync  # pragma: no mutate (sync timing only)
+        self.sync = sync
         self.unsynced = 0
         self.size = 0
         self.decoded = 0
@@ -62,7 +62,7 @@ class _VerifiedSink:
     def _take(self, parts):
         for data in parts:
             self.out.write(data)
-            self.unsynced += len(data)  # pragma: no mutate (sync timing only)
+            self.unsynced += len(data)
             while data:  # frame by frame, so that the end of each one is seen (and its checksum)
                 if self.decoder.eof:
                     self.decoder = self.new_decoder()
@@ -118,10 +118,11 @@ class _Compressor:
         self.in_raw_frame = False
         self.compression = compression
         if compression == "zstd":
-            # one thread: the C call releases the GIL while Python reads and hashes on in other
-            # threads, and zstd's own thread pool alone cost about 100 MB of buffers.
+            # one thread (zstandard's default, not its pool): the C call releases the GIL while
+            # Python reads and hashes on in other threads, and zstd's pool alone cost about 100 MB
+            # of buffers.
             # The frame checksum lets a reader (and the writer's own check) prove the content.
-            cctx = zstandard.ZstdCompressor(level=1, threads=0, write_checksum=True)
+            cctx = zstandard.ZstdCompressor(level=1, write_checksum=True)
             self.stream = cctx.stream_writer(raw, closefd=False)
             self.probe = zstandard.ZstdCompressor(level=1)
         elif compression == "gzip":
@@ -188,7 +189,7 @@ def tar_header(entry, root_name=DATA_ROOT):
         info.name = entry.path
     elif root_name != DATA_ROOT:
         info.name = root_name if entry.path == ROOT else f"{root_name}/{entry.path}"
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8")  # names that are not UTF-8: surrogateescape
 
 
 def file_chunks(entry, content):
