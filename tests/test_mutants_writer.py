@@ -18,7 +18,7 @@ import zstandard
 
 from ailab_backup_ext.archive import DIR, FILE, ROOT, SYMLINK, Entry, Manifest, read_archive, write_archive
 from ailab_backup_ext.archive import writer as archive_writer
-from ailab_backup_ext.archive.threads import IterStream
+from ailab_backup_ext.archive.threads import IterStream, Worker, hashing_worker
 from ailab_backup_ext.archive.writer import tar_stream
 from ailab_backup_ext.config import AILabBackup
 from ailab_backup_ext.core import BackupManager
@@ -277,11 +277,33 @@ def test_a_backup_runs_in_named_threads_that_are_gone_when_it_ends(tmp_path):
 def test_a_worker_never_closed_does_not_keep_the_process_alive():
     """If a backup's error path ever missed a ``close``, the CLI and the server would still exit
     instead of hanging on the worker's thread."""
+    # Python's exit waits for no daemon thread (seen here, where the mutation run sees it) ...
+    with Worker("left-open-here"), hashing_worker():
+        threads = [t for t in threading.enumerate() if t.name in ("left-open-here", "ailab-backup-hash")]
+        assert len(threads) == 2 and all(t.daemon for t in threads)
+    # ... and a process that leaves two open ends at once
     code = "from ailab_backup_ext.archive.threads import Worker, hashing_worker\n" \
-           "w = Worker('left-open'); h = hashing_worker(); w.submit(print, 'ran'); print('end')\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+           "w = Worker('left-open'); h = hashing_worker(); w.submit(len, 'a call'); print('end')\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert "end" in done.stdout
+
+
+def test_a_sink_handed_two_whole_frames_in_one_write_checks_both():
+    """The check as it is written decodes frame after frame within one write, whoever cuts the
+    writes: a stream whose second frame lost a byte is refused, a whole one passes."""
+    first, second = b"notebook " * 5000, os.urandom(70_000)
+    frames = [zstandard.ZstdCompressor(level=1, write_checksum=True).compress(p) for p in (first, second)]
+    whole = io.BytesIO()
+    with archive_writer._VerifiedSink(whole, "zstd", sync=False) as sink:
+        sink.write(frames[0] + frames[1])
+        assert sink.close(len(first) + len(second)) == (len(frames[0]) + len(frames[1]),
+                                                        hashlib.sha256(frames[0] + frames[1]).hexdigest())
+    cut = frames[1][:-9] + frames[1][-8:]  # a byte of its content gone
+    with pytest.raises(BackupError, match="not kept"):
+        with archive_writer._VerifiedSink(io.BytesIO(), "zstd", sync=False) as sink:
+            sink.write(frames[0] + cut)
+            sink.close(len(first) + len(second))
 
 
 def test_a_compressed_stream_ended_inside_a_stored_file_still_decodes_whole():

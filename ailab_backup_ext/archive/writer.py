@@ -137,10 +137,13 @@ class _Compressor:
         sample = sample[:_PROBE_BYTES]
         return len(self.probe.compress(sample)) > 0.97 * len(sample)
 
-    def write(self, data):
+    def _end_raw_frame(self):
         if self.in_raw_frame:
             self.raw.write(_RAW_FRAME_END)
             self.in_raw_frame = False
+
+    def write(self, data):
+        self._end_raw_frame()
         self.length += len(data)
         return self.stream.write(data)
 
@@ -158,9 +161,7 @@ class _Compressor:
         self.length += len(data)
 
     def close(self):
-        if self.in_raw_frame:
-            self.raw.write(_RAW_FRAME_END)
-            self.in_raw_frame = False
+        self._end_raw_frame()
         self.stream.close()
 
 
