@@ -60,8 +60,9 @@ class Worker:
             raise self._error
 
 
-def hashing_worker(depth=8):
-    return Worker("ailab-backup-hash", depth)
+def hashing_worker(*depth):
+    """A worker for SHA-256 updates; ``depth`` as :class:`Worker`'s (its default when not given)."""
+    return Worker("ailab-backup-hash", *depth)
 
 
 PARALLEL_MIN_BYTES = 256 * 1024
