@@ -14,10 +14,11 @@ import sys
 import sysconfig
 import tempfile
 import uuid
+import zipfile
 
 # left out of the stdlib: tests, GUI, installers and what only a developer needs
-# __pycache__ stays (opt-0 only), as in any distribution's Python: without it every worker container
-# compiles the stdlib it imports again (4.3 s against 0.9 s on the test machine)
+# compiled modules (opt-0) go in, as in any distribution's Python: without them every worker
+# container compiles the stdlib it imports again (4.3 s against 0.9 s on the test machine)
 SKIPPED_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                 "site-packages", "dist-packages", "pydoc_data", "unittest", "distutils", "venv"}
 SKIPPED_PREFIXES = ("config-",)
@@ -37,17 +38,36 @@ def _shared_libs(paths):
     return found
 
 
-def _copy_stdlib(src, dest):
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith(SKIPPED_PREFIXES)]
-        rel = os.path.relpath(dirpath, src)
-        os.makedirs(os.path.join(dest, rel), exist_ok=True)
-        for name in filenames:
-            if name.endswith((".a", ".exe")) or SKIPPED_MODULES.match(name):
-                continue
-            if name.endswith(".pyc") and (".opt-" in name or not rel.endswith("__pycache__")):
-                continue
-            shutil.copy2(os.path.join(dirpath, name), os.path.join(dest, rel, name))
+def _zip_stdlib(src, dest, zip_path):
+    """The stdlib into one zip at ``zip_path`` (Python's own ``lib/pythonXY.zip``, first on its
+    path, as in Python's embeddable distribution), compiled modules only; left as files under
+    ``dest``: the extension modules (lib-dynload, which cannot be imported from a zip) and
+    ``os.py``, the landmark by which Python finds its prefix. The test engine's vfs driver copies
+    every file of the image for each container: 2.9 s for the 1,082 files of the stdlib laid out
+    as files on the test machine, 0.31 s for the 87 left beside the zip."""
+    tag = sys.implementation.cache_tag
+    os.makedirs(os.path.dirname(zip_path), exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as archive:
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith(SKIPPED_PREFIXES)
+                           and d not in ("lib-dynload", "__pycache__")]
+            rel = os.path.relpath(dirpath, src)
+            for name in filenames:
+                if name.endswith((".a", ".exe", ".pyc")) or SKIPPED_MODULES.match(name):
+                    continue
+                full = os.path.join(dirpath, name)
+                compiled = os.path.join(dirpath, "__pycache__", f"{name[:-3]}.{tag}.pyc")
+                if name.endswith(".py") and os.path.exists(compiled):  # no compiling per container
+                    archive.write(compiled, os.path.normpath(os.path.join(rel, name[:-3] + ".pyc")))
+                else:
+                    archive.write(full, os.path.normpath(os.path.join(rel, name)))
+    os.makedirs(dest, exist_ok=True)
+    shutil.copy2(os.path.join(src, "os.py"), os.path.join(dest, "os.py"))
+    dynload = os.path.join(src, "lib-dynload")
+    os.makedirs(os.path.join(dest, "lib-dynload"))
+    for name in os.listdir(dynload):
+        if name.endswith(".so") and not SKIPPED_MODULES.match(name):
+            shutil.copy2(os.path.join(dynload, name), os.path.join(dest, "lib-dynload", name))
 
 
 def build_root(root, python_at="/usr/local/bin/python3"):
@@ -60,7 +80,8 @@ def build_root(root, python_at="/usr/local/bin/python3"):
     os.makedirs(root + os.path.dirname(python_at), exist_ok=True)
     shutil.copy2(binary, root + python_at)
     stdlib = sysconfig.get_paths(vars={"installed_base": base, "base": base})["stdlib"]
-    _copy_stdlib(stdlib, os.path.join(root + prefix, "lib", version))
+    lib = os.path.join(root + prefix, "lib")
+    _zip_stdlib(stdlib, os.path.join(lib, version), os.path.join(lib, version.replace(".", "") + ".zip"))
     os.makedirs(os.path.join(root, "bin"), exist_ok=True)
     os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
     shutil.copy2("/bin/busybox", os.path.join(root, "bin", "busybox"))
