@@ -15,7 +15,7 @@ from pyrage import x25519
 
 from ailab_backup_ext.errors import BackupError
 from ailab_backup_ext.stores import age
-from ailab_backup_ext.stores.age import EncryptingWriter, Encryption
+from ailab_backup_ext.stores.age import DecryptingReader, EncryptingWriter, Encryption
 
 
 def test_the_key_is_kept_in_jupyters_data_folder_by_default(tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_a_new_key_is_private_opens_what_is_encrypted_for_it_and_is_shown_once(t
 def test_a_key_is_never_overwritten_nor_made_inside_the_notebooks_folder(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    for inside in (notebooks / "age.key", notebooks / "sub" / "age.key", notebooks):
+    for inside in (notebooks / "age.key", notebooks / "sub" / "age.key", notebooks, notebooks / "..age.key"):
         with pytest.raises(BackupError) as refused:
             Encryption(key_file=str(inside), forbidden_dir=str(notebooks)).generate()
         assert str(refused.value) == (f"The key file {inside} is inside the notebooks folder, so it would be in "
@@ -53,6 +53,9 @@ def test_a_key_is_never_overwritten_nor_made_inside_the_notebooks_folder(tmp_pat
     assert list(notebooks.iterdir()) == []
     beside = tmp_path / "notebooks-keys" / "age.key"  # a name that only starts like the folder's
     Encryption(key_file=str(beside), forbidden_dir=str(notebooks)).generate()
+    in_parent = tmp_path / "age.key"  # in a folder that exists already (Jupyter's data folder)
+    Encryption(key_file=str(in_parent), forbidden_dir=str(notebooks)).generate()
+    assert in_parent.read_text().startswith("# ailab-backup age key")
     kept = beside.read_text()
     with pytest.raises(BackupError) as refused:
         Encryption(key_file=str(beside)).generate()
@@ -112,6 +115,7 @@ def test_an_aborted_encrypted_upload_never_decrypts_as_a_whole_backup():
     out = io.BytesIO()
     writer = EncryptingWriter(out, [identity.to_public()])
     writer.write(os.urandom(200_000))
+    assert len(_encrypt_threads()) == 1  # what a thread dump of a stuck upload shows
     writer.abort()
     assert _encrypt_threads() == []
     with pytest.raises(pyrage.DecryptError):
@@ -161,3 +165,35 @@ def test_a_store_failing_under_an_encrypted_upload_is_the_error_the_user_sees(ke
             break
         time.sleep(0.05)
     assert _encrypt_threads() == []
+
+
+def test_an_encrypted_upload_streams_as_it_is_written_in_small_pieces():
+    """Bounded memory: the many small writes of a backup (tar headers, small notebooks) reach the
+    store while the backup goes on, not all at its end; ``write`` answers as a file does."""
+    identity = x25519.Identity.generate()
+    out = io.BytesIO()
+    writer = EncryptingWriter(out, [identity.to_public()])
+    assert writer.write(b"") == 0
+    pieces = [os.urandom(1000) for _ in range(3000)]
+    assert sum(writer.write(piece) for piece in pieces) == 3_000_000
+    for _ in range(100):
+        if out.tell() >= 2_000_000:
+            break
+        time.sleep(0.05)
+    assert out.tell() >= 2_000_000  # sealed and written before the close
+    writer.close()
+    assert pyrage.decrypt(out.getvalue(), [identity]) == b"".join(pieces)
+
+
+def test_a_decrypted_backup_read_into_small_buffers_gives_its_bytes_in_order():
+    """A restore reads into buffers of its own size (``readinto``), smaller than a chunk."""
+    identity = x25519.Identity.generate()
+    plain = os.urandom(300_000)
+    reader = DecryptingReader(io.BytesIO(pyrage.encrypt(plain, [identity.to_public()])), [identity],
+                              "The backup", "/k")
+    got, buffer = bytearray(), bytearray(4096)
+    while n := reader.readinto(memoryview(buffer)):
+        assert n <= len(buffer)
+        got += buffer[:n]
+    reader.close()
+    assert bytes(got) == plain

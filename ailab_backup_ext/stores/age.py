@@ -114,6 +114,10 @@ class Pipe:
             pass
 
 
+class _Aborted(BackupError):
+    """What the encrypting thread reads when its upload was given up."""
+
+
 class EncryptingWriter:
     """A writer that encrypts what is written to ``out`` (a writer) for ``recipients``;
     :meth:`close` ends the age stream (its last chunk is only known then)."""
@@ -124,7 +128,6 @@ class EncryptingWriter:
         keys = [recipient_key(str(recipient)) for recipient in recipients]
         self.pipe = Pipe()
         self.error = None
-        self.out = out
 
         def run():
             try:
@@ -156,7 +159,7 @@ class EncryptingWriter:
 
     def abort(self):
         self.pipe.abandon()
-        self.pipe.error = BackupError("aborted")
+        self.pipe.error = _Aborted()  # so the stream is never ended: nothing can pass for a whole backup
         try:
             self.pipe.chunks.put_nowait(_EOF)
         except queue.Full:
@@ -164,9 +167,8 @@ class EncryptingWriter:
         self.thread.join(30)
 
     def _failure(self):
-        for error in (getattr(self.out, "error", None), self.error):  # the store's own error first
-            if isinstance(error, BackupError):
-                return error
+        if isinstance(self.error, BackupError):  # the store's own (S3 down), as it raised it
+            return self.error
         return BackupError(f"Encrypting the backup failed ({type(self.error).__name__}: {self.error}); it was not kept.")
 
 
@@ -296,8 +298,8 @@ class Encryption:
         from pyrage import x25519
 
         if self.forbidden_dir:
-            inside = os.path.relpath(self.key_file, self.forbidden_dir)
-            if inside == "." or not inside.startswith(".."):
+            rel = os.path.relpath(self.key_file, self.forbidden_dir)
+            if rel != os.pardir and not rel.startswith(os.pardir + os.sep):  # inside ("..key" too)
                 raise BackupError(f"The key file {self.key_file} is inside the notebooks folder, so it would "
                                   "be in every backup. Set AILabBackup.age_identity_file elsewhere.")
         if os.path.exists(self.key_file):

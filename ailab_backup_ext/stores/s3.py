@@ -474,19 +474,13 @@ class _MultipartWriter(ArchiveWriter):
 
 
 class _RawSink:
-    """Where the (encrypted) bytes go; keeps the store's error, which the encryption thread only
-    sees wrapped."""
+    """Where the (encrypted) bytes go: the writer's parts."""
 
     def __init__(self, writer):
         self.writer = writer
-        self.error = None
 
     def write(self, data):
-        try:
-            self.writer._take(data)
-        except BackupError as exc:
-            self.error = exc
-            raise
+        self.writer._take(data)
         return len(data)
 
     def flush(self):
