@@ -203,3 +203,16 @@ def test_a_decrypted_backup_read_into_small_buffers_gives_its_bytes_in_order():
         got += piece
     reader.close()
     assert bytes(got) == plain
+
+
+def test_a_restore_decrypts_in_a_named_daemon_thread_that_ends_with_the_reading():
+    identity = x25519.Identity.generate()
+    plain = os.urandom(8 * 1024 * 1024)  # more than the read-ahead holds: the thread waits for us
+    reader = DecryptingReader(io.BytesIO(pyrage.encrypt(plain, [identity.to_public()])), [identity],
+                              "The backup", "/k")
+    try:
+        (thread,) = [t for t in threading.enumerate() if t.name == "ailab-backup-decrypt"]
+        assert thread.daemon
+    finally:
+        reader.close()
+    assert not thread.is_alive()
