@@ -195,6 +195,7 @@ def test_a_decrypted_backup_read_into_small_buffers_gives_its_bytes_in_order():
     reader = DecryptingReader(io.BytesIO(pyrage.encrypt(plain, [identity.to_public()])), [identity],
                               "The backup", "/k")
     got, buffer = bytearray(), bytearray(4096)
+    assert reader.read(0) == b""
     while n := reader.readinto(memoryview(buffer)):
         assert n <= len(buffer)
         got += buffer[:n]
@@ -216,3 +217,29 @@ def test_a_restore_decrypts_in_a_named_daemon_thread_that_ends_with_the_reading(
     finally:
         reader.close()
     assert not thread.is_alive()
+
+
+class _StoreFailingAfter(io.BytesIO):
+    """A store's stream that fails midway with an error of no kind we expect (not our own)."""
+
+    def read(self, size=-1):
+        if self.tell() > 100_000:
+            raise OSError(5, "Input/output error")
+        return super().read(min(size, 4096) if size and size > 0 else 4096)
+
+
+def test_a_store_failing_midway_under_a_decryption_is_never_a_clean_end():
+    """At most what was decrypted so far is handed out, then the failure: never an end that would
+    make a cut backup look whole."""
+    identity = x25519.Identity.generate()
+    plain = os.urandom(400_000)
+    reader = DecryptingReader(_StoreFailingAfter(pyrage.encrypt(plain, [identity.to_public()])), [identity],
+                              "The backup 20261204T000000Z", "/k")
+    got = bytearray()
+    with pytest.raises(BackupError) as failed:
+        while piece := reader.read(65536):
+            got += piece
+    reader.close()
+    assert str(failed.value) == ("The backup 20261204T000000Z could not be decrypted: it is damaged or incomplete "
+                                 "in the store (OSError). Nothing was changed.")
+    assert len(got) < len(plain) and plain.startswith(bytes(got))
