@@ -24,6 +24,14 @@ def rclone_binary():
     return found
 
 
+def _die_with_parent():
+    """The server ends when the test process does, even killed (a mutation run's timeouts)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class S3Server:
     """One ``rclone serve s3`` over a folder; each bucket is a folder in it."""
 
@@ -41,7 +49,7 @@ class S3Server:
         self.process = subprocess.Popen(
             [rclone_binary(), "serve", "s3", self.root, "--addr", f"127.0.0.1:{self.port}",
              "--auth-key", ",".join(self.keys), "--config", "/dev/null"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 20
         while True:
             assert self.process.poll() is None, "rclone serve s3 ended at start"

@@ -297,11 +297,6 @@ class _GuardedBody:
                 raise
             raise mapped from None
 
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
 
 class _RangedReader:
     """An object read as ranged GETs in parallel threads, handed out in order. A single GET
