@@ -190,7 +190,7 @@ def test_our_own_error_passes_as_it_is_and_anything_else_is_not_ours(offline_sto
     assert offline_store._error(ValueError("a bug"), "x") is None
 
 
-def test_an_unmapped_failure_is_raised_as_it_is(offline_store, monkeypatch):
+def test_an_unmapped_failure_is_raised_as_it_is(offline_store):
     class Client:
         def head_object(self, **kwargs):
             raise ValueError("a bug of ours")
@@ -405,9 +405,130 @@ def test_readinto_after_a_partial_read_gets_the_rest_of_the_range(s3_server, s3_
     data = os.urandom(s3.RANGE_BYTES + 10)
     store.client.put_object(Bucket=s3_bucket, Key="backups/data/x.tar.zst", Body=data)
     with store.open_archive("x.tar.zst") as reader:
+        assert reader.read(0) == b""  # as any stream's: nothing, not the range
         assert reader.read(1000) == data[:1000]
         buffer = bytearray(2 * s3.RANGE_BYTES)
         n = reader.readinto(buffer)
         assert buffer[:n] == data[1000:s3.RANGE_BYTES]
         assert reader.readinto(buffer) == 10 and buffer[:10] == data[-10:]
         assert reader.readinto(buffer) == 0
+
+
+class ShortHeadClient(RefusingClient):
+    """The real client, but the archive's HEAD reports one byte less than was uploaded (a server
+    that lost the end of it); the delete that follows may be refused too."""
+
+    def __init__(self, real, refuse_delete=False):
+        super().__init__(real, "delete_object" if refuse_delete else "")
+
+    def head_object(self, **kwargs):
+        head = self.real.head_object(**kwargs)
+        return {**head, "ContentLength": head["ContentLength"] - 1} if "/data/" in kwargs["Key"] else head
+
+
+@pytest.mark.parametrize("refuse_delete", [False, True], ids=["deleted", "delete refused"])
+def test_an_archive_stored_short_is_deleted_and_never_listed(tmp_path, s3_server, s3_bucket, refuse_delete):
+    manager = s3_only_manager(tmp_path, s3_server, s3_bucket)
+    store = manager.store
+    store._client = ShortHeadClient(store.client, refuse_delete)
+    with pytest.raises(BackupError) as short:
+        manager.create_backup()
+    store._client = store._client.real
+    message = str(short.value)
+    objects, uploads = left_in(s3_server, s3_bucket)
+    assert manager.list_backups() == [] and uploads == []
+    if refuse_delete:  # the user learns what failed last, and the object stays unlisted
+        archive = objects[0].rsplit("/", 1)[-1]
+        assert message == (f"{where(s3_server, s3_bucket)} answered InternalError while deleting {archive}: "
+                           "refused by the test")
+        assert objects == [f"backups/data/{archive}"]
+    else:
+        archive = message.split(" bytes of ")[1].split(" instead of ")[0]
+        size = int(message.split(" instead of ")[1].split(";")[0])  # what was uploaded (gone now)
+        assert objects == []
+        assert message == (f"{where(s3_server, s3_bucket)} holds {size - 1} bytes of {archive} instead of "
+                           f"{size}; it was not kept.")
+        assert size > 12 * 1024 * 1024  # the big incompressible file is in it
+
+
+# faults while an archive is read ---------------------------------------------------------------
+
+class BodyClient(RefusingClient):
+    """The real client, but the body of each ranged GET after the first range is changed by
+    ``change(body)``."""
+
+    def __init__(self, real, change):
+        super().__init__(real, "")
+        self.change = change
+
+    def get_object(self, **kwargs):
+        answer = self.real.get_object(**kwargs)
+        later = kwargs.get("Range", "bytes=0-").split("=")[1].split("-")[0] != "0"
+        return {**answer, "Body": self.change(answer["Body"])} if later else answer
+
+
+class BrokenBody:
+    def __init__(self, body, data=None, error=None):
+        self.body, self.data, self.error = body, data, error
+
+    def read(self, *args):
+        if self.error:
+            raise self.error
+        return self.data
+
+    def close(self):
+        self.body.close()
+
+
+def put_archive_object(store, name, data):
+    store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}data/{name}", Body=data)
+
+
+@pytest.mark.parametrize("fault, message", [
+    (lambda body: BrokenBody(body, data=b"x" * 4),  # of the second range's 10
+     "{where} sent 4 bytes of 10 while reading x.tar.zst. Nothing was changed; try again."),
+    (lambda body: BrokenBody(body, error=bx.ResponseStreamingError(error="cut")),
+     "{where} cannot be reached or broke off while reading x.tar.zst (ResponseStreamingError). Nothing incomplete "
+     "was kept and nothing was changed; check the network and AILabBackup.s3_endpoint_url, then try again."),
+], ids=["short", "broken off"])
+def test_a_range_sent_short_or_broken_off_is_an_error_that_says_so(s3_server, s3_bucket, fault, message):
+    store = store_at(s3_server, s3_bucket)
+    put_archive_object(store, "x.tar.zst", os.urandom(s3.RANGE_BYTES + 10))
+    store._client = BodyClient(store.client, fault)
+    with pytest.raises(Unavailable) as failed:
+        with store.open_archive("x.tar.zst") as reader:
+            while reader.read(1024 * 1024):
+                pass
+    assert str(failed.value) == message.format(where=where(s3_server, s3_bucket))
+
+
+def test_an_unexpected_failure_of_a_body_is_raised_as_it_is(s3_server, s3_bucket):
+    store = store_at(s3_server, s3_bucket)
+    put_archive_object(store, "x.tar.zst", os.urandom(s3.RANGE_BYTES + 10))
+    store._client = BodyClient(store.client, lambda body: BrokenBody(body, error=ValueError("a bug of ours")))
+    with pytest.raises(ValueError, match="a bug of ours"):
+        with store.open_archive("x.tar.zst") as reader:
+            while reader.read():
+                pass
+
+
+def test_a_refused_range_says_which_archive(s3_server, s3_bucket):
+    store = store_at(s3_server, s3_bucket)
+    put_archive_object(store, "x.tar.zst", b"abc")
+    store._client = RefusingClient(store.client, "get_object", under="/data/")
+    with pytest.raises(Unavailable) as refused:
+        with store.open_archive("x.tar.zst") as reader:
+            reader.read()
+    assert str(refused.value) == (f"{where(s3_server, s3_bucket)} answered InternalError while reading "
+                                  "x.tar.zst: refused by the test")
+
+
+def test_a_server_that_gives_no_etag_is_still_read(s3_server, s3_bucket):
+    store = store_at(s3_server, s3_bucket)
+    data = os.urandom(s3.RANGE_BYTES + 10)
+    put_archive_object(store, "x.tar.zst", data)
+    reader = s3._RangedReader(store, "backups/data/x.tar.zst", len(data), None, "reading x.tar.zst")
+    try:
+        assert reader.read() + reader.read() == data and reader.read() == b""
+    finally:
+        reader.close()

@@ -282,20 +282,15 @@ class S3Store:
         return removed
 
 
-class _GuardedBody:
-    """A response body whose read errors (server gone, timeout) become our own BackupError."""
-
-    def __init__(self, body, to_error):
-        self.body, self.to_error = body, to_error
-
-    def read(self, size=-1):
-        try:
-            return self.body.read(None if size is None or size < 0 else size)
-        except Exception as exc:  # noqa: BLE001
-            mapped = self.to_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from None
+def _read_body(body, to_error):
+    """All of a response body; its read errors (server gone, timeout) become our own BackupError."""
+    try:
+        return body.read()
+    except Exception as exc:  # noqa: BLE001
+        mapped = to_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from None
 
 
 class _RangedReader:
@@ -333,7 +328,7 @@ class _RangedReader:
         try:
             if self.etag and answer.get("ETag") not in (None, self.etag):  # servers that ignore If-Match
                 raise self.to_error(_precondition_failed())
-            data = _GuardedBody(body, self.to_error).read()
+            data = _read_body(body, self.to_error)
         finally:
             body.close()
         if len(data) != end - start:
