@@ -361,6 +361,22 @@ def test_the_store_volume_outlives_the_notebooks_volume(docker_client, make_volu
     assert volume_snapshot(docker_client, fresh) == before
 
 
+def test_a_folder_store_inside_the_volume_is_left_out_and_kept_by_a_replace(docker_client, make_volume):
+    """The store a folder of this host inside the volume's own folder (the CLI on the Docker
+    host, backing up a volume into a folder in it): its helper never reads the store into a
+    backup, and a replace restore never removes it."""
+    volume = make_volume()
+    run_in_volume(docker_client, volume, "mkdir -p /v/work && echo hi > /v/work/a.ipynb")
+    store = os.path.join(docker_client.api.inspect_volume(volume)["Mountpoint"], "work", "backups")
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    first = manager.create_backup()
+    second = manager.create_backup()  # the first backup now lies in the store, inside the volume
+    assert archive_members(manager, second) == [".", "work", "work/a.ipynb"]
+    manager.restore_backup(first["id"], "replace")  # its safety backup goes into the store too
+    assert {first["id"], second["id"]} < {b["id"] for b in manager.list_backups()}
+    assert manager.verify_backup(second["id"])["ok"]
+
+
 def test_docker_host_names_the_engine(docker_client, make_volume, tmp_path, monkeypatch):
     """docker_url empty: DOCKER_HOST is used. Here it is another path to the real socket; then a
     path where no engine listens, which must make Docker unreachable although the default socket
