@@ -377,6 +377,25 @@ def test_a_folder_store_inside_the_volume_is_left_out_and_kept_by_a_replace(dock
     assert manager.verify_backup(second["id"])["ok"]
 
 
+def test_a_backup_mounts_the_notebooks_volume_read_only(docker_client, make_volume):
+    """Whatever a backup's helpers run, the engine lets none of them change the notebooks."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, "echo hi > /v/a.ipynb")
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    mounted = []
+    make_helper = manager.docker.job_helper
+
+    def job_helper(*args, **kwargs):
+        helper = make_helper(*args, **kwargs)
+        mounted.extend(m["RW"] for m in docker_client.api.inspect_container(helper.id)["Mounts"]
+                       if m.get("Name") == volume)
+        return helper
+
+    manager.docker.job_helper = job_helper
+    manager.create_backup()
+    assert mounted and not any(mounted)
+
+
 def test_docker_host_names_the_engine(docker_client, make_volume, tmp_path, monkeypatch):
     """docker_url empty: DOCKER_HOST is used. Here it is another path to the real socket; then a
     path where no engine listens, which must make Docker unreachable although the default socket
