@@ -532,3 +532,33 @@ def test_a_server_that_gives_no_etag_is_still_read(s3_server, s3_bucket):
         assert reader.read() + reader.read() == data and reader.read() == b""
     finally:
         reader.close()
+
+
+def test_reads_after_a_partial_read_give_the_rest_and_nothing_for_zero(s3_server, s3_bucket):
+    store = store_at(s3_server, s3_bucket)
+    data = os.urandom(s3.RANGE_BYTES + 10)
+    put_archive_object(store, "x.tar.zst", data)
+    with store.open_archive("x.tar.zst") as reader:
+        assert reader.read(1000) == data[:1000]
+        assert reader.read(0) == b""
+        assert reader.read() == data[1000:s3.RANGE_BYTES]  # the rest of the range: never less
+        assert reader.read(None) == data[s3.RANGE_BYTES:]
+        assert reader.read() == b""
+
+
+def test_a_read_holds_a_bounded_number_of_ranges_fetched_by_named_threads(s3_server, s3_bucket, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(s3, "RANGE_BYTES", 1024 * 1024)
+    store = store_at(s3_server, s3_bucket)
+    data = os.urandom((s3.RANGES_HELD + 3) * s3.RANGE_BYTES)
+    put_archive_object(store, "x.tar.zst", data)
+    with store.open_archive("x.tar.zst") as reader:
+        assert len(reader.ranges) == s3.RANGES_HELD  # memory: so many ranges, whatever the size
+        got = [reader.read()]
+        assert len(reader.ranges) == s3.RANGES_HELD
+        names = {t.name.rsplit("_", 1)[0] for t in threading.enumerate() if t.name.startswith("ailab-backup-s3")}
+        assert names == {"ailab-backup-s3-get"}
+        while chunk := reader.read():
+            got.append(chunk)
+    assert b"".join(got) == data
