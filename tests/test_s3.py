@@ -285,9 +285,11 @@ def test_server_killed_during_upload_nothing_listed(tmp_path, own_s3, encryption
     assert not [k for k in server.objects(bucket) if "/meta/" in k]
 
 
-def test_stale_multipart_uploads_of_ours_are_aborted(tmp_path, s3_server, s3_bucket):
+def test_stale_multipart_uploads_of_ours_are_aborted(tmp_path, s3_server, s3_bucket, monkeypatch):
     import datetime
+    import tempfile
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # no other run's stale spools counted
     manager = s3_manager(tmp_path, s3_server, s3_bucket)
     client = manager.store.client
     client.create_multipart_upload(Bucket=s3_bucket, Key="backups/data/killed.tar.zst")
