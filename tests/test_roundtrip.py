@@ -160,13 +160,13 @@ def test_seed_recipe_backup_imports_and_plain_tar_matches_it(docker_client, make
     # that docker cp keeps (content, mode, time, links); docker cp drops owners, so the files
     # take the owner of the notebooks folder: AI-Lab's user can edit them
     target = make_volume()
-    run_in_volume(docker_client, target, "chown 1000:1000 /v")
+    run_in_volume(docker_client, target, "chown 1000:100 /v")  # AI-Lab's user: uid and gid differ
     # a store of the test's own: the default one, ailab-backups, may be a user's real store
     cli(capsys, "--volume", target, "--store", make_volume("ailabstore"), "import", "--dir", seed_dir)
     imported = volume_snapshot(docker_client, target)
     assert {k: (v[0], v[1], v[4], v[5]) for k, v in imported.items()} == {
         k: (v[0], v[1], v[4], v[5]) for k, v in original.items()}
-    assert {v[2:4] for v in imported.values()} == {(1000, 1000)}
+    assert {v[2:4] for v in imported.values()} == {(1000, 100)}
 
     # our archive, extracted with plain tar, equals the seed recipe's DIR/notebooks
     store = tmp_path / "store"
