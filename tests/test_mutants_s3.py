@@ -393,7 +393,8 @@ def test_an_uploaded_file_goes_up_in_parts_not_read_whole(tmp_path, s3_server, s
     spool.write_bytes(os.urandom(2 * s3.PART_BYTES + 5))
     sizes = []
     real_write = s3._MultipartWriter.write
-    monkeypatch.setattr(s3._MultipartWriter, "write", lambda self, data: sizes.append(len(data)) or real_write(self, data))
+    monkeypatch.setattr(s3._MultipartWriter, "write",
+                        lambda self, data: sizes.append(len(data)) or real_write(self, data))
     store = store_at(s3_server, s3_bucket)
     store.commit(str(spool), "nb-1.tar.zst", {"id": "nb-1", "archive": "nb-1.tar.zst"})
     assert sizes == [s3.PART_BYTES, s3.PART_BYTES, 5]
