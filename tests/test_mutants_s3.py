@@ -563,3 +563,33 @@ def test_a_read_holds_a_bounded_number_of_ranges_fetched_by_named_threads(s3_ser
         while chunk := reader.read():
             got.append(chunk)
     assert b"".join(got) == data
+
+
+# what the storage provider can read of an encrypted backup ------------------------------------
+
+def test_the_metadata_of_an_encrypted_backup_counts_what_was_left_out_but_names_none_of_it(tmp_path, s3_server,
+                                                                                          s3_bucket):
+    import json
+    import socket
+
+    manager = s3_only_manager(tmp_path, s3_server, s3_bucket)
+    nb = tmp_path / "nb"
+    (nb / "private-plans").mkdir()
+    (nb / "private-plans" / "x.ipynb").write_text("{}")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(nb / "kernel-secret.sock"))  # a socket: skipped, and listed so in the metadata
+    try:
+        manager = BackupManager(AILabBackup(**{**manager.config.trait_values(), "excludes": ["private-plans"]}))
+        manager.generate_key()
+        meta = manager.create_backup()
+    finally:
+        listener.close()
+    stored = s3_server.client().get_object(Bucket=s3_bucket, Key=f"backups/meta/{meta['id']}.json")["Body"].read()
+    readable = json.loads(stored)
+    assert readable["encrypted"] is True
+    assert (readable["skipped"], readable["skipped_count"]) == ([], 1)
+    assert (readable["excludes"], readable["excludes_count"]) == (None, 1)
+    assert readable["stored_bytes"] == s3_server.client().head_object(
+        Bucket=s3_bucket, Key=f"backups/data/{meta['archive']}.age")["ContentLength"]
+    for private in (b"kernel-secret", b"private-plans"):
+        assert private not in stored
