@@ -593,3 +593,29 @@ def test_the_metadata_of_an_encrypted_backup_counts_what_was_left_out_but_names_
         Bucket=s3_bucket, Key=f"backups/data/{meta['archive']}.age")["ContentLength"]
     for private in (b"kernel-secret", b"private-plans"):
         assert private not in stored
+
+
+# listing --------------------------------------------------------------------------------------
+
+class SmallPagesClient(RefusingClient):
+    """The real client, but a listing answers two keys a page (S3 gives 1,000), so that a store
+    of five backups is listed over three pages, as one of 2,500 would be."""
+
+    def __init__(self, real):
+        super().__init__(real, "")
+
+    def list_objects_v2(self, **kwargs):
+        return self.real.list_objects_v2(MaxKeys=2, **kwargs)
+
+
+def test_a_listing_of_many_pages_finds_every_backup_and_only_those_of_its_prefix(s3_server, s3_bucket):
+    ours, theirs = store_at(s3_server, s3_bucket), S3Store(f"s3://{s3_bucket}/users/bob", s3_server.url,
+                                                           "us-east-1", timeout=3)
+    for store, ids in ((ours, ["a", "b", "c", "d", "e"]), (theirs, ["bob-1"])):
+        for backup_id in ids:
+            store.client.put_object(Bucket=s3_bucket, Key=f"{store.prefix}meta/{backup_id}.json",
+                                    Body=b'{"id": "%s"}' % backup_id.encode())
+    ours.client.put_object(Bucket=s3_bucket, Key="backups/meta/notes.txt", Body=b"not a backup")
+    ours._client = SmallPagesClient(ours.client)
+    assert sorted(m["id"] for m in ours.read_all_meta()) == ["a", "b", "c", "d", "e"]
+    assert [m["id"] for m in theirs.read_all_meta()] == ["bob-1"]
