@@ -619,3 +619,19 @@ def test_a_listing_of_many_pages_finds_every_backup_and_only_those_of_its_prefix
     ours._client = SmallPagesClient(ours.client)
     assert sorted(m["id"] for m in ours.read_all_meta()) == ["a", "b", "c", "d", "e"]
     assert [m["id"] for m in theirs.read_all_meta()] == ["bob-1"]
+
+
+def test_small_writes_go_up_in_parts_of_the_part_size(s3_server, s3_bucket, monkeypatch):
+    sent = []
+    real_send = s3._MultipartWriter._send
+    monkeypatch.setattr(s3._MultipartWriter, "_send",
+                        lambda self, data: sent.append(len(data)) or real_send(self, data))
+    store = store_at(s3_server, s3_bucket)
+    piece = os.urandom(1024 * 1024)
+    with store.open_writer("nb-1.tar.zst") as writer:
+        for _ in range(20):
+            writer.write(piece)
+        writer.commit({"id": "nb-1", "archive": "nb-1.tar.zst"})
+    assert sent == [s3.PART_BYTES, s3.PART_BYTES, 20 * len(piece) - 2 * s3.PART_BYTES]  # bounded memory
+    body = store.client.get_object(Bucket=s3_bucket, Key="backups/data/nb-1.tar.zst")["Body"].read()
+    assert body == piece * 20
