@@ -635,3 +635,27 @@ def test_small_writes_go_up_in_parts_of_the_part_size(s3_server, s3_bucket, monk
     assert sent == [s3.PART_BYTES, s3.PART_BYTES, 20 * len(piece) - 2 * s3.PART_BYTES]  # bounded memory
     body = store.client.get_object(Bucket=s3_bucket, Key="backups/data/nb-1.tar.zst")["Body"].read()
     assert body == piece * 20
+
+
+def test_a_metadata_object_over_4_mib_is_not_read_as_a_backup(s3_server, s3_bucket):
+    store = store_at(s3_server, s3_bucket)
+    huge = b'{"id": "huge", "label": "' + b"x" * (4 * 1024 * 1024) + b'"}'  # JSON, but none of ours
+    store.client.put_object(Bucket=s3_bucket, Key="backups/meta/huge.json", Body=huge)
+    store.client.put_object(Bucket=s3_bucket, Key="backups/meta/ok.json", Body=b'{"id": "ok"}')
+    assert [m["id"] for m in store.read_all_meta()] == ["ok"]
+
+
+@pytest.mark.parametrize("step, under, call, doing", [
+    ("get_object", "/meta/", lambda store: store.read_all_meta(), "reading a backup's metadata"),
+    ("create_multipart_upload", "", lambda store: store.open_writer("nb-1.tar.zst").__enter__(),
+     "starting the upload of nb-1.tar.zst"),
+])
+def test_a_refused_read_of_the_metadata_or_start_of_an_upload_says_so(s3_server, s3_bucket, step, under, call,
+                                                                      doing):
+    store = store_at(s3_server, s3_bucket)
+    store.client.put_object(Bucket=s3_bucket, Key="backups/meta/a.json", Body=b'{"id": "a"}')
+    store._client = RefusingClient(store.client, step, under=under)
+    with pytest.raises(Unavailable) as refused:
+        call(store)
+    assert str(refused.value) == (f"{where(s3_server, s3_bucket)} answered InternalError while {doing}: "
+                                  "refused by the test")
