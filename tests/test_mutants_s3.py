@@ -9,6 +9,7 @@ import datetime
 import logging
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -659,3 +660,112 @@ def test_a_refused_read_of_the_metadata_or_start_of_an_upload_says_so(s3_server,
         call(store)
     assert str(refused.value) == (f"{where(s3_server, s3_bucket)} answered InternalError while {doing}: "
                                   "refused by the test")
+
+
+# the store's address and defaults ------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, bucket, prefix, url", [
+    ("s3://bucket-x", "bucket-x", "", "s3://bucket-x"),
+    ("s3://bucket-x/", "bucket-x", "", "s3://bucket-x"),
+    ("s3://bucket-x/BOX/", "bucket-x", "BOX/", "s3://bucket-x/BOX"),
+    ("s3://bucket-x//users/ann//", "bucket-x", "users/ann/", "s3://bucket-x/users/ann"),
+])
+def test_an_s3_address_gives_its_bucket_and_prefix(spec, bucket, prefix, url):
+    assert s3.parse_url(spec) == (bucket, prefix)
+    assert S3Store(spec).url == url
+
+
+@pytest.mark.parametrize("spec", ["s3://Bucket/x", "s3://ab", "s3://bucket-x/a/../b", "s3://bucket-x/a/./b",
+                                  "s3://bucket-x/a//b"])
+def test_a_wrong_s3_address_says_how_to_write_one(spec):
+    with pytest.raises(BackupError) as wrong:
+        s3.parse_url(spec)
+    if "/a/" in spec:
+        assert str(wrong.value) == (f"The prefix of {spec!r} has an empty, '.' or '..' part; write "
+                                    "s3://BUCKET/a/b.")
+    else:
+        assert str(wrong.value) == (f"{spec!r} is not an S3 store: write s3://BUCKET or s3://BUCKET/PREFIX (a bucket "
+                                    "name of 3-63 lower-case letters, digits, dots and dashes).")
+
+
+@pytest.mark.parametrize("user, prefix", [("Ann Smith", "Ann_Smith"), ("..x.y..", "x.y"), ("...", "user"),
+                                          ("a@b.org", "a@b.org"), ("ä/ö", "___")])
+def test_the_user_name_in_a_prefix_is_made_safe(monkeypatch, user, prefix):
+    monkeypatch.setenv("JUPYTERHUB_USER", user)
+    assert s3.user_name() == prefix
+    assert s3.parse_url("s3://bucket-x/users/{username}") == ("bucket-x", f"users/{prefix}/")
+
+
+def test_a_store_asks_its_region_and_waits_a_minute_by_default(monkeypatch):
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    assert S3Store("s3://bucket-x", region="eu-central-1").client.meta.region_name == "eu-central-1"
+    plain = S3Store("s3://bucket-x")
+    assert plain.region is None and plain.timeout == 60
+
+
+def test_an_answer_without_its_error_part_is_still_a_sentence(offline_store):
+    bare = bx.ClientError({}, "GetObject")
+    assert str(offline_store._error(bare, "x")) == f"{OFFLINE_WHERE} answered an error while x: "
+    no_message = bx.ClientError({"Error": {"Code": "SlowDown"}}, "GetObject")
+    assert str(offline_store._error(no_message, "x")) == f"{OFFLINE_WHERE} answered SlowDown while x: "
+
+
+def test_urllib3_is_quieted_too(monkeypatch):
+    logger = logging.getLogger("urllib3")
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    s3._quiet_sdk_logs()
+    assert logger.level == logging.INFO
+
+
+# uploads: bounded memory, named threads, parts that grow ------------------------------------------
+
+class _Parts:
+    """A stand-in for the store (no server): every call answers; the parts are counted."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _call(self, doing, method, **kwargs):
+        self.calls.append((method, kwargs.get("PartNumber"), len(kwargs.get("Body") or b"")))
+        return {"UploadId": "u", "ETag": f"e{kwargs.get('PartNumber')}"}
+
+
+def test_parts_double_every_thousand_so_ten_thousand_always_do(monkeypatch):
+    monkeypatch.setattr(s3, "PART_BYTES", 4)
+    store = _Parts()
+    writer = s3._MultipartWriter(store, "k", "nb.tar.zst", [])
+    for _ in range(1000 + 2000 + 2):  # four bytes at a time
+        writer.write(b"abcd")
+    writer.uploader.close()
+    sizes = [size for method, _, size in store.calls if method == "upload_part"]
+    assert sizes == [4] * 1000 + [8] * 1000
+    assert (writer.part_bytes, writer.pending_bytes) == (16, 8)  # doubled again at the 2000th part
+
+
+def test_an_upload_waits_for_its_parts_in_flight_in_a_named_thread(s3_server, s3_bucket, monkeypatch):
+    import threading
+
+    store = store_at(s3_server, s3_bucket)
+    release, names, sent = threading.Event(), set(), []
+    real_upload, real_send = s3._MultipartWriter._upload, s3._MultipartWriter._send
+
+    def slow_upload(self, number, data):
+        names.add(threading.current_thread().name)
+        release.wait(10)
+        return real_upload(self, number, data)
+
+    monkeypatch.setattr(s3._MultipartWriter, "_upload", slow_upload)
+    monkeypatch.setattr(s3._MultipartWriter, "_send", lambda self, data: sent.append(1) or real_send(self, data))
+    piece = os.urandom(s3.PART_BYTES)
+    with store.open_writer("nb-1.tar.zst") as writer:
+        writing = threading.Thread(target=lambda: [writer.write(piece) for _ in range(8)])
+        writing.start()
+        time.sleep(1)
+        in_memory = len(sent)  # one uploading, the queue full, one waiting to be queued
+        release.set()
+        writing.join(30)
+        writer.commit({"id": "nb-1", "archive": "nb-1.tar.zst"})
+    assert in_memory == s3.PARTS_IN_FLIGHT + 2
+    assert names == {"ailab-backup-s3-upload"}

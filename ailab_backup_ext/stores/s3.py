@@ -55,7 +55,7 @@ def user_name():
 def parse_url(spec):
     """``(bucket, prefix)`` of ``s3://BUCKET/PREFIX``, ``{username}`` filled in; prefix ends in /."""
     spec = spec.replace("{username}", user_name())
-    match = _URL.match(spec.rstrip("/"))
+    match = _URL.match(spec)  # a trailing "/" is the prefix's, stripped below
     if not match:
         raise BackupError(f"{spec!r} is not an S3 store: write s3://BUCKET or s3://BUCKET/PREFIX "
                           "(a bucket name of 3-63 lower-case letters, digits, dots and dashes).")
