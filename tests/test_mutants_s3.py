@@ -689,7 +689,7 @@ def test_a_wrong_s3_address_says_how_to_write_one(spec):
 
 
 @pytest.mark.parametrize("user, prefix", [("Ann Smith", "Ann_Smith"), ("..x.y..", "x.y"), ("...", "user"),
-                                          ("a@b.org", "a@b.org"), ("ä/ö", "___")])
+                                          ("a@b.org", "a@b.org"), ("ä/ö", "___"), ("MAX", "MAX")])
 def test_the_user_name_in_a_prefix_is_made_safe(monkeypatch, user, prefix):
     monkeypatch.setenv("JUPYTERHUB_USER", user)
     assert s3.user_name() == prefix
