@@ -549,8 +549,6 @@ def test_reads_after_a_partial_read_give_the_rest_and_nothing_for_zero(s3_server
 
 
 def test_a_read_holds_a_bounded_number_of_ranges_fetched_by_named_threads(s3_server, s3_bucket, monkeypatch):
-    import threading
-
     monkeypatch.setattr(s3, "RANGE_BYTES", 1024 * 1024)
     store = store_at(s3_server, s3_bucket)
     data = os.urandom((s3.RANGES_HELD + 3) * s3.RANGE_BYTES)
@@ -559,8 +557,7 @@ def test_a_read_holds_a_bounded_number_of_ranges_fetched_by_named_threads(s3_ser
         assert len(reader.ranges) == s3.RANGES_HELD  # memory: so many ranges, whatever the size
         got = [reader.read()]
         assert len(reader.ranges) == s3.RANGES_HELD
-        names = {t.name.rsplit("_", 1)[0] for t in threading.enumerate() if t.name.startswith("ailab-backup-s3")}
-        assert names == {"ailab-backup-s3-get"}
+        assert {t.name.rsplit("_", 1)[0] for t in reader.pool._threads} == {"ailab-backup-s3-get"}
         while chunk := reader.read():
             got.append(chunk)
     assert b"".join(got) == data
@@ -762,7 +759,10 @@ def test_an_upload_waits_for_its_parts_in_flight_in_a_named_thread(s3_server, s3
     with store.open_writer("nb-1.tar.zst") as writer:
         writing = threading.Thread(target=lambda: [writer.write(piece) for _ in range(8)])
         writing.start()
-        time.sleep(1)
+        deadline = time.monotonic() + 20
+        while len(sent) < s3.PARTS_IN_FLIGHT + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # room for any more to be taken
         in_memory = len(sent)  # one uploading, the queue full, one waiting to be queued
         release.set()
         writing.join(30)
