@@ -362,7 +362,7 @@ def test_the_store_volume_outlives_the_notebooks_volume(docker_client, make_volu
 
 
 def test_a_folder_store_inside_the_volume_is_left_out_and_kept_by_a_replace(docker_client, make_volume):
-    """The store a folder of this host inside the volume's own folder (the CLI on the Docker
+    """The store is a folder of this host inside the volume's own folder (the CLI on the Docker
     host, backing up a volume into a folder in it): its helper never reads the store into a
     backup, and a replace restore never removes it."""
     volume = make_volume()
