@@ -435,8 +435,11 @@ class DockerHelper:
                 api = self.client.api
                 with self.answering("look at the store"):
                     response = api.head(api._url("/containers/{0}/archive", helper.id), params={"path": watched})
-                if response.status_code == 404 and "container" in response.text.lower():
-                    self._kept.pop(key, None)  # removed by someone else: made again
+                    gone = response.status_code == 404 and not self._exists(helper.id)
+                if gone:
+                    # removed by someone else ('docker container prune'): made again; a HEAD
+                    # answer has no body to tell a missing container from a missing path
+                    self._kept.pop(key, None)
                     self._cached.pop(key, None)
                     continue
                 marker = response.headers.get("X-Docker-Container-Path-Stat", "absent")
@@ -452,6 +455,15 @@ class DockerHelper:
                 self._cached[key] = (marker, value)
                 return copy.deepcopy(value)
             return read(helper)
+
+    def _exists(self, container_id):
+        import docker
+
+        try:
+            self.client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return False
+        return True
 
     def _read_once(self, mounts, read):
         helper = self.job_helper(mounts)
@@ -542,7 +554,10 @@ class DockerHelper:
         try:
             try:
                 api._raise_for_status(response)
-            except docker.errors.NotFound:
+            except docker.errors.NotFound as exc:
+                if "no such container" in str(exc.explanation).lower():  # not "nothing there": an error
+                    raise BackupError("A helper container was removed while it was in use (by 'docker rm' "
+                                      "or 'docker container prune'). Try again.") from None
                 raise NotFound(f"{path} does not exist in the helper container's mounts.") from None
             chunks = read_ahead(response.iter_content(CHUNK, decode_unicode=False))
 
