@@ -20,14 +20,21 @@ VENV="${VENV:-$PROJECT/.venv}"
 cd "$PROJECT"
 "$VENV/bin/python" -c 'import mutmut' 2>/dev/null || "$VENV/bin/python" -m pip install -q -e ".[test,mutation]"
 # the fast tests only: no Docker engine (Docker tests skip), and the mutated copy in mutants/,
-# not an installed or PYTHONPATH one, is what the tests import
-export DOCKER_HOST=unix:///nonexistent/ailab-mutation.sock
+# not an installed or PYTHONPATH one, is what the tests import. MUTATION_DOCKER=1 keeps the
+# engine and runs the Docker tests of the selection (for Docker-only code such as VolumeStore:
+# MUTATION_TESTS=@tests/mutation-volume-store.args); their helpers must not run our code (the
+# mutated copy needs mutmut, which a helper image lacks), so only the streaming path's tests.
+if [ "${MUTATION_DOCKER:-0}" = 1 ]; then
+    export AILAB_BACKUP_HELPER_IMAGE="${AILAB_BACKUP_HELPER_IMAGE:-ailab-backup-helper:test}"
+else
+    export DOCKER_HOST=unix:///nonexistent/ailab-mutation.sock
+fi
 unset PYTHONPATH
 if [ -n "${MUTATION_TESTS:-}" ]; then
     # mutmut has no option for it: its configuration is read from pyproject.toml, and this
     # replaces only the test selection it read before the run starts
     "$VENV/bin/python" - "$MUTATION_TESTS" run --max-children "${JOBS:-1}" "$@" <<'PY'
-import shlex, sys
+import os, shlex, sys
 import mutmut.configuration as configuration
 spec = sys.argv.pop(1)
 if spec.startswith("@"):
@@ -41,6 +48,10 @@ load = configuration._load_config
 def _load_config():
     config = load()
     config.pytest_add_cli_args_test_selection = selection
+    if os.environ.get("MUTATION_DOCKER") == "1":  # the Docker tests too
+        args = config.pytest_add_cli_args
+        config.pytest_add_cli_args = [a for i, a in enumerate(args)
+                                      if a != "-m" and not (i and args[i - 1] == "-m")]
     return config
 configuration._load_config = _load_config
 print("test selection (MUTATION_TESTS):", " ".join(selection))
