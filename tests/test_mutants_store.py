@@ -6,6 +6,7 @@ import datetime
 import fcntl
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -15,6 +16,7 @@ from ailab_backup_ext.errors import NotFound
 from ailab_backup_ext.stores.folder import FolderStore
 from ailab_backup_ext.stores.records import check_id, make_id, meta_is_sound
 from ailab_backup_ext.stores.spool import pid_alive
+from ailab_backup_ext.stores.volume import VolumeStore
 
 DEAD_PID = 2**22 + 4321  # above the kernel's largest pid (pid_max is at most 2**22): no process
 
@@ -72,6 +74,25 @@ def test_the_clean_up_at_start_removes_spools_of_dead_processes_only(tmp_path):
         assert store.remove_stale_spools() == 0
     assert FolderStore(tmp_path / "no-store").remove_stale_spools() == 0  # nothing there yet: nothing made
     assert not (tmp_path / "no-store").exists()
+
+
+def test_a_volume_store_spools_in_the_temp_folder_and_its_clean_up_looks_there_only(tmp_path, monkeypatch):
+    """A volume store's partial archives are this machine's temporary files (the store volume is
+    reached through Docker): the clean-up at start removes a dead process's one there, and never
+    looks in the working folder (a server's, or a notebook's)."""
+    temp, work = tmp_path / "temp", tmp_path / "work"
+    temp.mkdir()
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.chdir(work)
+    store = VolumeStore(None, "ailab-backups")  # spooling and its clean-up need no Docker
+    for folder in (temp, work):
+        (folder / f".b-1.tar.zst.{DEAD_PID}.ailab-partial").write_bytes(b"x")
+    with store.spool("b-2.tar.zst") as mine:
+        assert os.path.dirname(mine) == str(temp)
+        assert store.remove_stale_spools() == 1
+        assert sorted(os.listdir(temp)) == [os.path.basename(mine)]
+    assert os.listdir(work) == [f".b-1.tar.zst.{DEAD_PID}.ailab-partial"]
 
 
 def test_a_spool_whose_writer_runs_in_another_pid_namespace_is_kept_by_its_lock(tmp_path):

@@ -361,6 +361,27 @@ def test_the_store_volume_outlives_the_notebooks_volume(docker_client, make_volu
     assert volume_snapshot(docker_client, fresh) == before
 
 
+def test_settings_and_the_schedule_are_kept_in_the_store_volume_not_in_the_notebooks(docker_client, make_volume):
+    """What a UI sets (AI-Lab's store volume): kept as JSON files in the store volume, read back by
+    a new server, changed again in place, and nothing of it in the notebooks volume."""
+    from hardening.hardutil import files_in_volume
+
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, "echo '{}' > /v/intro.ipynb")
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    manager.settings.set({"keep_last": 7, "excludes": ["models_cache"]})
+    manager.scheduler.set("every 6h")
+    assert files_in_volume(docker_client, store) == ["schedule.json", "settings.json"]
+    assert json.loads(run_in_volume(docker_client, store, "cat /v/schedule.json"))["spec"] == "every 6h"
+    kept = json.loads(run_in_volume(docker_client, store, "cat /v/settings.json"))
+    assert kept["keep_last"] == 7 and kept["excludes"] == ["models_cache"]
+    fresh = BackupManager(AILabBackup(volume=volume, store=store)).settings.describe()
+    assert (fresh["keep_last"], fresh["excludes"], fresh["schedule"]) == (7, ["models_cache"], "every 6h")
+    manager.settings.set({"keep_last": 3})  # the same file written again, whole
+    assert BackupManager(AILabBackup(volume=volume, store=store)).settings.describe()["keep_last"] == 3
+    assert files_in_volume(docker_client, volume) == ["intro.ipynb"]
+
+
 def test_a_folder_store_inside_the_volume_is_left_out_and_kept_by_a_replace(docker_client, make_volume):
     """The store is a folder of this host inside the volume's own folder (the CLI on the Docker
     host, backing up a volume into a folder in it): its helper never reads the store into a

@@ -378,8 +378,9 @@ def test_full_disk_volume_store(incompressible_60mb, docker_client):
                                          driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=20m"})
     try:
         manager = BackupManager(AILabBackup(source_dir=str(incompressible_60mb), store=store.name))
-        with pytest.raises(BackupError, match="disk is full"):
+        with pytest.raises(BackupError, match="disk is full") as raised:
             manager.create_backup()
+        assert f"the store volume '{store.name}'" in str(raised.value)  # which disk is full
         assert manager.list_backups() == []
         assert files_in_volume(docker_client, store.name) == []
         assert our_spools() == []
