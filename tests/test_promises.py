@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 
 import pytest
@@ -363,7 +364,8 @@ def test_the_store_volume_outlives_the_notebooks_volume(docker_client, make_volu
 
 def test_settings_and_the_schedule_are_kept_in_the_store_volume_not_in_the_notebooks(docker_client, make_volume):
     """What a UI sets (AI-Lab's store volume): kept as JSON files in the store volume, read back by
-    a new server, changed again in place, and nothing of it in the notebooks volume."""
+    a new server, changed again in place, and nothing of it in the notebooks volume. The store's
+    files carry the time they were written (not 1970)."""
     from hardening.hardutil import files_in_volume
 
     volume, store = make_volume(), make_volume("ailabstore")
@@ -372,14 +374,52 @@ def test_settings_and_the_schedule_are_kept_in_the_store_volume_not_in_the_noteb
     manager.settings.set({"keep_last": 7, "excludes": ["models_cache"]})
     manager.scheduler.set("every 6h")
     assert files_in_volume(docker_client, store) == ["schedule.json", "settings.json"]
-    assert json.loads(run_in_volume(docker_client, store, "cat /v/schedule.json"))["spec"] == "every 6h"
-    kept = json.loads(run_in_volume(docker_client, store, "cat /v/settings.json"))
+    # "; echo": a container's last line without a newline may be missing from its logs
+    assert json.loads(run_in_volume(docker_client, store, "cat /v/schedule.json; echo"))["spec"] == "every 6h"
+    kept = json.loads(run_in_volume(docker_client, store, "cat /v/settings.json; echo"))
     assert kept["keep_last"] == 7 and kept["excludes"] == ["models_cache"]
     fresh = BackupManager(AILabBackup(volume=volume, store=store)).settings.describe()
     assert (fresh["keep_last"], fresh["excludes"], fresh["schedule"]) == (7, ["models_cache"], "every 6h")
     manager.settings.set({"keep_last": 3})  # the same file written again, whole
     assert BackupManager(AILabBackup(volume=volume, store=store)).settings.describe()["keep_last"] == 3
     assert files_in_volume(docker_client, volume) == ["intro.ipynb"]
+    backup = manager.create_backup()
+    times = run_in_volume(docker_client, store, "cd /v && for f in *.json meta/* data/*; do stat -c '%Y' $f; done")
+    assert len(times.split()) == 4 and all(abs(int(t) - time.time()) < 300 for t in times.split()), times
+    assert backup["id"] in run_in_volume(docker_client, store, "ls /v/meta")
+
+
+def test_a_store_volumes_listing_reads_every_sound_metadata_file_and_nothing_else(docker_client, make_volume):
+    """Files that are not our metadata in the store volume's meta/ (a broken one first in Docker's
+    order, a copy kept as .json.bak, a folder named .json) hide no backup and list none twice."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, "echo '{}' > /v/intro.ipynb")
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    first = manager.create_backup("one")
+    second = manager.create_backup("two")
+    run_in_volume(docker_client, store, f"cd /v/meta && echo '{{broken' > 0-broken.json && "
+                                        f"cp {first['id']}.json {first['id']}.json.bak && mkdir 1-folder.json")
+    fresh = BackupManager(AILabBackup(volume=volume, store=store))
+    assert sorted(m["id"] for m in fresh.list_backups()) == sorted([first["id"], second["id"]])
+
+
+@pytest.mark.parametrize("server", [False, True], ids=["command line", "server"])
+def test_listing_a_store_volume_not_made_yet_lists_nothing_and_makes_none(docker_client, make_volume, server):
+    """Before the first backup the store volume does not exist: listing (each time, in a server
+    too) shows no backups, the settings are the configuration's, and neither creates it (a
+    helper's mount would, empty)."""
+    volume = make_volume()
+    store = make_volume("ailabstore")
+    docker_client.volumes.get(store).remove()  # its name only: make_volume removes it if it comes back
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    manager.docker.keep_helpers = server
+    try:
+        for _ in range(2):
+            assert manager.list_backups() == []
+        assert manager.settings.describe()["keep_last"] == AILabBackup().keep_last  # its settings read too
+        assert store not in [v.name for v in docker_client.volumes.list()]
+    finally:
+        manager.docker.close()
 
 
 def test_a_folder_store_inside_the_volume_is_left_out_and_kept_by_a_replace(docker_client, make_volume):

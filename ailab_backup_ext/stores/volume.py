@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 
 from ..archive import FILE, Entry, tar_stream
@@ -82,7 +83,8 @@ class VolumeStore:
             # written under a temporary name first would need a rename in a running helper; the
             # archive API writes one small file in one piece, which is enough for a setting
             self.docker.put_archive(helper, self.MOUNT_POINT, tar_stream(
-                [(Entry(path=name + ".json", type=FILE, size=len(payload)), io.BytesIO(payload))], None),
+                [(Entry(path=name + ".json", type=FILE, size=len(payload), mtime=int(time.time())),
+                  io.BytesIO(payload))], None),
                 f"the store volume {self.volume!r}")
 
     def spool(self, name):
@@ -128,4 +130,5 @@ def _file_tar(name, fileobj, size):
     """A tar, as chunks, of one file streamed from ``fileobj`` into the folder it names. No entry
     for the folder itself (Docker makes a missing one, 0755): Docker would set the folder's time to
     that entry's, and the time of meta/ is how a server sees that another process wrote there."""
-    return tar_stream([(Entry(path=name, type=FILE, size=size), fileobj)], None)
+    # the time it is written, as any file's (not 1970: 'ls -lt' in the store lists the newest first)
+    return tar_stream([(Entry(path=name, type=FILE, size=size, mtime=int(time.time())), fileobj)], None)
