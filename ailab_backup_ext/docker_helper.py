@@ -163,7 +163,7 @@ def single_file_tar(name, data, mode=0o600):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(name)
-        info.size, info.mode = len(data), mode
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
         tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -579,11 +579,12 @@ class DockerHelper:
             for info in tar:
                 yield tar, info
 
-    def run(self, mounts, command, files=None):
+    def run(self, mounts, command, files=None, what="run a helper command"):
         """Run ``command`` in a helper container, with ``files`` ({path: bytes}) put in first. A
-        shared helper runs again for each command (its earlier, successful runs printed nothing)."""
+        shared helper runs again for each command (its earlier, successful runs printed nothing).
+        ``what`` (Docker could not ...) names the work in errors."""
         files = {**(files or {}), JOB_SCRIPT: ("exec " + shlex.join(command) + "\n").encode()}
-        with self.container(mounts) as helper, self.answering("run a helper command"):
+        with self.container(mounts) as helper, self.answering(what):
             for path, data in files.items():
                 # from / with the whole path: a helper with no mounts has no /ailab yet
                 helper.put_archive("/", single_file_tar(path.lstrip("/"), data))

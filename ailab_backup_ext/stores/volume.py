@@ -78,14 +78,12 @@ class VolumeStore:
         return None
 
     def write_state(self, name, data):
-        payload = meta_bytes(data)
-        with self.docker.container(self._mounts()) as helper:
-            # written under a temporary name first would need a rename in a running helper; the
-            # archive API writes one small file in one piece, which is enough for a setting
-            self.docker.put_archive(helper, self.MOUNT_POINT, tar_stream(
-                [(Entry(path=name + ".json", type=FILE, size=len(payload), mtime=int(time.time())),
-                  io.BytesIO(payload))], None),
-                f"the store volume {self.volume!r}")
+        final = f"{self.MOUNT_POINT}/{name}.json"
+        partial = f"{self.MOUNT_POINT}/.{name}.json.partial"
+        # written beside it, then renamed over it by the helper: Docker's archive API empties the
+        # file it replaces before writing it, so a full disk left the kept settings empty
+        self.docker.run(self._mounts(), ["mv", "-f", partial, final], files={partial: meta_bytes(data)},
+                        what=f"write into the store volume {self.volume!r}")
 
     def spool(self, name):
         """A temporary file of this machine, copied into the volume when committed."""

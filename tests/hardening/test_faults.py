@@ -7,6 +7,7 @@ DockerProxy) plays the daemon and is killed instead. Only our own helpers, volum
 are looked at or removed.
 """
 
+import errno
 import os
 import shutil
 import signal
@@ -385,6 +386,38 @@ def test_full_disk_volume_store(incompressible_60mb, docker_client):
         assert files_in_volume(docker_client, store.name) == []
         assert our_spools() == []
     finally:
+        store.remove(force=True)
+
+
+def test_a_full_store_volume_keeps_the_settings_and_schedule_it_had(docker_client, make_volume):
+    """Settings changed while the store volume is full: a clear error naming it, and the settings
+    and the schedule kept before are still there, whole (Docker's archive API empties a file it
+    replaces before it writes it)."""
+    store = docker_client.volumes.create(f"ailabstore-{uuid.uuid4().hex[:10]}",
+                                         driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=1m"})
+    # a tmpfs volume is mounted afresh for each container unless one holds it
+    holder = docker_client.containers.run(HELPER_IMAGE, ["sleep", "600"], detach=True, network_disabled=True,
+                                          volumes={store.name: {"bind": "/v", "mode": "rw"}})
+    try:
+        volume = make_volume()
+        manager = BackupManager(AILabBackup(volume=volume, store=store.name))
+        manager.settings.set({"keep_last": 7})
+        manager.scheduler.set("every 6h")
+        # full to the last page (small files take what dd leaves)
+        holder.exec_run(["sh", "-c", "dd if=/dev/zero of=/v/fill bs=1k count=2000; "
+                                     "for i in $(seq 20); do echo x > /v/fill$i; done"])
+        # pages more than the kept file frees: replaced in place, it was left cut short
+        many = [f"folder-{i:03d}-{'x' * 100}" for i in range(100)]
+        with pytest.raises(OSError, match=f"store volume '{store.name}'") as raised:
+            manager.settings.set({"excludes": many})
+        assert raised.value.errno == errno.ENOSPC
+        fresh = BackupManager(AILabBackup(volume=volume, store=store.name)).settings.describe()
+        assert (fresh["keep_last"], fresh["excludes"], fresh["schedule"]) == (7, [], "every 6h")
+        with pytest.raises(OSError, match=f"store volume '{store.name}'"):  # a small change too
+            manager.scheduler.set("daily 02:00")
+        assert BackupManager(AILabBackup(volume=volume, store=store.name)).scheduler.describe()["spec"] == "every 6h"
+    finally:
+        holder.remove(force=True)
         store.remove(force=True)
 
 
