@@ -658,3 +658,59 @@ def test_a_docker_source_seen_here_hands_the_store_inside_to_its_helper_as_a_pat
         source.exclude_store(str(store))
         source.exclude_store(str(store))  # the settings read again: still once
         assert source.skip_paths == skipped, store
+
+
+class _OwnContainer:
+    """This server's own container, as ``docker inspect`` shows its mounts."""
+
+    def __init__(self, mounts):
+        self.mounts = mounts
+
+    def own_container(self):
+        return {"Mounts": self.mounts}
+
+
+def test_a_store_in_another_mount_of_this_servers_container_holding_the_same_data_is_skipped(tmp_path):
+    """The server's container mounts the notebooks volume at its notebooks folder and, again, at
+    another folder where the store lies (or a bind mount's parent folder): the helper skips the
+    store by its path in the mount; a store that is the whole mount is refused; a store in a
+    mount of something else is not the source's business."""
+    from ailab_backup_ext.sources import DockerMountSource
+
+    nb, again = tmp_path / "nb", tmp_path / "again"
+    nb.mkdir()
+    (again / "sub" / "store").mkdir(parents=True)
+
+    def volume_source(mounts, subpath=""):
+        source = DockerMountSource(_OwnContainer(mounts), "volume", "notebooks", subpath)
+        source.local_path = str(nb)
+        return source
+
+    same_volume = [{"Type": "volume", "Name": "notebooks", "Destination": str(again)}]
+    for store, subpath, skipped in ((again / "sub" / "store", "", ["sub/store"]),
+                                    (again / "sub" / "store", "sub", ["store"]),
+                                    (again / "sub" / "store", "other", [])):
+        source = volume_source(same_volume, subpath)
+        source.exclude_store(str(store))
+        source.exclude_store(str(store))  # the settings read again: still once
+        assert source.skip_paths == skipped, (store, subpath)
+    with pytest.raises(BackupError, match="is the volume it backs up"):
+        volume_source(same_volume).exclude_store(str(again))
+    for other in ([{"Type": "volume", "Name": "models", "Destination": str(again)}],
+                  [{"Type": "bind", "Source": "/", "Destination": str(again)}], []):
+        source = volume_source(other)
+        source.exclude_store(str(again / "sub" / "store"))
+        assert source.skip_paths == [], other
+    source = DockerMountSource(_OwnContainer(same_volume), "volume", "notebooks")  # not seen here
+    source.exclude_store(str(again / "sub" / "store"))
+    assert source.skip_paths == []
+
+    bind = [{"Type": "bind", "Source": "/host/data", "Destination": str(again)}]
+    source = DockerMountSource(_OwnContainer(bind), "bind", "/host/data", "sub")
+    source.local_path = str(nb)
+    source.exclude_store(str(again / "sub" / "store"))
+    assert source.skip_paths == ["store"]
+    with pytest.raises(BackupError, match="is the bind it backs up"):
+        source = DockerMountSource(_OwnContainer(bind), "bind", "/host/data", "sub")
+        source.local_path = str(nb)
+        source.exclude_store(str(again / "sub"))
