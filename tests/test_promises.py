@@ -457,6 +457,26 @@ def test_a_backup_mounts_the_notebooks_volume_read_only(docker_client, make_volu
     assert mounted and not any(mounted)
 
 
+def test_reading_the_volumes_owner_for_an_import_mounts_it_read_only(docker_client, make_volume, tmp_path):
+    """An import gives the files the owner of the notebooks folder (AI-Lab's 1000:100): the helper
+    that reads it cannot change the notebooks."""
+    volume = make_volume()
+    run_in_volume(docker_client, volume, "chown 1000:100 /v")
+    manager = BackupManager(AILabBackup(volume=volume, store=str(tmp_path / "store")))
+    mounted = []
+    make_helper = manager.docker.job_helper
+
+    def job_helper(*args, **kwargs):
+        helper = make_helper(*args, **kwargs)
+        mounted.extend(m["RW"] for m in docker_client.api.inspect_container(helper.id)["Mounts"]
+                       if m.get("Name") == volume)
+        return helper
+
+    manager.docker.job_helper = job_helper
+    assert manager.source.root_owner() == (1000, 100)
+    assert mounted and not any(mounted)
+
+
 def test_docker_host_names_the_engine(docker_client, make_volume, tmp_path, monkeypatch):
     """docker_url empty: DOCKER_HOST is used. Here it is another path to the real socket; then a
     path where no engine listens, which must make Docker unreachable although the default socket
