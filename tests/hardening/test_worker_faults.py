@@ -273,6 +273,29 @@ def test_kept_worker_killed_midway_lists_nothing_and_the_next_operation_makes_a_
     assert wait_until(lambda: not our_helpers(docker_client), 20), "close() left the kept worker"
 
 
+def test_kept_worker_and_listing_helper_removed_between_operations_are_made_again(
+        docker_client, make_volume, python_image):
+    """'docker container prune' between two operations of a server takes its kept worker and its
+    listing helper: the next backup, listing and verify make new ones and work."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    fill_with_random_files(docker_client, volume, 2)
+    manager = server_manager(volume, store, python_image)
+    try:
+        first = manager.create_backup()
+        assert [m["id"] for m in manager.list_backups()] == [first["id"]]
+        gone = our_helpers(docker_client)
+        assert any(is_worker(c) for c in gone)
+        for helper in gone:
+            docker_client.api.remove_container(helper.id, force=True)
+        second = manager.create_backup()
+        assert {m["id"] for m in manager.list_backups()} == {first["id"], second["id"]}
+        assert manager.verify_backup(first["id"])["ok"]
+        assert not {c.id for c in our_helpers(docker_client)} & {c.id for c in gone}
+    finally:
+        manager.docker.close()
+    assert wait_until(lambda: not our_helpers(docker_client), 20), "close() left a kept helper"
+
+
 def test_a_cancelled_job_stops_in_the_kept_worker_and_keeps_nothing(
         docker_client, make_volume, volume_120mb, python_image):
     """A job cancelled midway stops the kept worker's process, which removes its partial file. A
