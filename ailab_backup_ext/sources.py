@@ -700,7 +700,21 @@ class DockerMountSource:
                 yield entry_from_tarinfo(info, path)
 
     def check_space(self, needed):
-        pass  # a volume's free space is not visible from here; Docker reports a full disk itself
+        """Refuse a restore that cannot fit, before anything is changed: this path writes the
+        files in place, so a disk that fills midway would leave some overwritten and one cut
+        short. The free space is what ``df`` in a helper says (not visible from here)."""
+        if needed <= 0:
+            return
+        try:
+            out = self.docker.run(self._mounts(read_only=True), ["df", "-P", "-k", self.data_dir])
+            free = int(out.decode(errors="replace").strip().splitlines()[-1].split()[3]) * 1024
+        except (BackupError, IndexError, ValueError):
+            return  # an image without df: Docker still reports a full disk, as before
+        if needed > free:
+            raise BackupError(
+                f"The restore needs {needed // 2**20} MB but the {self.kind} {self.name!r} has "
+                f"{free // 2**20} MB free. Free space, or restore only some folders. Nothing was changed."
+            )
 
     def root_owner(self):
         with self.docker.container(self._mounts(read_only=True)) as helper:

@@ -421,6 +421,38 @@ def test_a_full_store_volume_keeps_the_settings_and_schedule_it_had(docker_clien
         store.remove(force=True)
 
 
+@pytest.mark.parametrize("path", ["streaming", "worker"])
+def test_a_restore_that_does_not_fit_in_the_volume_is_refused_and_changes_nothing(
+        docker_client, make_volume, request, path):
+    """The notebooks volume (a 3 MB tmpfs) holds other data now; restoring a backup whose 1.5 MB
+    file no longer fits is refused before anything is written, on both paths: the streaming one
+    writes in place, so a disk that filled midway left a notebook overwritten and a file cut short."""
+    image = HELPER_IMAGE if path == "streaming" else request.getfixturevalue("python_image")
+    volume = docker_client.volumes.create(f"ailabtest-{uuid.uuid4().hex[:10]}",
+                                          driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=3m"})
+    holder = docker_client.containers.run(HELPER_IMAGE, ["sleep", "600"], detach=True, network_disabled=True,
+                                          volumes={volume.name: {"bind": "/v", "mode": "rw"}})
+
+    def look():
+        return holder.exec_run(["sh", "-c", "cd /v && ls -ln --full-time && md5sum *"]).output.decode()
+
+    try:
+        holder.exec_run(["sh", "-c", "cd /v && echo one > a.ipynb && dd if=/dev/urandom of=big.bin bs=1k "
+                                     "count=1500 && chown -R 1000:100 /v"])
+        manager = BackupManager(AILabBackup(volume=volume.name, store=make_volume("ailabstore"), helper_image=image))
+        backup = manager.create_backup()
+        holder.exec_run(["sh", "-c", "cd /v && rm big.bin && echo two > a.ipynb && "
+                                     "dd if=/dev/urandom of=other.bin bs=1k count=2900"])
+        before = look()
+        with pytest.raises(BackupError, match="The restore needs 1 MB but .* has 0 MB free"):
+            manager.restore_backup(backup["id"], "replace")
+        assert look() == before
+        assert [m["id"] for m in manager.list_backups()] == [backup["id"]]  # no safety backup either
+    finally:
+        holder.remove(force=True)
+        volume.remove(force=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. The source volume removed after it was listed
 
