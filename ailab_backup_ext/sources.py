@@ -213,9 +213,14 @@ class LocalFolderSource:
         free = shutil.disk_usage(self.path).free
         if needed > free:
             raise BackupError(
-                f"The restore needs {needed // 2**20} MB but {self.path} has {free // 2**20} MB free. "
-                "Free space, or restore only some folders."
+                f"The restore needs {needed // 2**20} MB but {self.place} has {free // 2**20} MB free. "
+                "Free space, or restore only some folders. Nothing was changed."
             )
+
+    @property
+    def place(self):
+        """The folder as errors name it."""
+        return self.path
 
     def root_owner(self):
         st = os.stat(self.path)

@@ -57,6 +57,10 @@ class MountedSource(LocalFolderSource):
     def describe(self):
         return dict(self._described)
 
+    @property
+    def place(self):  # the volume, not the helper's mount point
+        return f"the {self._described.get('type', 'volume')} {self._described.get('name', self.path)!r}"
+
 
 class MountedStore(FolderStore):
     """The store as mounted in the container: what it makes is owned by the store folder's owner,
