@@ -714,3 +714,22 @@ def test_a_store_in_another_mount_of_this_servers_container_holding_the_same_dat
         source = DockerMountSource(_OwnContainer(bind), "bind", "/host/data", "sub")
         source.local_path = str(nb)
         source.exclude_store(str(again / "sub"))
+
+
+def test_a_bind_mount_source_on_the_docker_host_skips_the_store_inside_its_folder(tmp_path, monkeypatch):
+    """The command line on the Docker host backing up a bind mount (AI-Lab started with
+    -v /home/me/notebooks:...): the host folder is the bind's source, seen here, so a folder store
+    inside it is skipped by its path; the folder itself as the store is refused."""
+    from ailab_backup_ext.sources import DockerMountSource
+
+    monkeypatch.setattr("ailab_backup_ext.sources.own_container_id", lambda: None)  # on the host, in any CI
+    nb = tmp_path / "nb"
+    (nb / "sub" / ".store").mkdir(parents=True)
+    for subpath, store, skipped in (("", nb / "sub" / ".store", ["sub/.store"]),
+                                    ("sub", nb / "sub" / ".store", [".store"]),
+                                    ("", tmp_path / "elsewhere", [])):
+        source = DockerMountSource(None, "bind", str(nb), subpath)  # no engine asked for a bind
+        source.exclude_store(str(store))
+        assert source.skip_paths == skipped, (subpath, store)
+    with pytest.raises(BackupError, match="is the folder it backs up"):
+        DockerMountSource(None, "bind", str(nb)).exclude_store(str(nb))
