@@ -733,3 +733,40 @@ def test_a_bind_mount_source_on_the_docker_host_skips_the_store_inside_its_folde
         assert source.skip_paths == skipped, (subpath, store)
     with pytest.raises(BackupError, match="is the folder it backs up"):
         DockerMountSource(None, "bind", str(nb)).exclude_store(str(nb))
+
+
+class _Engine:
+    """docker inspect of volumes: their mount points on this host, or a missing volume."""
+
+    def __init__(self, mountpoints):
+        self.client = self
+        self.api = self
+        self.mountpoints = mountpoints
+
+    def inspect_volume(self, name):
+        if name not in self.mountpoints:
+            raise RuntimeError(f"no such volume: {name}")
+        return {"Mountpoint": self.mountpoints[name]}
+
+    def own_container(self):
+        return None
+
+
+def test_a_volume_source_on_the_docker_host_skips_the_store_inside_its_mount_point(tmp_path, monkeypatch):
+    """The command line as root on the Docker host sees a volume at its mount point: a folder
+    store inside it (or inside the subfolder backed up) is skipped; a missing volume is no error
+    here (its existence check says so, later)."""
+    from ailab_backup_ext.sources import DockerMountSource
+
+    monkeypatch.setattr("ailab_backup_ext.sources.own_container_id", lambda: None)
+    data = tmp_path / "volumes" / "notebooks" / "_data"
+    (data / "sub" / ".store").mkdir(parents=True)
+    engine = _Engine({"notebooks": str(data)})
+    for subpath, skipped in (("", ["sub/.store"]), ("sub", [".store"]), ("other", [])):
+        source = DockerMountSource(engine, "volume", "notebooks", subpath)
+        source.exclude_store(str(data / "sub" / ".store"))
+        assert source.skip_paths == skipped, subpath
+    for subpath in ("", "sub"):
+        source = DockerMountSource(engine, "volume", "missing", subpath)
+        source.exclude_store(str(data / "sub" / ".store"))
+        assert source.skip_paths == []
