@@ -694,8 +694,12 @@ def test_a_store_in_another_mount_of_this_servers_container_holding_the_same_dat
         source.exclude_store(str(store))
         source.exclude_store(str(store))  # the settings read again: still once
         assert source.skip_paths == skipped, (store, subpath)
-    with pytest.raises(BackupError, match="is the volume it backs up"):
+    with pytest.raises(BackupError, match=r"is the volume it backs up \('notebooks'\)\. Set AILabBackup\.store to a "
+                                          r"folder outside it\.$"):
         volume_source(same_volume).exclude_store(str(again))
+    source = volume_source(same_volume, "sub")  # the store holds the folder backed up: nothing inside
+    source.exclude_store(str(again))
+    assert source.skip_paths == []
     for other in ([{"Type": "volume", "Name": "models", "Destination": str(again)}],
                   [{"Type": "bind", "Source": "/", "Destination": str(again)}], []):
         source = volume_source(other)

@@ -459,7 +459,7 @@ def test_a_backup_mounts_the_notebooks_volume_read_only(docker_client, make_volu
 
 def test_reading_the_volumes_owner_for_an_import_mounts_it_read_only(docker_client, make_volume, tmp_path):
     """An import gives the files the owner of the notebooks folder (AI-Lab's 1000:100): the helper
-    that reads it cannot change the notebooks."""
+    that reads it, and the one that lists the volume, cannot change the notebooks."""
     volume = make_volume()
     run_in_volume(docker_client, volume, "chown 1000:100 /v")
     manager = BackupManager(AILabBackup(volume=volume, store=str(tmp_path / "store")))
@@ -474,7 +474,8 @@ def test_reading_the_volumes_owner_for_an_import_mounts_it_read_only(docker_clie
 
     manager.docker.job_helper = job_helper
     assert manager.source.root_owner() == (1000, 100)
-    assert mounted and not any(mounted)
+    assert [e.path for e in manager.source.list_entries()] == ["."]  # the listing a preview reads
+    assert len(mounted) == 2 and not any(mounted)
 
 
 def test_docker_host_names_the_engine(docker_client, make_volume, tmp_path, monkeypatch):
