@@ -438,11 +438,9 @@ def test_a_folder_store_inside_the_volume_is_left_out_and_kept_by_a_replace(dock
     assert manager.verify_backup(second["id"])["ok"]
 
 
-def test_a_backup_mounts_the_notebooks_volume_read_only(docker_client, make_volume):
-    """Whatever a backup's helpers run, the engine lets none of them change the notebooks."""
-    volume, store = make_volume(), make_volume("ailabstore")
-    run_in_volume(docker_client, volume, "echo hi > /v/a.ipynb")
-    manager = BackupManager(AILabBackup(volume=volume, store=store))
+def record_mounts(manager, docker_client, volume):
+    """A list that gets, for each helper ``manager`` creates from now on, whether it mounts
+    ``volume`` read-write (as the engine shows the mount)."""
     mounted = []
     make_helper = manager.docker.job_helper
 
@@ -453,6 +451,15 @@ def test_a_backup_mounts_the_notebooks_volume_read_only(docker_client, make_volu
         return helper
 
     manager.docker.job_helper = job_helper
+    return mounted
+
+
+def test_a_backup_mounts_the_notebooks_volume_read_only(docker_client, make_volume):
+    """Whatever a backup's helpers run, the engine lets none of them change the notebooks."""
+    volume, store = make_volume(), make_volume("ailabstore")
+    run_in_volume(docker_client, volume, "echo hi > /v/a.ipynb")
+    manager = BackupManager(AILabBackup(volume=volume, store=store))
+    mounted = record_mounts(manager, docker_client, volume)
     manager.create_backup()
     assert mounted and not any(mounted)
 
@@ -463,16 +470,7 @@ def test_reading_the_volumes_owner_for_an_import_mounts_it_read_only(docker_clie
     volume = make_volume()
     run_in_volume(docker_client, volume, "chown 1000:100 /v")
     manager = BackupManager(AILabBackup(volume=volume, store=str(tmp_path / "store")))
-    mounted = []
-    make_helper = manager.docker.job_helper
-
-    def job_helper(*args, **kwargs):
-        helper = make_helper(*args, **kwargs)
-        mounted.extend(m["RW"] for m in docker_client.api.inspect_container(helper.id)["Mounts"]
-                       if m.get("Name") == volume)
-        return helper
-
-    manager.docker.job_helper = job_helper
+    mounted = record_mounts(manager, docker_client, volume)
     assert manager.source.root_owner() == (1000, 100)
     assert [e.path for e in manager.source.list_entries()] == ["."]  # the listing a preview reads
     assert len(mounted) == 2 and not any(mounted)
