@@ -435,7 +435,7 @@ class DockerHelper:
                 api = self.client.api
                 with self.answering("look at the store"):
                     response = api.head(api._url("/containers/{0}/archive", helper.id), params={"path": watched})
-                    gone = response.status_code == 404 and not self._exists(helper.id)
+                    gone = response.status_code == 404 and self._container_gone(helper.id)
                 if gone:
                     # removed by someone else ('docker container prune'): made again; a HEAD
                     # answer has no body to tell a missing container from a missing path
@@ -455,15 +455,6 @@ class DockerHelper:
                 self._cached[key] = (marker, value)
                 return copy.deepcopy(value)
             return read(helper)
-
-    def _exists(self, container_id):
-        import docker
-
-        try:
-            self.client.api.inspect_container(container_id)
-        except docker.errors.NotFound:
-            return False
-        return True
 
     def _read_once(self, mounts, read):
         helper = self.job_helper(mounts)

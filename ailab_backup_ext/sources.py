@@ -210,12 +210,7 @@ class LocalFolderSource:
 
     def check_space(self, needed):
         """Refuse a restore that cannot fit, before anything is changed."""
-        free = shutil.disk_usage(self.path).free
-        if needed > free:
-            raise BackupError(
-                f"The restore needs {needed // 2**20} MB but {self.place} has {free // 2**20} MB free. "
-                "Free space, or restore only some folders. Nothing was changed."
-            )
+        require_space(needed, shutil.disk_usage(self.path).free, self.place)
 
     @property
     def place(self):
@@ -550,6 +545,15 @@ class FolderWriter:
                 os.close(fd)
 
 
+def require_space(needed, free, place):
+    """Refuse a restore of ``needed`` bytes into ``place`` (as errors name it), which has ``free``."""
+    if needed > free:
+        raise BackupError(
+            f"The restore needs {needed // 2**20} MB but {place} has {free // 2**20} MB free. "
+            "Free space, or restore only some folders. Nothing was changed."
+        )
+
+
 def exclude_local_store(source, folder, store_path):
     """Leave the folder store ``store_path`` out of ``source`` when it lies inside ``folder``
     (where this process sees the source): compared by real paths (symlinks resolved) into
@@ -715,11 +719,7 @@ class DockerMountSource:
             free = int(out.decode(errors="replace").strip().splitlines()[-1].split()[3]) * 1024
         except (BackupError, IndexError, ValueError):
             return  # an image without df: Docker still reports a full disk, as before
-        if needed > free:
-            raise BackupError(
-                f"The restore needs {needed // 2**20} MB but the {self.kind} {self.name!r} has "
-                f"{free // 2**20} MB free. Free space, or restore only some folders. Nothing was changed."
-            )
+        require_space(needed, free, f"the {self.kind} {self.name!r}")
 
     def root_owner(self):
         with self.docker.container(self._mounts(read_only=True)) as helper:
